@@ -1,0 +1,50 @@
+# pinsage-spark: `make demo` and `make test` set everything up themselves in .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo-output
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test lint format clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): setup.py requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(PY) -m jobs.lib.session
+	touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv with pinned packages and fetch the Delta Lake JARs
+	@echo ".venv ready"
+
+demo: $(STAMP) ## Generate a graph and a random checkpoint, embed every pin, show nearest neighbours
+	rm -rf $(DEMO_DIR)
+	$(PY) jobs/generate_graph.py --out $(DEMO_DIR)/input --pins 5000 --boards 800 --feature-dim 32
+	$(PY) -m pinsage_model.init_checkpoint --out $(DEMO_DIR)/model.pt --pin-feature-dim 32 \
+		--hidden-dim 64 --embed-dim 32 --num-layers 2 --pooling importance --seed 1
+	$(PY) jobs/embed.py --pins $(DEMO_DIR)/input/pins --edges $(DEMO_DIR)/input/edges \
+		--board-neighbors $(DEMO_DIR)/input/board_neighbors --pin-neighbors $(DEMO_DIR)/input/pin_neighbors \
+		--checkpoint $(DEMO_DIR)/model.pt --out $(DEMO_DIR)/out --conf spark.ui.showConsoleProgress=false
+	$(PY) jobs/nearest.py --embeddings $(DEMO_DIR)/out/pin_embeddings --pins $(DEMO_DIR)/input/pins \
+		--queries 5 --k 5
+
+test: $(STAMP) ## Lint, then run the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## Apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## Remove .venv, caches and demo output
+	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info .pytest_cache .ruff_cache spark-warehouse

@@ -1,0 +1,1 @@
+"""What the job entry points share: session, table IO, validation, transforms, executor inference."""

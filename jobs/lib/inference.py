@@ -1,0 +1,214 @@
+"""What runs on executors: per-layer model steps over Arrow batches (used through mapInArrow).
+
+The checkpoint travels as a broadcast of its bytes; each Python worker parses it once and keeps the
+model keyed by SHA-256 and device, so a task pays for loading at most once per worker process.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from jobs.lib.vectors import to_binary, to_list, to_matrix
+from pinsage_model.checkpoint import build_model, parse_checkpoint
+from pinsage_model.model import PinSage
+from pinsage_model.pooling import PoolState, finalize, merge, partial_pool
+
+# Arrow buffers arrive read-only; the model only reads its inputs, so sharing them without a copy is safe.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+_MODELS: dict[tuple[str, str], PinSage] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a task needs to get the model: the broadcast checkpoint bytes and where to run it."""
+
+    checkpoint: object  # pyspark Broadcast[bytes]; typed loosely so this module imports without Spark
+    sha256: str
+    device: str  # auto | cpu | cuda
+
+
+def task_device(requested: str) -> torch.device:
+    """CUDA when asked for or visible (`auto`), the GPU Spark assigned to this task if any."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        gpus = ctx.resources().get("gpu") if ctx is not None else None
+        index = int(gpus.addresses[0]) if gpus is not None and gpus.addresses else 0
+        return torch.device(f"cuda:{index}")
+    if requested == "cuda":
+        raise RuntimeError(
+            "--device cuda, but this executor sees no GPU (torch.cuda.is_available() is False)"
+        )
+    return torch.device("cpu")
+
+
+def _set_threads() -> None:
+    """One torch thread per core Spark gave the task, so concurrent tasks do not oversubscribe."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is not None:
+        torch.set_num_threads(max(1, int(ctx.cpus())))
+
+
+def get_model(ref: ModelRef) -> tuple[PinSage, torch.device]:
+    device = task_device(ref.device)
+    key = (ref.sha256, str(device))
+    with _LOCK:
+        if key not in _MODELS:
+            checkpoint = parse_checkpoint(ref.checkpoint.value, f"sha256:{ref.sha256[:12]}")
+            if checkpoint.sha256 != ref.sha256:
+                raise RuntimeError("checkpoint bytes on the executor differ from the driver's")
+            _MODELS[key] = build_model(checkpoint, device)
+    _set_threads()
+    return _MODELS[key], device
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def project_batches(
+    batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, counter=None
+) -> Iterator[pa.RecordBatch]:
+    """Step 1 of layer k: (node_id, vec) -> (src, proj = ReLU(Q_k vec + q_k)) for every row."""
+    model = device = None
+    for batch in batches:
+        if model is None:
+            model, device = get_model(ref)
+            conv = model.conv(k)
+        x = to_matrix(batch.column("vec"), conv.dims.in_dim)
+        with torch.inference_mode():
+            proj = conv.project(torch.from_numpy(x).to(device))
+        if counter is not None:
+            counter.add(batch.num_rows)
+        yield pa.RecordBatch.from_arrays([batch.column("node_id"), to_binary(_numpy(proj))], ["src", "proj"])
+
+
+@dataclass
+class _Partial:
+    """A target whose rows may continue in the next batch."""
+
+    dst: int
+    self_vec: np.ndarray | None  # [self_dim]
+    state: PoolState  # one row
+
+
+def pool_and_combine_batches(
+    batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, counter=None
+) -> Iterator[pa.RecordBatch]:
+    """Steps 2 and 3 of layer k over rows sorted by (dst, kind, src) in each partition.
+
+    Each target u arrives as its own row (kind 0, self_vec = h_u(k-2)) followed by its neighbour
+    rows (kind 1, weight, proj). Pooling is a segment reduction over the sorted rows; the last target
+    of a batch is carried as a partial state into the next, so memory does not grow with a hub's
+    degree. Emits (node_id, vec = h_u(k)).
+    """
+    model = device = conv = None
+    carry: _Partial | None = None
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        if model is None:
+            model, device = get_model(ref)
+            conv = model.conv(k)
+            mode, dims = conv.pooling, conv.dims
+        dst = batch.column("dst").to_numpy()
+        kind = batch.column("kind").to_numpy()
+        starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
+        segment = np.cumsum(np.r_[False, dst[1:] != dst[:-1]])
+        seg_dst = dst[starts]
+        n = len(starts)
+
+        is_self = kind == 0
+        self_mat = np.zeros((n, dims.self_dim), dtype=np.float32)
+        has_self = np.zeros(n, dtype=bool)
+        if dims.self_dim == 0:  # boards without features: the own term is empty
+            self_rows = np.zeros((int(is_self.sum()), 0), dtype=np.float32)
+        else:
+            self_rows = to_matrix(batch.column("self_vec").filter(pa.array(is_self)), dims.self_dim)
+        if len(self_rows) != int(is_self.sum()):
+            raise ValueError("a target's own row has no vector")
+        self_mat[segment[is_self]] = self_rows
+        has_self[segment[is_self]] = True
+
+        is_msg = ~is_self
+        msg_batch = batch.filter(pa.array(is_msg))
+        messages = torch.from_numpy(to_matrix(msg_batch.column("proj"), dims.hidden_dim))
+        weights = torch.from_numpy(msg_batch.column("weight").to_numpy(zero_copy_only=False))
+        state = partial_pool(messages, torch.from_numpy(segment[is_msg]), weights, n, mode)
+
+        ready: list[tuple[np.ndarray, np.ndarray, np.ndarray, PoolState]] = []
+        if carry is not None:
+            if carry.dst == seg_dst[0]:
+                merged = merge(carry.state, state.rows(slice(0, 1)), mode)
+                state.acc[0], state.norm[0] = merged.acc[0], merged.norm[0]
+                if carry.self_vec is not None:
+                    self_mat[0], has_self[0] = carry.self_vec, True
+            else:
+                ready.append(_carry_rows(carry, dims.self_dim))
+        last = n - 1
+        ready.append((seg_dst[:last], self_mat[:last], has_self[:last], state.rows(slice(0, last))))
+        carry = _Partial(
+            int(seg_dst[last]), self_mat[last].copy() if has_self[last] else None, state.rows(slice(last, n))
+        )
+        for ids, selfs, present, partial in ready:
+            out = _combine(conv, device, ids, selfs, present, partial, mode, counter)
+            if out is not None:
+                yield out
+    if carry is not None:
+        out = _combine(conv, device, *_carry_rows(carry, conv.dims.self_dim), conv.pooling, counter)
+        if out is not None:
+            yield out
+
+
+def _carry_rows(carry: _Partial, self_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, PoolState]:
+    selfs = (carry.self_vec if carry.self_vec is not None else np.zeros(self_dim, np.float32))[None, :]
+    return np.array([carry.dst]), selfs, np.array([carry.self_vec is not None]), carry.state
+
+
+def _combine(conv, device, ids, selfs, present, partial, mode, counter) -> pa.RecordBatch | None:
+    if len(ids) == 0:
+        return None
+    if not present.all():
+        raise ValueError(f"neighbour rows for unknown target ids {ids[~present][:5].tolist()}")
+    with torch.inference_mode():
+        pooled = finalize(partial, mode).to(device)
+        h = conv.combine(torch.from_numpy(selfs).to(device), pooled)
+    if counter is not None:
+        counter.add(len(ids))
+    return pa.RecordBatch.from_arrays([pa.array(ids, pa.int64()), to_binary(_numpy(h))], ["node_id", "vec"])
+
+
+def head_batches(batches: Iterator[pa.RecordBatch], ref: ModelRef) -> Iterator[pa.RecordBatch]:
+    """Output head on the last pin layer: (node_id, vec = h_p(K)) -> (pin_id, embedding z_p)."""
+    model = device = None
+    for batch in batches:
+        if model is None:
+            model, device = get_model(ref)
+        h = to_matrix(batch.column("vec"), model.config.embed_dim)
+        with torch.inference_mode():
+            z = model.head(torch.from_numpy(h).to(device))
+        yield pa.RecordBatch.from_arrays(
+            [batch.column("node_id"), to_list(_numpy(z))], ["pin_id", "embedding"]
+        )
+
+
+def vectors_to_arrays(batches: Iterator[pa.RecordBatch], dim: int, id_name: str) -> Iterator[pa.RecordBatch]:
+    """(node_id, vec BINARY) -> (id_name, embedding ARRAY<FLOAT>), for publishing board vectors."""
+    for batch in batches:
+        yield pa.RecordBatch.from_arrays(
+            [batch.column("node_id"), to_list(to_matrix(batch.column("vec"), dim))], [id_name, "embedding"]
+        )

@@ -1,0 +1,68 @@
+"""Reading input tables and writing Delta tables: the only place that touches storage."""
+
+from __future__ import annotations
+
+import json
+
+from pyspark.sql import DataFrame, SparkSession
+
+
+class InputError(ValueError):
+    """Bad input, named by table, column and problem."""
+
+    def __init__(self, table: str, column: str | None, problem: str) -> None:
+        self.table, self.column, self.problem = table, column, problem
+        where = f"table '{table}'" + (f", column '{column}'" if column else "")
+        super().__init__(f"{where}: {problem}")
+
+
+def _fs_path(spark: SparkSession, path: str):
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+
+def path_exists(spark: SparkSession, path: str) -> bool:
+    fs, hpath = _fs_path(spark, path)
+    return bool(fs.exists(hpath))
+
+
+def is_delta(spark: SparkSession, path: str) -> bool:
+    return path_exists(spark, path.rstrip("/") + "/_delta_log")
+
+
+def delete_path(spark: SparkSession, path: str) -> None:
+    fs, hpath = _fs_path(spark, path)
+    if fs.exists(hpath):
+        fs.delete(hpath, True)
+
+
+def read_table(spark: SparkSession, name: str, path: str) -> DataFrame:
+    """A Delta table when `path` holds a _delta_log, else Parquet."""
+    if not path_exists(spark, path):
+        raise InputError(name, None, f"path {path} does not exist")
+    fmt = "delta" if is_delta(spark, path) else "parquet"
+    try:
+        return spark.read.format(fmt).load(path)
+    except Exception as exc:  # Spark's AnalysisException for unreadable or empty folders
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(name, None, f"cannot read {path} as {fmt}: {first}") from None
+
+
+def write_delta(df: DataFrame, path: str, metadata: dict | None = None) -> int:
+    """Replace the Delta table at `path` in one commit; returns the new table version.
+
+    Readers see the previous version until the commit lands, so a failed write leaves the old
+    table intact.
+    """
+    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if metadata:
+        writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
+    writer.save(path)
+    return table_version(df.sparkSession, path)
+
+
+def table_version(spark: SparkSession, path: str) -> int:
+    from delta.tables import DeltaTable
+
+    return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])

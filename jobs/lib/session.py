@@ -1,0 +1,63 @@
+"""The one SparkSession factory: Delta Lake on, local-mode defaults when not under spark-submit."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from delta import configure_spark_with_delta_pip
+from pyspark.sql import SparkSession
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+# Sized for a laptop; a cluster run under spark-submit keeps whatever spark-submit was given.
+LOCAL_DEFAULTS = {
+    "spark.driver.memory": "4g",
+    "spark.sql.shuffle.partitions": "8",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.log.structuredLogging.enabled": "false",
+}
+
+
+def under_spark_submit() -> bool:
+    """True when spark-submit started this Python process (it hands over the JVM gateway)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def ivy_dir() -> str:
+    """Where Spark's resolver keeps the Delta JARs: inside the active virtual environment."""
+    return os.environ.get("PINSAGE_IVY_DIR", os.path.join(sys.prefix, "ivy2"))
+
+
+def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
+    """Get or create the session.
+
+    Under spark-submit the master, resources and JARs come from the command line (pass the Delta
+    package with --packages, see README). Run with plain `python`, the job starts Spark in local
+    mode (`master`, default local[*]) and fetches the Delta JARs from Maven Central into ivy_dir()
+    once.
+    """
+    builder = SparkSession.builder.appName(app_name)
+    if master is not None or not under_spark_submit():
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = builder.master(master or "local[*]").config("spark.jars.ivy", ivy_dir())
+        for key, value in LOCAL_DEFAULTS.items():
+            builder = builder.config(key, value)
+        builder = configure_spark_with_delta_pip(builder)
+    for key, value in {**DELTA_CONF, **(conf or {})}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    if master is not None or not under_spark_submit():
+        spark.sparkContext.setLogLevel(os.environ.get("PINSAGE_SPARK_LOG_LEVEL", "WARN"))
+    return spark
+
+
+if __name__ == "__main__":
+    # `python -m jobs.lib.session` resolves the Delta JARs once (used by `make setup`).
+    spark = get_spark("pinsage-setup", "local[1]")
+    print(f"Spark {spark.version} with {spark.conf.get('spark.jars.packages')} ready")
+    spark.stop()

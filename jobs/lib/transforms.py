@@ -1,0 +1,97 @@
+"""Pure DataFrame transforms of the embedding chain. None of them reads, writes or triggers a job.
+
+Node tables are (node_id, vec): vec is ARRAY<FLOAT> for input features (layer 0) and BINARY float32
+for computed layers; the executor code reads either.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType
+
+from jobs.lib import inference
+from jobs.lib.inference import ModelRef
+from schemas import LAYER, PROJECTIONS
+
+
+def node_table(nodes: DataFrame, id_col: str, with_features: bool) -> DataFrame:
+    """(node_id, vec) from a validated node table; vec is NULL when the type has no features."""
+    vec = F.col("features") if with_features else F.lit(None).cast(BinaryType())
+    return nodes.select(F.col(id_col).alias("node_id"), vec.alias("vec"))
+
+
+def board_ids_from_links(*links: DataFrame) -> DataFrame:
+    """The board set when no boards table is given: every non-null board_id named by a link table."""
+    ids = [df.select("board_id") for df in links]
+    union = ids[0]
+    for more in ids[1:]:
+        union = union.unionByName(more)
+    return union.where(F.col("board_id").isNotNull()).distinct()
+
+
+def known_links(
+    links: DataFrame, dst_col: str, src_col: str, dst_ids: DataFrame, src_ids: DataFrame
+) -> DataFrame:
+    """(dst, src, weight DOUBLE) rows whose two ends both exist; the rest are dangling references.
+
+    dst_ids and src_ids are single-column DataFrames of node ids named `node_id`.
+    """
+    return (
+        links.select(F.col(dst_col).alias("dst"), F.col(src_col).alias("src"), F.col("weight").cast("double"))
+        .join(dst_ids.withColumnRenamed("node_id", "dst"), "dst", "left_semi")
+        .join(src_ids.withColumnRenamed("node_id", "src"), "src", "left_semi")
+        .select("dst", "src", "weight")
+    )
+
+
+def project(sources: DataFrame, ref: ModelRef, k: int, counter=None) -> DataFrame:
+    """Step 1 of layer k: every source node once through ReLU(Q_k h + q_k) -> (src, proj)."""
+    fn = partial(inference.project_batches, ref=ref, k=k, counter=counter)
+    return sources.select("node_id", "vec").mapInArrow(fn, PROJECTIONS)
+
+
+def gather(targets: DataFrame, neighbours: DataFrame, projections: DataFrame) -> DataFrame:
+    """Step 2 of layer k: each target's own row and its neighbours' projections, co-located.
+
+    Partitioned by target and sorted by (dst, kind, src, weight), so a pooling task meets each
+    target's rows contiguously and in the same order on every run, whatever the partitioning.
+    """
+    self_type = targets.schema["vec"].dataType
+    own = targets.select(
+        F.col("node_id").alias("dst"),
+        F.lit(0).cast("byte").alias("kind"),
+        F.lit(None).cast("bigint").alias("src"),
+        F.lit(None).cast("double").alias("weight"),
+        F.col("vec").alias("self_vec"),
+        F.lit(None).cast(BinaryType()).alias("proj"),
+    )
+    messages = neighbours.join(projections, "src").select(
+        "dst",
+        F.lit(1).cast("byte").alias("kind"),
+        "src",
+        "weight",
+        F.lit(None).cast(self_type).alias("self_vec"),
+        "proj",
+    )
+    return own.unionByName(messages).repartition("dst").sortWithinPartitions("dst", "kind", "src", "weight")
+
+
+def pool_and_combine(gathered: DataFrame, ref: ModelRef, k: int, counter=None) -> DataFrame:
+    """Steps 2-3 of layer k: pool each target's projections, apply W_k, normalise -> (node_id, vec)."""
+    fn = partial(inference.pool_and_combine_batches, ref=ref, k=k, counter=counter)
+    return gathered.mapInArrow(fn, LAYER)
+
+
+def embed_pins(last_pins: DataFrame, ref: ModelRef) -> DataFrame:
+    """The output head on h_p(K) -> (pin_id, embedding ARRAY<FLOAT>)."""
+    fn = partial(inference.head_batches, ref=ref)
+    return last_pins.select("node_id", "vec").mapInArrow(fn, "pin_id bigint, embedding array<float>")
+
+
+def board_vectors(last_boards: DataFrame, dim: int) -> DataFrame:
+    """h_b(K-1) as (board_id, embedding ARRAY<FLOAT>)."""
+    fn = partial(inference.vectors_to_arrays, dim=dim, id_name="board_id")
+    return last_boards.select("node_id", "vec").mapInArrow(fn, "board_id bigint, embedding array<float>")

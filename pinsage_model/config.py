@@ -1,0 +1,86 @@
+"""The model's hyper-parameters and the dimensions they imply for every layer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+POOLINGS = ("importance", "mean", "max")
+
+
+@dataclass(frozen=True)
+class LayerDims:
+    """Dimensions of convolution layer k (1-based).
+
+    in_dim: width of the neighbour representations that Q_k projects.
+    self_dim: width of the target's own representation h_u(k-2) that W_k concatenates first.
+    hidden_dim: width of Q_k's output and of the pooled neighbourhood vector.
+    out_dim: width of h_u(k).
+    """
+
+    in_dim: int
+    self_dim: int
+    hidden_dim: int
+    out_dim: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The `config` block of a format_version 1 checkpoint."""
+
+    num_layers: int
+    pin_feature_dim: int
+    board_feature_dim: int
+    hidden_dim: int
+    embed_dim: int
+    pooling: str = "importance"
+    normalize_output: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("num_layers", "pin_feature_dim", "board_feature_dim", "hidden_dim", "embed_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                problems.append(f"{name} must be an integer, got {value!r}")
+        if not problems:
+            if self.num_layers < 2 or self.num_layers % 2:
+                problems.append(f"num_layers must be even and at least 2, got {self.num_layers}")
+            for name in ("pin_feature_dim", "hidden_dim", "embed_dim"):
+                if getattr(self, name) < 1:
+                    problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+            if self.board_feature_dim < 0:
+                problems.append(f"board_feature_dim must be 0 or more, got {self.board_feature_dim}")
+        if self.pooling not in POOLINGS:
+            problems.append(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if not isinstance(self.normalize_output, bool):
+            problems.append(f"normalize_output must be a bool, got {self.normalize_output!r}")
+        if problems:
+            raise ValueError("invalid model config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ModelConfig:
+        expected = set(cls.__dataclass_fields__)
+        missing = sorted(expected - set(raw))
+        unknown = sorted(set(raw) - expected)
+        if missing or unknown:
+            raise ValueError(f"invalid model config: missing keys {missing}, unknown keys {unknown}")
+        return cls(**raw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def layer(self, k: int) -> LayerDims:
+        """Dimensions of layer k, for k = 1..num_layers."""
+        if not 1 <= k <= self.num_layers:
+            raise ValueError(f"layer {k} outside 1..{self.num_layers}")
+        in_dim = self.pin_feature_dim if k == 1 else self.embed_dim
+        self_dim = {1: self.board_feature_dim, 2: self.pin_feature_dim}.get(k, self.embed_dim)
+        return LayerDims(in_dim, self_dim, self.hidden_dim, self.embed_dim)
+
+    @staticmethod
+    def target_type(k: int) -> str:
+        """Odd layers compute boards from pins, even layers pins from boards (paper, section 3.4)."""
+        return "board" if k % 2 else "pin"
+
+    @staticmethod
+    def source_type(k: int) -> str:
+        return "pin" if k % 2 else "board"

@@ -1,0 +1,77 @@
+"""The parts of one PinSage convolution and of the output head.
+
+Each layer k is split into the three steps the Spark chain runs as separate stages:
+`project` (map over source nodes), pooling (`pinsage_model.pooling`, per target) and `combine`
+(map over targets). `PinSageConv.forward` composes them for a whole graph in memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pinsage_model.config import LayerDims
+from pinsage_model.pooling import pool
+
+NORMALIZE_EPS = 1e-12
+
+
+class PinSageConv(nn.Module):
+    """One importance-pooling graph convolution (Ying et al. 2018, Algorithm 1).
+
+    For a target u with neighbour rows (v, w_v) and own representation h_u of width self_dim:
+
+        m_v = ReLU(Q h_v + q)                                  h_v: [in_dim] -> m_v: [hidden_dim]
+        n_u = pool({m_v}, {w_v})                               [hidden_dim], 0 if u has no rows
+        h_u' = normalize(ReLU(W concat(h_u, n_u) + w))         [self_dim + hidden_dim] -> [out_dim]
+
+    pool is the weight-normalised sum (importance), the plain mean, or the element-wise max.
+    """
+
+    def __init__(self, dims: LayerDims, pooling: str) -> None:
+        super().__init__()
+        self.dims = dims
+        self.pooling = pooling
+        self.Q = nn.Linear(dims.in_dim, dims.hidden_dim)
+        self.W = nn.Linear(dims.self_dim + dims.hidden_dim, dims.out_dim)
+
+    def project(self, h_src: torch.Tensor) -> torch.Tensor:
+        """Step 1, once per source node: [n, in_dim] -> [n, hidden_dim]."""
+        return F.relu(self.Q(h_src))
+
+    def combine(self, h_self: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """Step 3, once per target: ([n, self_dim], [n, hidden_dim]) -> [n, out_dim], unit norm."""
+        h = F.relu(self.W(torch.cat([h_self, pooled.to(h_self.dtype)], dim=1)))
+        return F.normalize(h, p=2.0, dim=1, eps=NORMALIZE_EPS)
+
+    def forward(
+        self,
+        h_src: torch.Tensor,
+        h_self: torch.Tensor,
+        nbr_src: torch.Tensor,
+        nbr_dst: torch.Tensor,
+        nbr_weight: torch.Tensor,
+    ) -> torch.Tensor:
+        """Whole-graph layer: every source projected once, then gathered per neighbour row.
+
+        nbr_src indexes rows of h_src, nbr_dst rows of h_self (the targets), nbr_weight is [rows].
+        """
+        messages = self.project(h_src)[nbr_src]
+        pooled = pool(messages, nbr_dst, nbr_weight, h_self.shape[0], self.pooling)
+        return self.combine(h_self, pooled)
+
+
+class EmbeddingHead(nn.Module):
+    """Final dense layers on a pin's last representation: z = G2 ReLU(G1 h + g), then optionally
+    L2-normalised. [n, embed_dim] -> [n, embed_dim]."""
+
+    def __init__(self, embed_dim: int, normalize_output: bool) -> None:
+        super().__init__()
+        self.normalize_output = normalize_output
+        self.G1 = nn.Linear(embed_dim, embed_dim)
+        self.G2 = nn.Linear(embed_dim, embed_dim, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        z = self.G2(F.relu(self.G1(h)))
+        return F.normalize(z, p=2.0, dim=1, eps=NORMALIZE_EPS) if self.normalize_output else z

@@ -1,0 +1,93 @@
+"""Neighbourhood pooling over segments, in mergeable partial states.
+
+The Spark job sees a target's neighbour rows in sorted Arrow batches and a target may straddle two
+batches; the trainer sees whole neighbourhoods at once. Both go through `partial_pool` and `finalize`,
+so the pooled vector is defined once. Partials accumulate in float64 so that the order in which rows
+arrive changes the result by far less than float32 resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pinsage_model.config import POOLINGS
+
+
+@dataclass
+class PoolState:
+    """Per-segment partial aggregate.
+
+    importance: acc = sum_v w_v * x_v, norm = sum_v w_v
+    mean:       acc = sum_v x_v,       norm = number of rows
+    max:        acc = max_v x_v (-inf where empty), norm = number of rows
+    """
+
+    acc: torch.Tensor  # [num_segments, hidden], float64
+    norm: torch.Tensor  # [num_segments], float64
+
+    def rows(self, index: slice | torch.Tensor) -> PoolState:
+        return PoolState(self.acc[index], self.norm[index])
+
+
+def partial_pool(
+    messages: torch.Tensor,
+    segment: torch.Tensor,
+    weights: torch.Tensor | None,
+    num_segments: int,
+    mode: str,
+) -> PoolState:
+    """Aggregate `messages` [rows, hidden] into `num_segments` partial states.
+
+    segment: [rows] int64 index of each row's segment; weights: [rows] (importance only).
+    """
+    if mode not in POOLINGS:
+        raise ValueError(f"unknown pooling {mode!r}")
+    x = messages.to(torch.float64)
+    hidden = x.shape[1]
+    norm = torch.zeros(num_segments, dtype=torch.float64, device=x.device)
+    if mode == "max":
+        acc = torch.full((num_segments, hidden), float("-inf"), dtype=torch.float64, device=x.device)
+        acc.scatter_reduce_(0, segment.unsqueeze(1).expand(-1, hidden), x, reduce="amax")
+        norm.index_add_(0, segment, torch.ones_like(segment, dtype=torch.float64))
+        return PoolState(acc, norm)
+    acc = torch.zeros((num_segments, hidden), dtype=torch.float64, device=x.device)
+    if mode == "importance":
+        if weights is None:
+            raise ValueError("importance pooling needs weights")
+        w = weights.to(torch.float64)
+        acc.index_add_(0, segment, x * w.unsqueeze(1))
+        norm.index_add_(0, segment, w)
+    else:
+        acc.index_add_(0, segment, x)
+        norm.index_add_(0, segment, torch.ones_like(segment, dtype=torch.float64))
+    return PoolState(acc, norm)
+
+
+def merge(a: PoolState, b: PoolState, mode: str) -> PoolState:
+    """Combine two partial states of the same segments."""
+    acc = torch.maximum(a.acc, b.acc) if mode == "max" else a.acc + b.acc
+    return PoolState(acc, a.norm + b.norm)
+
+
+def finalize(state: PoolState, mode: str) -> torch.Tensor:
+    """Pooled vectors as float32; a segment with no rows pools to the zero vector."""
+    empty = state.norm <= 0
+    if mode == "max":
+        pooled = state.acc.clone()
+    else:
+        pooled = state.acc / torch.where(empty, torch.ones_like(state.norm), state.norm).unsqueeze(1)
+    pooled[empty] = 0.0
+    return pooled.to(torch.float32)
+
+
+def pool(
+    messages: torch.Tensor,
+    segment: torch.Tensor,
+    weights: torch.Tensor | None,
+    num_segments: int,
+    mode: str,
+) -> torch.Tensor:
+    """Pool whole neighbourhoods in one call: [rows, hidden] -> [num_segments, hidden]."""
+    return finalize(partial_pool(messages, segment, weights, num_segments, mode), mode)

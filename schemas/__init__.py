@@ -1,0 +1,37 @@
+"""Table schemas: see schemas/tables.py."""
+
+from schemas.tables import (
+    BOARD_EMBEDDINGS,
+    BOARD_NEIGHBORS,
+    BOARDS,
+    EDGES,
+    GATHERED,
+    INPUT_SCHEMAS,
+    LAYER,
+    NEIGHBOURS,
+    OPTIONAL_COLUMNS,
+    PIN_EMBEDDINGS,
+    PIN_NEIGHBORS,
+    PINS,
+    PROJECTIONS,
+    accepted,
+    columns,
+)
+
+__all__ = [
+    "BOARDS",
+    "BOARD_EMBEDDINGS",
+    "BOARD_NEIGHBORS",
+    "EDGES",
+    "GATHERED",
+    "INPUT_SCHEMAS",
+    "LAYER",
+    "NEIGHBOURS",
+    "OPTIONAL_COLUMNS",
+    "PINS",
+    "PIN_EMBEDDINGS",
+    "PIN_NEIGHBORS",
+    "PROJECTIONS",
+    "accepted",
+    "columns",
+]

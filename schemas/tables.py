@@ -1,0 +1,110 @@
+"""Every table the pipeline reads or writes, as a named StructType.
+
+Inputs may be stored with wider-but-compatible types (INT ids, DOUBLE weights or features); the
+validators in `jobs.lib.validate` accept those listed in ACCEPTED_TYPES and cast to these schemas.
+Vectors inside the pipeline travel as BINARY: float32 little-endian, `dim * 4` bytes per row.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql.types import (
+    ArrayType,
+    BinaryType,
+    ByteType,
+    DataType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StructField,
+    StructType,
+)
+
+VECTOR = ArrayType(FloatType(), containsNull=False)
+
+# ---- inputs ---------------------------------------------------------------------------------
+PINS = StructType([StructField("pin_id", LongType(), False), StructField("features", VECTOR, False)])
+BOARDS = StructType([StructField("board_id", LongType(), False), StructField("features", VECTOR, True)])
+EDGES = StructType(
+    [
+        StructField("pin_id", LongType(), True),
+        StructField("board_id", LongType(), True),
+        StructField("weight", FloatType(), True),  # optional column, 1.0 when absent
+    ]
+)
+BOARD_NEIGHBORS = StructType(
+    [
+        StructField("board_id", LongType(), True),
+        StructField("pin_id", LongType(), True),
+        StructField("weight", FloatType(), True),
+    ]
+)
+PIN_NEIGHBORS = StructType(
+    [
+        StructField("pin_id", LongType(), True),
+        StructField("board_id", LongType(), True),
+        StructField("weight", FloatType(), True),
+    ]
+)
+
+# ---- outputs (Delta, under --out) ----------------------------------------------------------
+PIN_EMBEDDINGS = StructType(
+    [StructField("pin_id", LongType(), False), StructField("embedding", VECTOR, False)]
+)
+BOARD_EMBEDDINGS = StructType(
+    [StructField("board_id", LongType(), False), StructField("embedding", VECTOR, False)]
+)
+
+# ---- internal (Delta, under --out/_work/<run>) -----------------------------------------------
+# One table per node type and layer: h(k) of every node of that type.
+LAYER = StructType([StructField("node_id", LongType(), False), StructField("vec", BinaryType(), True)])
+# Neighbour rows after dropping dangling references: target dst pools source src.
+NEIGHBOURS = StructType(
+    [
+        StructField("dst", LongType(), False),
+        StructField("src", LongType(), False),
+        StructField("weight", DoubleType(), False),
+    ]
+)
+# Output of a projection map: Q_k applied to every source node once.
+PROJECTIONS = StructType([StructField("src", LongType(), False), StructField("proj", BinaryType(), False)])
+# Rows a pooling task sees for a target, sorted by (dst, kind, src): kind 0 is the target's own
+# representation (self_vec), kind 1 a neighbour's projection with its weight.
+GATHERED = StructType(
+    [
+        StructField("dst", LongType(), False),
+        StructField("kind", ByteType(), False),
+        StructField("src", LongType(), True),
+        StructField("weight", DoubleType(), True),
+        StructField("self_vec", BinaryType(), True),
+        StructField("proj", BinaryType(), True),
+    ]
+)
+
+INPUT_SCHEMAS: dict[str, StructType] = {
+    "pins": PINS,
+    "boards": BOARDS,
+    "edges": EDGES,
+    "board_neighbors": BOARD_NEIGHBORS,
+    "pin_neighbors": PIN_NEIGHBORS,
+}
+OPTIONAL_COLUMNS: dict[str, set[str]] = {"edges": {"weight"}, "boards": {"features"}}
+
+ACCEPTED_TYPES: dict[str, tuple[DataType, ...]] = {
+    "id": (LongType(), IntegerType()),
+    "weight": (FloatType(), DoubleType()),
+    "vector": tuple(ArrayType(t, n) for t in (FloatType(), DoubleType()) for n in (False, True)),
+}
+
+
+def accepted(field: StructField) -> tuple[DataType, ...]:
+    """The stored types a canonical input field may arrive as."""
+    if isinstance(field.dataType, LongType):
+        return ACCEPTED_TYPES["id"]
+    if isinstance(field.dataType, FloatType):
+        return ACCEPTED_TYPES["weight"]
+    return ACCEPTED_TYPES["vector"]
+
+
+def columns(schema: StructType) -> list[str]:
+    return [f.name for f in schema.fields]

@@ -1,0 +1,20 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="pinsage-spark",
+    version="0.1.0",
+    description="PinSage embedding inference as a layer-wise chain of Spark jobs writing Delta tables",
+    python_requires=">=3.10",
+    packages=find_packages(
+        include=["jobs", "jobs.*", "pinsage_model", "pinsage_model.*", "schemas", "schemas.*"]
+    ),
+    install_requires=[
+        "pyspark==4.2.0",
+        "delta-spark==4.4.0",
+        "torch==2.15.0",
+        "numpy>=2.0,<2.5",
+        "pyarrow==26.0.1",
+        "pandas==2.3.3",
+    ],
+    extras_require={"dev": ["pytest==9.2.0", "chispa==0.12.0", "ruff==0.17.6", "hypothesis==6.170.15"]},
+)
