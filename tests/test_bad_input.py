@@ -1,0 +1,157 @@
+"""Bad input exits with status 2, a message naming the table, column and problem, and leaves the
+earlier contents of --out exactly as they were."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pytest
+import torch
+
+from jobs.embed import main
+from tests.graphs import embed_argv, small_graph, write_checkpoint, write_graph, write_parquet
+
+VEC = pa.list_(pa.float32())
+ID = pa.int64()
+
+
+def snapshot(root: str) -> dict[str, tuple[int, int]]:
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            found[path] = (os.path.getsize(path), os.stat(path).st_mtime_ns)
+    return found
+
+
+@pytest.fixture
+def setup(spark, tmp_path):
+    """A valid graph and checkpoint, and an --out that already holds a published table."""
+    graph = small_graph(seed=1, board_dim=3)
+    paths = write_graph(graph, str(tmp_path / "in"), with_boards=True)
+    ckpt = write_checkpoint(str(tmp_path / "model.pt"), board_feature_dim=3)
+    out = str(tmp_path / "out")
+    spark.createDataFrame([(1, [0.5])], "pin_id bigint, embedding array<float>").write.format("delta").save(
+        out + "/pin_embeddings"
+    )
+    return paths, ckpt, out, tmp_path
+
+
+def fails_cleanly(paths, ckpt, out, capsys, *expected: str) -> None:
+    before = snapshot(out)
+    assert main(embed_argv(paths, ckpt, out)) == 2
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err, f"{text!r} not in {err!r}"
+    assert snapshot(out) == before, "the failed run changed --out"
+
+
+def pins_with(tmp_path, ids, features, id_type=ID, vec_type=VEC) -> str:
+    return write_parquet(
+        str(tmp_path / "bad_pins"),
+        {"pin_id": pa.array(ids, id_type), "features": pa.array(features, vec_type)},
+    )
+
+
+GOOD = [0.1] * 6
+
+
+@pytest.mark.parametrize(
+    ("table", "kwargs", "expected"),
+    [
+        ("pins", dict(ids=[1, 2], features=[GOOD, GOOD[:5]]), ["table 'pins', column 'features'", "(ragged)"]),
+        ("pins", dict(ids=[1, 2], features=[GOOD[:5], GOOD[:5]]), ["do not have length 6", "pin_feature_dim"]),
+        ("pins", dict(ids=[1, 2], features=[GOOD, GOOD[:5] + [float("nan")]]), ["column 'features'", "NaN or Inf", "pin_id 2"]),
+        ("pins", dict(ids=[1, 2], features=[GOOD[:5] + [float("-inf")], GOOD]), ["NaN or Inf", "pin_id 1"]),
+        ("pins", dict(ids=[1, 2], features=[GOOD, None]), ["column 'features'", "NULL features"]),
+        ("pins", dict(ids=[1, 2], features=[GOOD, GOOD[:5] + [None]]), ["NULL elements"]),
+        ("pins", dict(ids=[1, 1, 2], features=[GOOD, GOOD, GOOD]), ["table 'pins', column 'pin_id'", "duplicate ids", "1 (2 times)"]),
+        ("pins", dict(ids=[1, None], features=[GOOD, GOOD]), ["column 'pin_id'", "NULL id"]),
+        ("pins", dict(ids=["a", "b"], features=[GOOD, GOOD], id_type=pa.string()), ["column 'pin_id'", "has type string, expected bigint or int"]),
+        ("pins", dict(ids=[1, 2], features=[[1, 2, 3, 4, 5, 6]] * 2, vec_type=pa.list_(pa.int32())), ["column 'features'", "has type array<int>"]),
+    ],
+)  # fmt: skip
+def test_bad_pins(setup, capsys, table, kwargs, expected):
+    paths, ckpt, out, tmp_path = setup
+    paths = {**paths, table: pins_with(tmp_path, **kwargs)}
+    fails_cleanly(paths, ckpt, out, capsys, *expected)
+
+
+def test_missing_column(setup, capsys):
+    paths, ckpt, out, tmp_path = setup
+    paths = {**paths, "pins": write_parquet(str(tmp_path / "p"), {"pin_id": pa.array([1], pa.int64())})}
+    fails_cleanly(paths, ckpt, out, capsys, "table 'pins', column 'features': missing column (found: pin_id)")
+
+
+def test_missing_path(setup, capsys):
+    paths, ckpt, out, tmp_path = setup
+    fails_cleanly(
+        {**paths, "edges": str(tmp_path / "nowhere")}, ckpt, out, capsys, "table 'edges'", "does not exist"
+    )
+
+
+@pytest.mark.parametrize("weight", [0.0, -1.0, float("nan"), float("inf"), None])
+def test_bad_neighbour_weights(setup, capsys, weight):
+    paths, ckpt, out, tmp_path = setup
+    bad = write_parquet(
+        str(tmp_path / "bn"),
+        {"board_id": pa.array([100, 101], pa.int64()), "pin_id": pa.array([1, 2], pa.int64()),
+         "weight": pa.array([1.0, weight], pa.float32())},
+    )  # fmt: skip
+    fails_cleanly(
+        {**paths, "board_neighbors": bad}, ckpt, out, capsys,
+        "table 'board_neighbors', column 'weight'", "non-positive weight", "(101, 2)",
+    )  # fmt: skip
+
+
+def test_duplicate_board_ids(setup, capsys):
+    paths, ckpt, out, tmp_path = setup
+    boards = write_parquet(
+        str(tmp_path / "b"),
+        {"board_id": pa.array([100, 100], pa.int64()), "features": pa.array([[0.0] * 3] * 2, VEC)},
+    )
+    fails_cleanly(
+        {**paths, "boards": boards}, ckpt, out, capsys, "table 'boards', column 'board_id'", "duplicate"
+    )
+
+
+def test_board_features_of_the_wrong_width(setup, capsys):
+    paths, _, out, tmp_path = setup
+    ckpt = write_checkpoint(str(tmp_path / "m4.pt"), board_feature_dim=4)
+    fails_cleanly(paths, ckpt, out, capsys, "table 'boards', column 'features'", "board_feature_dim is 4")
+
+
+def test_board_features_expected_but_no_boards_table(setup, capsys):
+    paths, ckpt, out, _ = setup
+    paths = {k: v for k, v in paths.items() if k != "boards"}
+    fails_cleanly(paths, ckpt, out, capsys, "table 'boards'", "no --boards table was given")
+
+
+def test_checkpoint_of_another_format_version(setup, capsys):
+    paths, ckpt, out, tmp_path = setup
+    raw = torch.load(ckpt, weights_only=True)
+    raw["format_version"] = 2
+    torch.save(raw, tmp_path / "v2.pt")
+    fails_cleanly(paths, str(tmp_path / "v2.pt"), out, capsys, "format_version must be 1, got 2")
+
+
+def test_checkpoint_shapes_that_disagree_with_config(setup, capsys):
+    paths, ckpt, out, tmp_path = setup
+    raw = torch.load(ckpt, weights_only=True)
+    raw["state_dict"]["convs.1.Q.weight"] = torch.zeros(5, 7)
+    torch.save(raw, tmp_path / "bad.pt")
+    fails_cleanly(
+        paths,
+        str(tmp_path / "bad.pt"),
+        out,
+        capsys,
+        "state_dict['convs.1.Q.weight'] has shape [5, 7]",
+        "[5, 4]",
+    )
+
+
+def test_checkpoint_dims_that_disagree_with_the_pins_table(setup, capsys):
+    paths, _, out, tmp_path = setup
+    ckpt = write_checkpoint(str(tmp_path / "m8.pt"), pin_feature_dim=8, board_feature_dim=3)
+    fails_cleanly(paths, ckpt, out, capsys, "table 'pins', column 'features'", "do not have length 8")

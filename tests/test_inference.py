@@ -1,0 +1,165 @@
+"""The executor-side functions on hand-built Arrow batches, without Spark."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from jobs.lib.inference import ModelRef, head_batches, pool_and_combine_batches, project_batches
+from jobs.lib.vectors import to_binary, to_matrix
+from tests.graphs import write_checkpoint
+
+
+@dataclass
+class FakeBroadcast:
+    value: bytes
+
+
+@pytest.fixture
+def ref(tmp_path):
+    path = write_checkpoint(
+        str(tmp_path / "m.pt"), pin_feature_dim=3, board_feature_dim=2, hidden_dim=4, embed_dim=3
+    )
+    data = open(path, "rb").read()
+    import hashlib
+
+    weights = {k: v.double().numpy() for k, v in torch.load(path, weights_only=True)["state_dict"].items()}
+    return ModelRef(FakeBroadcast(data), hashlib.sha256(data).hexdigest(), "cpu"), weights
+
+
+def relu(x):
+    return np.maximum(x, 0)
+
+
+def normalize(x):
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def node_batch(ids, vectors) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.array(ids, pa.int64()), to_binary(np.asarray(vectors))], ["node_id", "vec"]
+    )
+
+
+def test_project_matches_the_layer_formula(ref):
+    model_ref, w = ref
+    x = np.array([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0], [3.0, 1.0, -1.0]], dtype=np.float32)
+    (out,) = list(project_batches(iter([node_batch([5, 6, 7], x)]), model_ref, k=1))
+    expected = relu(x @ w["convs.0.Q.weight"].T + w["convs.0.Q.bias"])
+    assert out.column("src").to_pylist() == [5, 6, 7]
+    np.testing.assert_allclose(to_matrix(out.column("proj"), 4), expected, atol=1e-6)
+
+
+def test_project_handles_empty_iterator_and_empty_batch(ref):
+    model_ref, _ = ref
+    assert list(project_batches(iter([]), model_ref, k=1)) == []
+    (out,) = list(project_batches(iter([node_batch([], np.zeros((0, 3)))]), model_ref, k=1))
+    assert out.num_rows == 0 and out.schema.names == ["src", "proj"]
+
+
+def gathered_rows():
+    """Targets 10 (3 neighbours), 11 (none), 12 (2 neighbours), sorted by (dst, kind, src)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for dst, n in ((10, 3), (11, 0), (12, 2)):
+        rows.append((dst, 0, None, None, rng.normal(size=2).astype(np.float32), None))
+        for src in range(n):
+            rows.append((dst, 1, src, float(rng.uniform(0.5, 2)), None, rng.random(4).astype(np.float32)))
+    return rows
+
+
+def to_batch(rows) -> pa.RecordBatch:
+    def vecs(i):
+        return pa.array([None if r[i] is None else r[i].tobytes() for r in rows], pa.binary())
+
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([r[0] for r in rows], pa.int64()),
+            pa.array([r[1] for r in rows], pa.int8()),
+            pa.array([r[2] for r in rows], pa.int64()),
+            pa.array([r[3] for r in rows], pa.float64()),
+            vecs(4),
+            vecs(5),
+        ],
+        ["dst", "kind", "src", "weight", "self_vec", "proj"],
+    )
+
+
+def expected_layer_1(rows, w):
+    out = {}
+    for dst in sorted({r[0] for r in rows}):
+        own = next(r[4] for r in rows if r[0] == dst and r[1] == 0).astype(np.float64)
+        nbrs = [(r[3], r[5].astype(np.float64)) for r in rows if r[0] == dst and r[1] == 1]
+        total = sum(x for x, _ in nbrs)
+        pooled = sum(x / total * m for x, m in nbrs) if nbrs else np.zeros(4)
+        out[dst] = normalize(
+            relu(w["convs.0.W.weight"] @ np.concatenate([own, pooled]) + w["convs.0.W.bias"])
+        )
+    return out
+
+
+def collect(batches) -> dict[int, np.ndarray]:
+    result = {}
+    for b in batches:
+        for node, vec in zip(b.column("node_id").to_pylist(), to_matrix(b.column("vec"), 3), strict=True):
+            assert node not in result, f"target {node} emitted twice"
+            result[node] = vec
+    return result
+
+
+def test_pool_and_combine_matches_the_layer_formula(ref):
+    model_ref, w = ref
+    rows = gathered_rows()
+    got = collect(pool_and_combine_batches(iter([to_batch(rows)]), model_ref, k=1))
+    expected = expected_layer_1(rows, w)
+    assert sorted(got) == [10, 11, 12]
+    for dst, vec in expected.items():
+        np.testing.assert_allclose(got[dst], vec, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_targets_split_across_batches_give_the_same_result(ref, size):
+    model_ref, _ = ref
+    rows = gathered_rows()
+    whole = collect(pool_and_combine_batches(iter([to_batch(rows)]), model_ref, k=1))
+    pieces = [to_batch(rows[i : i + size]) for i in range(0, len(rows), size)]
+    pieces.insert(1, to_batch([]))  # an empty batch in the middle of a partition
+    split = collect(pool_and_combine_batches(iter(pieces), model_ref, k=1))
+    assert sorted(split) == sorted(whole)
+    for dst in whole:
+        np.testing.assert_allclose(split[dst], whole[dst], atol=1e-7)
+
+
+def test_pool_and_combine_handles_empty_iterator(ref):
+    model_ref, _ = ref
+    assert list(pool_and_combine_batches(iter([]), model_ref, k=1)) == []
+    assert list(pool_and_combine_batches(iter([to_batch([])]), model_ref, k=1)) == []
+
+
+def test_neighbour_rows_without_a_target_row_are_an_error(ref):
+    model_ref, _ = ref
+    orphan = [r for r in gathered_rows() if not (r[0] == 12 and r[1] == 0)]
+    with pytest.raises(ValueError, match="unknown target ids \\[12\\]"):
+        list(pool_and_combine_batches(iter([to_batch(orphan)]), model_ref, k=1))
+
+
+def test_head_matches_the_head_formula(ref):
+    model_ref, w = ref
+    h = normalize(np.random.default_rng(1).normal(size=(4, 3))).astype(np.float32)
+    (out,) = list(head_batches(iter([node_batch([1, 2, 3, 4], h)]), model_ref))
+    z = relu(h @ w["head.G1.weight"].T + w["head.G1.bias"]) @ w["head.G2.weight"].T
+    np.testing.assert_allclose(np.array(out.column("embedding").to_pylist()), normalize(z), atol=1e-6)
+    assert list(head_batches(iter([]), model_ref)) == []
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error(ref):
+    model_ref, _ = ref
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cuda_ref = ModelRef(model_ref.checkpoint, model_ref.sha256, "cuda")
+    with pytest.raises(RuntimeError, match="sees no GPU"):
+        list(project_batches(iter([node_batch([1], np.zeros((1, 3)))]), cuda_ref, k=1))

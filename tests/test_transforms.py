@@ -1,0 +1,54 @@
+"""The pure DataFrame transforms on a few hand-built rows."""
+
+from __future__ import annotations
+
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from jobs.lib import transforms as T
+
+
+def test_board_set_is_every_board_named_by_a_link_table(spark):
+    edges = spark.createDataFrame([(1, 10), (2, 10), (3, None)], "pin_id bigint, board_id bigint")
+    bn = spark.createDataFrame([(11, 1, 1.0)], "board_id bigint, pin_id bigint, weight float")
+    pn = spark.createDataFrame([(1, 12, 1.0), (2, 10, 1.0)], "pin_id bigint, board_id bigint, weight float")
+    expected = spark.createDataFrame([(10,), (11,), (12,)], "board_id bigint")
+    assert_df_equality(
+        T.board_ids_from_links(edges, bn, pn), expected, ignore_row_order=True, ignore_nullable=True
+    )
+
+
+def test_known_links_drop_dangling_and_null_references(spark):
+    links = spark.createDataFrame(
+        [(10, 1, 1.0), (10, 2, 2.0), (10, 9, 1.0), (99, 1, 1.0), (None, 1, 1.0), (11, None, 1.0)],
+        "board_id bigint, pin_id bigint, weight float",
+    )
+    boards = spark.createDataFrame([(10,), (11,)], "node_id bigint")
+    pins = spark.createDataFrame([(1,), (2,)], "node_id bigint")
+    expected = spark.createDataFrame([(10, 1, 1.0), (10, 2, 2.0)], "dst bigint, src bigint, weight double")
+    got = T.known_links(links, "board_id", "pin_id", boards, pins)
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_node_table_without_features_has_null_vectors(spark):
+    boards = spark.createDataFrame([(10, None)], "board_id bigint, features array<float>")
+    got = T.node_table(boards, "board_id", with_features=False)
+    assert got.columns == ["node_id", "vec"] and got.collect()[0]["vec"] is None
+
+
+def test_gather_puts_each_target_first_then_its_neighbours_in_order(spark):
+    targets = spark.createDataFrame([(10, b"t10"), (11, b"t11")], "node_id bigint, vec binary")
+    neighbours = spark.createDataFrame([(10, 2, 0.5), (10, 1, 1.5)], "dst bigint, src bigint, weight double")
+    projections = spark.createDataFrame([(1, b"p1"), (2, b"p2"), (3, b"p3")], "src bigint, proj binary")
+    rows = T.gather(targets, neighbours, projections)
+    expected = spark.createDataFrame(
+        [(10, 0, None, None, b"t10", None), (10, 1, 1, 1.5, None, b"p1"), (10, 1, 2, 0.5, None, b"p2"),
+         (11, 0, None, None, b"t11", None)],
+        "dst bigint, kind byte, src bigint, weight double, self_vec binary, proj binary",
+    )  # fmt: skip
+    assert_df_equality(rows, expected, ignore_row_order=True, ignore_nullable=True)
+    # Within a partition the rows of a target are contiguous and sorted.
+    per_partition = rows.withColumn("part", F.spark_partition_id()).collect()
+    for part in {r.part for r in per_partition}:
+        keys = [(r.dst, r.kind, r.src or -1) for r in per_partition if r.part == part]
+        assert keys == sorted(keys)
