@@ -77,10 +77,15 @@ def parse_checkpoint(data: bytes, source: str = "<bytes>") -> Checkpoint:
     try:
         raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        blocked = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        if blocked:
+            raise CheckpointError(
+                source,
+                "refused: it names Python objects beyond tensors and plain containers, which could run "
+                f"code when unpickled ({blocked[0]})",
+            ) from None
         raise CheckpointError(
-            source,
-            "refused: it holds objects other than tensors and plain containers, which could run "
-            f"code when unpickled (weights_only load failed: {str(exc).splitlines()[0]})",
+            source, "not a readable torch checkpoint (the weights-only unpickler rejected it)"
         ) from None
     except Exception as exc:  # torch raises several types for corrupt or truncated files
         raise CheckpointError(source, f"not a readable torch checkpoint ({exc})") from None
