@@ -57,7 +57,8 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
 
 
 if __name__ == "__main__":
-    # `python -m jobs.lib.session` resolves the Delta JARs once (used by `make setup`).
+    # `python -m jobs.lib.session` resolves the Delta JARs once (used by `make setup`) and prints the
+    # coordinate to pass to spark-submit --packages.
     spark = get_spark("pinsage-setup", "local[1]")
-    print(f"Spark {spark.version} with {spark.conf.get('spark.jars.packages')} ready")
+    print(f"Spark {spark.version} ready; Delta package: {spark.conf.get('spark.jars.packages')}")
     spark.stop()

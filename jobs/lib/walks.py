@@ -1,0 +1,158 @@
+"""Random walks with restart over the pin/board graph, as DataFrame joins.
+
+Nodes are keyed by (type, id): type 0 is a pin, 1 a board, since the two id spaces may overlap.
+
+How a step picks a neighbour without replicating a hub's adjacency per walker: every node's
+neighbours, sorted by id, split [0, 1) into intervals of length weight / total weight. The range is
+cut into B = degree equal buckets, and each neighbour is listed once per bucket its interval
+touches, so a node has at most 2 * degree bucket rows. A walker draws u in [0, 1), joins on
+(node, floor(u * B)) and keeps the one row whose interval holds u: an equi-join that meets about two
+rows per walker however large the node is, and an exact draw proportional to edge weight.
+
+Every random number is a hash of (seed, source, walk index, step, purpose), never of partition order,
+so the walks, and the visit counts, are the same whatever the partitioning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+PIN, BOARD = 0, 1
+_MANTISSA = (1 << 53) - 1
+
+
+@dataclass(frozen=True)
+class WalkParams:
+    walks_per_node: int = 100
+    walk_length: int = 8
+    restart_prob: float = 0.3
+    top_t: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.walks_per_node < 1:
+            raise ValueError(f"walks_per_node must be at least 1, got {self.walks_per_node}")
+        if self.walk_length < 1:
+            raise ValueError(f"walk_length must be at least 1, got {self.walk_length}")
+        if not 0.0 <= self.restart_prob < 1.0:
+            raise ValueError(f"restart_prob must be in [0, 1), got {self.restart_prob}")
+        if self.top_t < 1:
+            raise ValueError(f"top_t must be at least 1, got {self.top_t}")
+
+
+def uniform(seed: int, *keys: Column | int) -> Column:
+    """A uniform double in [0, 1) that depends only on the seed and the keys."""
+    parts = [F.lit(seed).cast("long")] + [k if isinstance(k, Column) else F.lit(k) for k in keys]
+    return (F.xxhash64(*parts).bitwiseAND(F.lit(_MANTISSA))).cast("double") / float(1 << 53)
+
+
+def undirected(edges: DataFrame) -> DataFrame:
+    """(node_t, node, nbr_t, nbr, weight) in both directions from deduplicated memberships."""
+    pins_side = edges.select(
+        F.lit(PIN).alias("node_t"), F.col("pin_id").alias("node"),
+        F.lit(BOARD).alias("nbr_t"), F.col("board_id").alias("nbr"), "weight",
+    )  # fmt: skip
+    boards_side = edges.select(
+        F.lit(BOARD).alias("node_t"), F.col("board_id").alias("node"),
+        F.lit(PIN).alias("nbr_t"), F.col("pin_id").alias("nbr"), "weight",
+    )  # fmt: skip
+    return pins_side.unionByName(boards_side)
+
+
+def node_stats(adjacency: DataFrame) -> DataFrame:
+    """(node_t, node, deg, total) for every node with at least one edge."""
+    return adjacency.groupBy("node_t", "node").agg(
+        F.count(F.lit(1)).alias("deg"), F.sum("weight").alias("total")
+    )
+
+
+def buckets(adjacency: DataFrame, stats: DataFrame) -> DataFrame:
+    """(node_t, node, bucket, nbr, lo, hi, nbr_deg): the bucketed inverse-CDF table (module doc)."""
+    order = Window.partitionBy("node_t", "node").orderBy("nbr")
+    cum = adjacency.withColumn("cum", F.sum("weight").over(order.rowsBetween(Window.unboundedPreceding, 0)))
+    cum = cum.withColumn("prev", F.coalesce(F.lag("cum").over(order), F.lit(0.0)))
+    cum = cum.join(stats, ["node_t", "node"])
+    last = F.row_number().over(order.orderBy(F.desc("nbr"))) == 1
+    lo = F.col("prev") / F.col("total")
+    hi = F.when(last, F.lit(2.0)).otherwise(F.col("cum") / F.col("total"))
+    first_bucket = F.floor(lo * F.col("deg")).cast("int")
+    last_bucket = F.least(F.floor(F.least(hi, F.lit(1.0)) * F.col("deg")).cast("int"), F.col("deg") - 1)
+    intervals = cum.select("node_t", "node", "nbr_t", "nbr", "deg", lo.alias("lo"), hi.alias("hi"),
+                           first_bucket.alias("b0"), last_bucket.alias("b1"))  # fmt: skip
+    stats_nbr = stats.select(
+        F.col("node_t").alias("nbr_t"), F.col("node").alias("nbr"), F.col("deg").alias("nbr_deg")
+    )
+    return intervals.join(stats_nbr, ["nbr_t", "nbr"]).select(
+        "node_t", "node", F.explode(F.sequence("b0", F.greatest("b0", "b1"))).alias("bucket"),
+        "nbr", "lo", "hi", "nbr_deg",
+    )  # fmt: skip
+
+
+def start_walkers(stats: DataFrame, walks: range) -> DataFrame:
+    """One row per (source, walk index): every node with edges starts `len(walks)` walks."""
+    walk_ids = F.explode(F.sequence(F.lit(walks.start), F.lit(walks.stop - 1))).alias("walk")
+    return stats.select(
+        F.col("node_t").alias("src_t"), F.col("node").alias("src"), F.col("deg").alias("src_deg"), walk_ids,
+        F.col("node_t").alias("cur_t"), F.col("node").alias("cur"), F.col("deg").alias("cur_deg"),
+        F.array().cast("array<bigint>").alias("visits"),
+    )  # fmt: skip
+
+
+def step(walkers: DataFrame, table: DataFrame, params: WalkParams, s: int) -> DataFrame:
+    """Advance every walker one step and append the node it lands on to `visits` when that node is
+    of the other type than its source.
+
+    One left join, no branching of the walker plan: a restarting walker asks for bucket -1, which
+    matches nothing, and goes back to its source; a moving walker matches exactly one row.
+    """
+    key = (F.col("src_t"), F.col("src"), F.col("walk"), F.lit(s))
+    restart = uniform(params.seed, *key, 0) < params.restart_prob
+    u = uniform(params.seed, *key, 1)
+    bucket = F.when(restart, F.lit(-1)).otherwise(
+        F.least(F.floor(u * F.col("cur_deg")).cast("int"), F.col("cur_deg") - 1)
+    )
+    walkers = walkers.select("*", restart.alias("restart"), u.alias("u"), bucket.alias("bucket"))
+    t = table.select(
+        F.col("node_t").alias("t_node_t"), F.col("node").alias("t_node"), F.col("bucket").alias("t_bucket"),
+        "nbr", "lo", "hi", "nbr_deg",
+    )  # fmt: skip
+    on = (
+        (F.col("cur_t") == F.col("t_node_t"))
+        & (F.col("cur") == F.col("t_node"))
+        & (F.col("bucket") == F.col("t_bucket"))
+        & (F.col("lo") <= F.col("u"))
+        & (F.col("u") < F.col("hi"))
+    )
+    joined = walkers.join(t, on, "left")
+    cur_t = F.when(F.col("restart"), F.col("src_t")).otherwise(1 - F.col("cur_t"))
+    landed = joined.select(
+        "src_t", "src", "src_deg", "walk", "visits",
+        cur_t.alias("cur_t"),
+        F.when(F.col("restart"), F.col("src")).otherwise(F.col("nbr")).alias("cur"),
+        F.when(F.col("restart"), F.col("src_deg")).otherwise(F.col("nbr_deg")).alias("cur_deg"),
+    )  # fmt: skip
+    visits = F.when(F.col("cur_t") != F.col("src_t"), F.concat("visits", F.array("cur"))).otherwise(
+        F.col("visits")
+    )
+    return landed.withColumn("visits", visits)
+
+
+def visit_counts(walkers: DataFrame) -> DataFrame:
+    """(src_t, src, visited, count) from finished walkers."""
+    return (
+        walkers.select("src_t", "src", F.explode("visits").alias("visited"))
+        .groupBy("src_t", "src", "visited")
+        .agg(F.count(F.lit(1)).alias("count"))
+    )
+
+
+def top_neighbours(counts: DataFrame, top_t: int) -> DataFrame:
+    """(src_t, src, visited, weight): the top_t visited nodes of each source by count (ties to the
+    smaller id), weight = count / sum of the kept counts."""
+    order = Window.partitionBy("src_t", "src").orderBy(F.desc("count"), "visited")
+    kept = counts.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_t)
+    total = F.sum("count").over(Window.partitionBy("src_t", "src"))
+    return kept.select("src_t", "src", "visited", (F.col("count") / total).cast("float").alias("weight"))

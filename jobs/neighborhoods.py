@@ -1,0 +1,212 @@
+"""Importance neighbourhoods from random walks with restart: the board_neighbors and pin_neighbors
+tables that jobs/embed.py pools over.
+
+    spark-submit jobs/neighborhoods.py --edges E --out O [--pins P] [--boards B]
+        [--walks-per-node 100] [--walk-length 8] [--restart-prob 0.3] [--top-t 50] [--seed 0]
+        [--walks-per-batch 25]
+
+From every node with edges, `walks-per-node` walks of `walk-length` steps each; at each step the
+walker jumps back to its source with probability `restart-prob`, else moves to a neighbour drawn
+proportionally to edge weight. Each step that lands on a node of the other type than the source
+counts one visit. A source's neighbourhood is its `top-t` most visited nodes (ties to the smaller
+id), weighted by visit count over the kept counts' sum. Writes Delta tables O/board_neighbors and
+O/pin_neighbors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.lib import walks as W
+from jobs.lib.io import InputError, delete_path, read_table, write_delta
+from jobs.lib.session import get_spark
+from jobs.lib.validate import check_links, check_nodes, conform
+
+log = logging.getLogger("pinsage.neighborhoods")
+
+
+@dataclass(frozen=True)
+class NeighbourhoodArgs:
+    edges: str
+    out: str
+    pins: str | None = None
+    boards: str | None = None
+    params: W.WalkParams = field(default_factory=W.WalkParams)
+    walks_per_batch: int = 25
+    master: str | None = None
+    conf: dict[str, str] = field(default_factory=dict)
+    keep_work: bool = False
+    report_json: str | None = None
+
+
+def parse_args(argv: list[str] | None = None) -> NeighbourhoodArgs:
+    d = W.WalkParams()
+    p = argparse.ArgumentParser(description="Random-walk importance neighbourhoods on Spark.")
+    p.add_argument("--edges", required=True, help="memberships: pin_id, board_id[, weight]")
+    p.add_argument("--out", required=True, help="output root for board_neighbors and pin_neighbors")
+    p.add_argument(
+        "--pins", help="pins table: edges naming other pins are dropped; pins without edges reported"
+    )
+    p.add_argument("--boards", help="boards table: edges naming other boards are dropped")
+    p.add_argument("--walks-per-node", type=int, default=d.walks_per_node)
+    p.add_argument("--walk-length", type=int, default=d.walk_length)
+    p.add_argument("--restart-prob", type=float, default=d.restart_prob)
+    p.add_argument("--top-t", type=int, default=d.top_t)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--walks-per-batch", type=int, default=25, help="walk indices simulated per Spark job")
+    p.add_argument("--master", help="Spark master when run with python (default local[*])")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
+    p.add_argument("--keep-work", action="store_true", help="keep intermediate tables in OUT/_work")
+    p.add_argument("--report-json", help="also write the run report as JSON to this local file")
+    a = p.parse_args(argv)
+    try:
+        params = W.WalkParams(a.walks_per_node, a.walk_length, a.restart_prob, a.top_t, a.seed)
+    except ValueError as exc:
+        p.error(str(exc))
+    if a.walks_per_batch < 1:
+        p.error("--walks-per-batch must be at least 1")
+    conf = dict(item.split("=", 1) for item in a.conf if "=" in item)
+    return NeighbourhoodArgs(
+        a.edges, a.out.rstrip("/"), a.pins, a.boards, params, a.walks_per_batch, a.master, conf,
+        a.keep_work, a.report_json,
+    )  # fmt: skip
+
+
+@dataclass
+class NeighbourhoodReport:
+    run_id: str
+    params: dict
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def render(self) -> str:
+        lines = [f"run {self.run_id}: " + ", ".join(f"{k} {v}" for k, v in self.params.items())]
+        lines += [f"  {k}: {v:,}" for k, v in self.counts.items()]
+        lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+
+def clean_edges(spark: SparkSession, args: NeighbourhoodArgs, report: NeighbourhoodReport) -> DataFrame:
+    """Validated, deduplicated memberships between known nodes; what was dropped is counted."""
+    edges = conform(read_table(spark, "edges", args.edges), "edges")
+    report.counts["edges read"] = check_links(edges, "edges", ("pin_id", "board_id"))
+    kept = edges.where(F.col("pin_id").isNotNull() & F.col("board_id").isNotNull())
+    for table, path, column in (("pins", args.pins, "pin_id"), ("boards", args.boards, "board_id")):
+        if path:
+            nodes = conform(read_table(spark, table, path), table)
+            check_nodes(nodes, table, column, None, "")
+            kept = kept.join(nodes.select(column), column, "left_semi")
+    # A membership listed twice is one membership; its weight is the largest listed.
+    return kept.groupBy("pin_id", "board_id").agg(F.max("weight").alias("weight"))
+
+
+def run(spark: SparkSession, args: NeighbourhoodArgs) -> NeighbourhoodReport:
+    params = args.params
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    report = NeighbourhoodReport(run_id, {k: getattr(params, k) for k in params.__dataclass_fields__})
+    work = f"{args.out}/_work/{run_id}"
+    sc = spark.sparkContext
+    clock = time.perf_counter()
+
+    sc.setJobDescription("validate and deduplicate edges")
+    edges = clean_edges(spark, args, report)
+    write_delta(edges, f"{work}/edges")
+    edges = spark.read.format("delta").load(f"{work}/edges")
+    valid = (
+        conform(read_table(spark, "edges", args.edges), "edges")
+        .where(F.col("pin_id").isNotNull() & F.col("board_id").isNotNull())
+        .count()
+    )
+    report.counts["edges with NULL ids (dropped)"] = report.counts["edges read"] - valid
+    report.counts["edges kept"] = edges.count()
+
+    sc.setJobDescription("build the bucketed adjacency")
+    adjacency = W.undirected(edges)
+    write_delta(W.node_stats(adjacency), f"{work}/stats")
+    stats = spark.read.format("delta").load(f"{work}/stats")
+    write_delta(W.buckets(adjacency, stats), f"{work}/buckets")
+    table = spark.read.format("delta").load(f"{work}/buckets")
+    node_counts = {r["node_t"]: r["count"] for r in stats.groupBy("node_t").count().collect()}
+    report.counts["pins with edges"] = node_counts.get(W.PIN, 0)
+    report.counts["boards with edges"] = node_counts.get(W.BOARD, 0)
+    if args.pins:
+        pins = conform(read_table(spark, "pins", args.pins), "pins")
+        report.counts["isolated pins (empty neighbourhood)"] = pins.count() - report.counts["pins with edges"]
+    report.seconds["prepare"] = round(time.perf_counter() - clock, 3)
+
+    clock = time.perf_counter()
+    counts_path = f"{work}/counts"
+    batches = range(0, params.walks_per_node, args.walks_per_batch)
+    for i, first in enumerate(batches):
+        walk_ids = range(first, min(first + args.walks_per_batch, params.walks_per_node))
+        sc.setJobDescription(f"walks {walk_ids.start}-{walk_ids.stop - 1} of {params.walks_per_node}")
+        log.info(
+            "walk batch %d/%d: walk indices %d-%d", i + 1, len(batches), walk_ids.start, walk_ids.stop - 1
+        )
+        walkers = W.start_walkers(stats, walk_ids)
+        for s in range(1, params.walk_length + 1):
+            walkers = W.step(walkers, table, params, s)
+        W.visit_counts(walkers).write.format("delta").mode("overwrite" if i == 0 else "append").save(
+            counts_path
+        )
+    walks = (report.counts["pins with edges"] + report.counts["boards with edges"]) * params.walks_per_node
+    report.counts["walks"] = walks
+    report.seconds["walks"] = round(time.perf_counter() - clock, 3)
+    report.counts["walks per second"] = int(walks / max(report.seconds["walks"], 1e-9))
+
+    clock = time.perf_counter()
+    counts = (
+        spark.read.format("delta")
+        .load(counts_path)
+        .groupBy("src_t", "src", "visited")
+        .agg(F.sum("count").alias("count"))
+    )
+    top = W.top_neighbours(counts, params.top_t)
+    outputs = {
+        "board_neighbors": top.where(F.col("src_t") == W.BOARD).select(
+            F.col("src").alias("board_id"), F.col("visited").alias("pin_id"), "weight"
+        ),
+        "pin_neighbors": top.where(F.col("src_t") == W.PIN).select(
+            F.col("src").alias("pin_id"), F.col("visited").alias("board_id"), "weight"
+        ),
+    }
+    metadata = {"run_id": run_id, **report.params}
+    for name, df in outputs.items():
+        sc.setJobDescription(f"publish {name}")
+        write_delta(df, f"{args.out}/{name}", metadata)
+        report.counts[f"{name} rows"] = spark.read.format("delta").load(f"{args.out}/{name}").count()
+    report.seconds["publish"] = round(time.perf_counter() - clock, 3)
+    if not args.keep_work:
+        delete_path(spark, work)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        spark = get_spark("pinsage-neighborhoods", args.master, args.conf)
+        report = run(spark, args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.render())
+    if args.report_json:
+        import json
+        from dataclasses import asdict
+
+        with open(args.report_json, "w") as f:
+            json.dump(asdict(report), f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
