@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
+QUIET := --conf spark.ui.showConsoleProgress=false
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test lint format clean
@@ -22,14 +23,17 @@ $(STAMP): setup.py requirements.lock
 setup: $(STAMP) ## Create .venv with pinned packages and fetch the Delta Lake JARs
 	@echo ".venv ready"
 
-demo: $(STAMP) ## Generate a graph and a random checkpoint, embed every pin, show nearest neighbours
+demo: $(STAMP) ## Generate a graph and a random checkpoint, walk, embed every pin, show nearest neighbours
 	rm -rf $(DEMO_DIR)
 	$(PY) jobs/generate_graph.py --out $(DEMO_DIR)/input --pins 5000 --boards 800 --feature-dim 32
 	$(PY) -m pinsage_model.init_checkpoint --out $(DEMO_DIR)/model.pt --pin-feature-dim 32 \
 		--hidden-dim 64 --embed-dim 32 --num-layers 2 --pooling importance --seed 1
+	$(PY) jobs/neighborhoods.py --edges $(DEMO_DIR)/input/edges --pins $(DEMO_DIR)/input/pins \
+		--out $(DEMO_DIR)/neighbourhoods --walks-per-node 30 --walks-per-batch 30 --top-t 30 $(QUIET)
 	$(PY) jobs/embed.py --pins $(DEMO_DIR)/input/pins --edges $(DEMO_DIR)/input/edges \
-		--board-neighbors $(DEMO_DIR)/input/board_neighbors --pin-neighbors $(DEMO_DIR)/input/pin_neighbors \
-		--checkpoint $(DEMO_DIR)/model.pt --out $(DEMO_DIR)/out --conf spark.ui.showConsoleProgress=false
+		--board-neighbors $(DEMO_DIR)/neighbourhoods/board_neighbors \
+		--pin-neighbors $(DEMO_DIR)/neighbourhoods/pin_neighbors \
+		--checkpoint $(DEMO_DIR)/model.pt --out $(DEMO_DIR)/out $(QUIET)
 	$(PY) jobs/nearest.py --embeddings $(DEMO_DIR)/out/pin_embeddings --pins $(DEMO_DIR)/input/pins \
 		--queries 5 --k 5
 

@@ -124,9 +124,9 @@ def load_graph(
             boards, "boards", "board_id", config.board_feature_dim if with_features else None,
             dim_note.format("board_feature_dim", config.board_feature_dim),
         )  # fmt: skip
-    report.input_rows["edges"] = check_links(edges, "edges", ("pin_id", "board_id"))
+    report.input_rows["edges"] = check_links(edges, "edges", ("pin_id", "board_id")).rows
     for name, df in links.items():
-        report.input_rows[name] = check_links(df, name, tuple(df.columns[:2]))
+        report.input_rows[name] = check_links(df, name, tuple(df.columns[:2])).rows
 
     pin_nodes = T.node_table(pins, "pin_id", with_features=True)
     if boards is None:

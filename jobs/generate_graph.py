@@ -4,8 +4,9 @@
 
 Pins belong to one of `--topics` topics and their features are the topic's centroid plus noise;
 each board has a topic and draws most of its members from it. Writes DIR/pins (with an extra
-`topic` column), DIR/edges, and neighbour tables taken straight from the memberships with uniform
-weights: DIR/board_neighbors and DIR/pin_neighbors. Runs without Spark (numpy + pyarrow).
+`topic` column) and DIR/edges; with --uniform-neighbours also neighbour tables taken straight from
+the memberships with weight 1 (DIR/board_neighbors, DIR/pin_neighbors), which skips the random walks
+(jobs/neighborhoods.py) where only the embedding step matters. Runs without Spark (numpy + pyarrow).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class GraphSpec:
     mean_board_size: float = 25.0
     in_topic: float = 0.8
     seed: int = 7
+    uniform_neighbours: bool = False
 
 
 def generate(spec: GraphSpec) -> dict[str, pa.Table]:
@@ -63,9 +65,10 @@ def generate(spec: GraphSpec) -> dict[str, pa.Table]:
             {"pin_id": np.arange(spec.pins, dtype=np.int64), "features": vectors, "topic": pin_topic}
         ),
         "edges": pa.table({"pin_id": pin_col, "board_id": board_col, "weight": ones}),
-        "board_neighbors": pa.table({"board_id": board_col, "pin_id": pin_col, "weight": ones}),
-        "pin_neighbors": pa.table({"pin_id": pin_col, "board_id": board_col, "weight": ones}),
     }
+    if spec.uniform_neighbours:
+        tables["board_neighbors"] = pa.table({"board_id": board_col, "pin_id": pin_col, "weight": ones})
+        tables["pin_neighbors"] = pa.table({"pin_id": pin_col, "board_id": board_col, "weight": ones})
     if spec.board_feature_dim:
         bf = rng.normal(size=(spec.boards, spec.board_feature_dim)).astype(np.float32)
         board_ids = np.arange(spec.boards, dtype=np.int64) + 1_000_000
@@ -87,9 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--feature-dim", type=int, default=GraphSpec.feature_dim)
     p.add_argument("--board-feature-dim", type=int, default=0)
     p.add_argument("--topics", type=int, default=GraphSpec.topics)
+    p.add_argument("--mean-board-size", type=float, default=GraphSpec.mean_board_size)
     p.add_argument("--seed", type=int, default=GraphSpec.seed)
+    p.add_argument("--uniform-neighbours", action="store_true", help="also write weight-1 neighbour tables")
     a = p.parse_args(argv)
-    spec = GraphSpec(a.pins, a.boards, a.feature_dim, a.board_feature_dim, a.topics, seed=a.seed)
+    spec = GraphSpec(
+        a.pins, a.boards, a.feature_dim, a.board_feature_dim, a.topics, a.mean_board_size,
+        seed=a.seed, uniform_neighbours=a.uniform_neighbours,
+    )  # fmt: skip
     tables = generate(spec)
     write_tables(tables, a.out)
     print(", ".join(f"{name} {t.num_rows:,} rows" for name, t in tables.items()) + f" -> {a.out}")

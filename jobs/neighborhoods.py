@@ -97,13 +97,19 @@ class NeighbourhoodReport:
 def clean_edges(spark: SparkSession, args: NeighbourhoodArgs, report: NeighbourhoodReport) -> DataFrame:
     """Validated, deduplicated memberships between known nodes; what was dropped is counted."""
     edges = conform(read_table(spark, "edges", args.edges), "edges")
-    report.counts["edges read"] = check_links(edges, "edges", ("pin_id", "board_id"))
+    stats = check_links(edges, "edges", ("pin_id", "board_id"))
+    report.counts["edges read"] = stats.rows
+    report.counts["edges with NULL ids (dropped)"] = stats.null_ids
     kept = edges.where(F.col("pin_id").isNotNull() & F.col("board_id").isNotNull())
+    known = stats.rows - stats.null_ids
     for table, path, column in (("pins", args.pins, "pin_id"), ("boards", args.boards, "board_id")):
         if path:
             nodes = conform(read_table(spark, table, path), table)
-            check_nodes(nodes, table, column, None, "")
+            report.counts[f"{table} read"] = check_nodes(nodes, table, column, None, "")
             kept = kept.join(nodes.select(column), column, "left_semi")
+    if args.pins or args.boards:
+        known = kept.count()
+    report.counts["edges naming unknown nodes (dropped)"] = stats.rows - stats.null_ids - known
     # A membership listed twice is one membership; its weight is the largest listed.
     return kept.groupBy("pin_id", "board_id").agg(F.max("weight").alias("weight"))
 
@@ -120,26 +126,27 @@ def run(spark: SparkSession, args: NeighbourhoodArgs) -> NeighbourhoodReport:
     edges = clean_edges(spark, args, report)
     write_delta(edges, f"{work}/edges")
     edges = spark.read.format("delta").load(f"{work}/edges")
-    valid = (
-        conform(read_table(spark, "edges", args.edges), "edges")
-        .where(F.col("pin_id").isNotNull() & F.col("board_id").isNotNull())
-        .count()
-    )
-    report.counts["edges with NULL ids (dropped)"] = report.counts["edges read"] - valid
     report.counts["edges kept"] = edges.count()
+    report.counts["duplicate memberships (merged)"] = (
+        report.counts["edges read"]
+        - report.counts["edges with NULL ids (dropped)"]
+        - report.counts["edges naming unknown nodes (dropped)"]
+        - report.counts["edges kept"]
+    )
 
     sc.setJobDescription("build the bucketed adjacency")
     adjacency = W.undirected(edges)
     write_delta(W.node_stats(adjacency), f"{work}/stats")
     stats = spark.read.format("delta").load(f"{work}/stats")
     write_delta(W.buckets(adjacency, stats), f"{work}/buckets")
-    table = spark.read.format("delta").load(f"{work}/buckets")
+    bucket_table = spark.read.format("delta").load(f"{work}/buckets")
     node_counts = {r["node_t"]: r["count"] for r in stats.groupBy("node_t").count().collect()}
     report.counts["pins with edges"] = node_counts.get(W.PIN, 0)
     report.counts["boards with edges"] = node_counts.get(W.BOARD, 0)
-    if args.pins:
-        pins = conform(read_table(spark, "pins", args.pins), "pins")
-        report.counts["isolated pins (empty neighbourhood)"] = pins.count() - report.counts["pins with edges"]
+    for node_table, kind in (("pins", "pin"), ("boards", "board")):
+        if f"{node_table} read" in report.counts:
+            isolated = report.counts[f"{node_table} read"] - report.counts[f"{kind}s with edges"]
+            report.counts[f"isolated {node_table} (empty neighbourhood)"] = isolated
     report.seconds["prepare"] = round(time.perf_counter() - clock, 3)
 
     clock = time.perf_counter()
@@ -153,7 +160,7 @@ def run(spark: SparkSession, args: NeighbourhoodArgs) -> NeighbourhoodReport:
         )
         walkers = W.start_walkers(stats, walk_ids)
         for s in range(1, params.walk_length + 1):
-            walkers = W.step(walkers, table, params, s)
+            walkers = W.step(walkers, bucket_table, params, s)
         W.visit_counts(walkers).write.format("delta").mode("overwrite" if i == 0 else "append").save(
             counts_path
         )

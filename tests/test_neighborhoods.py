@@ -167,7 +167,9 @@ def test_null_unknown_duplicate_and_isolated_are_handled_and_reported(spark, tmp
     report = run(spark, args)
     assert report.counts["edges read"] == 6
     assert report.counts["edges with NULL ids (dropped)"] == 2
-    assert report.counts["edges kept"] == 2  # (0, 5) once, (1, 5); pin 77 is unknown
+    assert report.counts["edges naming unknown nodes (dropped)"] == 1  # pin 77
+    assert report.counts["duplicate memberships (merged)"] == 1  # (0, 5) twice
+    assert report.counts["edges kept"] == 2
     assert report.counts["isolated pins (empty neighbourhood)"] == 2  # pins 2 and 3
     got = neighbourhoods(spark, args.out)
     assert set(got) == {("pin", 0), ("pin", 1), ("board", 5)}

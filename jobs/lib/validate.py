@@ -6,6 +6,8 @@ functions run one aggregate per table, plus one duplicate-id query for node tabl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType
@@ -95,12 +97,21 @@ def check_nodes(df: DataFrame, table: str, id_col: str, dim: int | None, dim_sou
     return int(stats["rows"])
 
 
-def check_links(df: DataFrame, table: str, id_cols: tuple[str, str]) -> int:
+@dataclass(frozen=True)
+class LinkStats:
+    rows: int
+    null_ids: int  # rows with a NULL in either id column
+
+
+def check_links(df: DataFrame, table: str, id_cols: tuple[str, str]) -> LinkStats:
     """Weights present, finite and > 0. Rows with NULL ids are allowed: they are dropped later as
-    dangling references. Returns the row count."""
+    dangling references, and counted here."""
     weight = F.col("weight")
     bad = weight.isNull() | _non_finite(weight) | (weight <= 0)
-    stats = df.agg(F.count(F.lit(1)).alias("rows"), _count(bad).alias("bad")).collect()[0]
+    null_ids = F.col(id_cols[0]).isNull() | F.col(id_cols[1]).isNull()
+    stats = df.agg(
+        F.count(F.lit(1)).alias("rows"), _count(bad).alias("bad"), _count(null_ids).alias("null_ids")
+    ).collect()[0]
     if stats["bad"]:
         sample = df.filter(bad).select(*id_cols, "weight").limit(EXAMPLES).collect()
         listed = "; ".join(f"{tuple(r[:2])} -> {r['weight']}" for r in sample)
@@ -109,4 +120,4 @@ def check_links(df: DataFrame, table: str, id_cols: tuple[str, str]) -> int:
             "weight",
             f"{stats['bad']} rows have a NULL, NaN, infinite or non-positive weight (e.g. {listed})",
         )
-    return int(stats["rows"])
+    return LinkStats(rows=int(stats["rows"]), null_ids=int(stats["null_ids"]))
