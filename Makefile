@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 QUIET := --conf spark.ui.showConsoleProgress=false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint format clean
+.PHONY: help setup demo test lint format bench bench-walks clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): setup.py requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +43,12 @@ test: $(STAMP) ## Lint, then run the whole test suite
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: $(STAMP) ## Embedding benchmark: Spark vs in-process limit vs per-target (see BENCHMARKS.md)
+	$(PY) benchmarks/embed.py $(BENCH_ARGS)
+
+bench-walks: $(STAMP) ## Random-walk neighbourhood benchmark: walks/s at 0.25M-2M edges
+	$(PY) benchmarks/walks.py $(BENCH_ARGS)
+
 lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -51,4 +58,4 @@ format: $(STAMP) ## Apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff format .
 
 clean: ## Remove .venv, caches and demo output
-	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info .pytest_cache .ruff_cache spark-warehouse
+	rm -rf $(VENV) $(DEMO_DIR) bench-output build dist *.egg-info .pytest_cache .ruff_cache spark-warehouse

@@ -16,5 +16,7 @@ setup(
         "pyarrow==26.0.1",
         "pandas==2.3.3",
     ],
-    extras_require={"dev": ["pytest==9.2.0", "chispa==0.12.0", "ruff==0.17.6", "hypothesis==6.170.15"]},
+    extras_require={
+        "dev": ["pytest==9.2.0", "chispa==0.12.0", "ruff==0.17.6", "hypothesis==6.170.15", "psutil==7.2.2"]
+    },
 )

@@ -33,13 +33,34 @@ def ivy_dir() -> str:
     return os.environ.get("PINSAGE_IVY_DIR", os.path.join(sys.prefix, "ivy2"))
 
 
+def delta_package() -> str:
+    """The Maven coordinate of the Delta JAR matching the installed delta-spark and pyspark."""
+    return configure_spark_with_delta_pip(SparkSession.builder)._options["spark.jars.packages"]
+
+
+def _manifest() -> str:
+    return os.path.join(ivy_dir(), delta_package().replace(":", "_") + ".jars")
+
+
+def _resolved_jars() -> str | None:
+    """The JARs that setup resolved for delta_package(), if all are still on disk."""
+    try:
+        with open(_manifest()) as f:
+            jars = f.read().split()
+    except OSError:
+        return None
+    if jars and all(os.path.exists(j.removeprefix("file:")) for j in jars):
+        return ",".join(jars)
+    return None
+
+
 def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
     """Get or create the session.
 
     Under spark-submit the master, resources and JARs come from the command line (pass the Delta
     package with --packages, see README). Run with plain `python`, the job starts Spark in local
-    mode (`master`, default local[*]) and fetches the Delta JARs from Maven Central into ivy_dir()
-    once.
+    mode (`master`, default local[*]) with the Delta JARs: those `make setup` resolved from Maven
+    Central into ivy_dir() when present, else resolved now through spark.jars.packages.
     """
     builder = SparkSession.builder.appName(app_name)
     if master is not None or not under_spark_submit():
@@ -47,7 +68,8 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
         builder = builder.master(master or "local[*]").config("spark.jars.ivy", ivy_dir())
         for key, value in LOCAL_DEFAULTS.items():
             builder = builder.config(key, value)
-        builder = configure_spark_with_delta_pip(builder)
+        jars = _resolved_jars()
+        builder = builder.config("spark.jars", jars) if jars else configure_spark_with_delta_pip(builder)
     for key, value in {**DELTA_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -59,6 +81,12 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
 if __name__ == "__main__":
     # `python -m jobs.lib.session` resolves the Delta JARs once (used by `make setup`) and prints the
     # coordinate to pass to spark-submit --packages.
+    os.makedirs(ivy_dir(), exist_ok=True)
+    if os.path.exists(_manifest()):
+        os.remove(_manifest())
     spark = get_spark("pinsage-setup", "local[1]")
-    print(f"Spark {spark.version} ready; Delta package: {spark.conf.get('spark.jars.packages')}")
+    spark.range(1).write.format("delta").mode("overwrite").save(os.path.join(ivy_dir(), "smoke-delta"))
+    with open(_manifest(), "w") as f:
+        f.write("\n".join(spark.sparkContext.getConf().get("spark.jars").split(",")))
+    print(f"Spark {spark.version} ready with Delta ({delta_package()}); JARs listed in {_manifest()}")
     spark.stop()

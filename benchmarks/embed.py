@@ -1,0 +1,272 @@
+"""Benchmark the embedding chain: Spark pipeline vs the in-process limit vs per-target inference.
+
+    python benchmarks/embed.py [--pins 10000 100000 1000000] [--models small paper] [--out DIR]
+
+On one generated graph and checkpoint per (size, model) it times three ways to embed every pin:
+
+1. spark: `jobs/embed.py`'s `run` in local mode on every core (validation, layers, publishing);
+2. limit: `PinSage.forward` over the whole graph in memory (gather + index_add, no Spark), the best
+   one machine can do with the same math;
+3. per-target: the paper's Algorithm 2, each minibatch of 512 target pins building and computing its
+   own 2-hop computation graph with no reuse across minibatches. Timed on a sample of minibatches and
+   scaled to all pins (the row says how many pins were timed).
+
+It checks that spark and limit agree within 1e-5 (on every pin, or a uniform sample of 50,000 pins
+for the paper-sized model) and that per-target agrees with limit on the pins it computed. Peak memory
+is the largest resident set, sampled every 0.2 s: of the whole process tree (driver, JVM, Python
+workers) for spark, of the benchmark's own process (graph, model and activations) for limit.
+Graphs come from jobs/generate_graph.py with 5 memberships per pin on average and the memberships as
+neighbour tables (10 neighbour rows per pin over both tables); see `graph_spec`. Results go to
+DIR/embed.json and print as markdown rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import torch
+
+from jobs.embed import parse_args, run
+from jobs.generate_graph import GraphSpec, generate, write_tables
+from jobs.lib.session import get_spark
+from pinsage_model.checkpoint import build_model, read_checkpoint, save_checkpoint
+from pinsage_model.config import ModelConfig
+from pinsage_model.init_checkpoint import random_model
+from pinsage_model.model import Neighbourhood
+
+MODELS = {"small": (32, 64, 32), "paper": (1024, 1024, 512)}  # (features, hidden, embedding)
+MEMBERSHIPS_PER_PIN = 5  # so neighbour rows (both tables) = 10 per pin
+
+
+class PeakMemory:
+    """Largest total RSS of this process (and, with children=True, all its descendants: the JVM and
+    Python workers) while the block runs."""
+
+    def __init__(self, children: bool = True) -> None:
+        self.children = children
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *(me.children(recursive=True) if self.children else [])]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def graph_spec(pins: int, feature_dim: int) -> GraphSpec:
+    boards = max(1, int(pins * MEMBERSHIPS_PER_PIN / 34.4))  # lognormal(log 25, 0.8) boards hold ~34.4 pins
+    return GraphSpec(pins=pins, boards=boards, feature_dim=feature_dim, seed=3, uniform_neighbours=True)
+
+
+@dataclass
+class InMemoryGraph:
+    pin_ids: np.ndarray
+    features: torch.Tensor
+    board_ids: np.ndarray
+    board_nbrs: Neighbourhood  # dst = board index, src = pin index
+    pin_nbrs: Neighbourhood  # dst = pin index, src = board index
+
+
+def load(root: str) -> InMemoryGraph:
+    pins = pq.read_table(f"{root}/pins")
+    pin_ids = pins.column("pin_id").to_numpy()
+    dim = len(pins.column("features")[0])
+    features = torch.from_numpy(
+        pins.column("features").combine_chunks().flatten().to_numpy().reshape(len(pin_ids), dim).copy()
+    )
+    bn = pq.read_table(f"{root}/board_neighbors")
+    pn = pq.read_table(f"{root}/pin_neighbors")
+    board_ids = np.unique(
+        np.concatenate([bn.column("board_id").to_numpy(), pn.column("board_id").to_numpy()])
+    )
+
+    def index(ids, values):
+        return torch.from_numpy(np.searchsorted(ids, values).astype(np.int64))
+
+    board_nbrs = Neighbourhood(
+        index(board_ids, bn.column("board_id").to_numpy()),
+        index(pin_ids, bn.column("pin_id").to_numpy()),
+        torch.from_numpy(bn.column("weight").to_numpy()),
+    )
+    pin_nbrs = Neighbourhood(
+        index(pin_ids, pn.column("pin_id").to_numpy()),
+        index(board_ids, pn.column("board_id").to_numpy()),
+        torch.from_numpy(pn.column("weight").to_numpy()),
+    )
+    return InMemoryGraph(pin_ids, features, board_ids, board_nbrs, pin_nbrs)
+
+
+def limit(model, g: InMemoryGraph) -> torch.Tensor:
+    with torch.inference_mode():
+        z, _ = model(g.features, torch.zeros(len(g.board_ids), 0), g.board_nbrs, g.pin_nbrs)
+    return z
+
+
+def csr(nbrs: Neighbourhood, num_dst: int):
+    order = torch.argsort(nbrs.dst, stable=True)
+    indptr = torch.zeros(num_dst + 1, dtype=torch.int64)
+    indptr[1:] = torch.cumsum(torch.bincount(nbrs.dst, minlength=num_dst), 0)
+    return indptr, nbrs.src[order], nbrs.weight[order]
+
+
+def rows_of(table, targets: torch.Tensor):
+    """Neighbour rows of `targets` from a CSR table: (local target index, source, weight)."""
+    indptr, src, w = table
+    starts, ends = indptr[targets], indptr[targets + 1]
+    counts = ends - starts
+    local = torch.repeat_interleave(torch.arange(len(targets)), counts)
+    offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts
+    )
+    positions = torch.repeat_interleave(starts, counts) + offsets
+    return local, src[positions], w[positions]
+
+
+def per_target(model, g: InMemoryGraph, targets: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Algorithm 2 for K = 2: each minibatch computes its own 2-hop graph, nothing reused across."""
+    pin_table = csr(g.pin_nbrs, len(g.pin_ids))
+    board_table = csr(g.board_nbrs, len(g.board_ids))
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(targets), batch):
+            t = targets[i : i + batch]
+            t_local, boards, w2 = rows_of(pin_table, t)
+            s1, b_local = torch.unique(boards, return_inverse=True)
+            s1_local, pins, w1 = rows_of(board_table, s1)
+            s0, p_local = torch.unique(pins, return_inverse=True)
+            h_b = model.conv(1)(g.features[s0], torch.zeros(len(s1), 0), p_local, s1_local, w1)
+            h_p = model.conv(2)(h_b, g.features[t], b_local, t_local, w2)
+            out.append(model.head(h_p))
+    return torch.cat(out)
+
+
+def spark_embeddings(spark, out: str, pin_ids: np.ndarray, sample: np.ndarray | None) -> np.ndarray:
+    df = spark.read.format("delta").load(f"{out}/pin_embeddings")
+    if sample is not None:
+        df = df.join(spark.createDataFrame([(int(i),) for i in pin_ids[sample]], "pin_id bigint"), "pin_id")
+    table = df.toArrow()
+    ids = table.column("pin_id").to_numpy()
+    dim = len(table.column("embedding")[0])
+    emb = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(len(ids), dim)
+    order = np.argsort(ids)
+    assert np.array_equal(ids[order], pin_ids if sample is None else pin_ids[sample]), "pin sets differ"
+    return emb[order]
+
+
+def bench_one(spark, pins: int, model_name: str, root: str, per_target_pins: int) -> dict:
+    d_in, hidden, d = MODELS[model_name]
+    write_tables(generate(graph_spec(pins, d_in)), f"{root}/input")
+    config = ModelConfig(2, d_in, 0, hidden, d, "importance", True)
+    save_checkpoint(random_model(config, seed=5), f"{root}/model.pt")
+    ckpt = read_checkpoint(f"{root}/model.pt")
+    row: dict = {"pins": pins, "model": model_name}
+
+    args = parse_args([
+        "--pins", f"{root}/input/pins", "--edges", f"{root}/input/edges",
+        "--board-neighbors", f"{root}/input/board_neighbors",
+        "--pin-neighbors", f"{root}/input/pin_neighbors",
+        "--checkpoint", f"{root}/model.pt", "--out", f"{root}/out", "--device", "cpu",
+    ])  # fmt: skip
+    with PeakMemory() as mem:
+        started = time.perf_counter()
+        report = run(spark, args, ckpt)
+        row["spark_s"] = round(time.perf_counter() - started, 2)
+    row["spark_phases_s"] = report.seconds
+    row["spark_peak_gib"] = round(mem.peak / 2**30, 2)
+    row["neighbour_rows"] = report.input_rows["board_neighbors"] + report.input_rows["pin_neighbors"]
+    row["boards"] = report.layers[0].targets_written
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    g = load(f"{root}/input")
+    model = build_model(ckpt)
+    with PeakMemory(children=False) as mem:
+        started = time.perf_counter()
+        z = limit(model, g).numpy()
+        row["limit_s"] = round(time.perf_counter() - started, 2)
+    row["limit_peak_gib"] = round(mem.peak / 2**30, 2)
+
+    rng = np.random.default_rng(0)
+    sample = None if model_name == "small" else np.sort(rng.choice(pins, min(pins, 50_000), replace=False))
+    got = spark_embeddings(spark, f"{root}/out", g.pin_ids, sample)
+    row["spark_vs_limit_max_abs"] = float(np.abs(got - (z if sample is None else z[sample])).max())
+    row["checked_pins"] = len(got)
+
+    targets = torch.from_numpy(np.sort(rng.choice(pins, min(pins, per_target_pins), replace=False)))
+    started = time.perf_counter()
+    zt = per_target(model, g, targets).numpy()
+    timed = time.perf_counter() - started
+    row["per_target_timed_pins"] = len(targets)
+    row["per_target_s"] = round(timed * pins / len(targets), 2)
+    row["per_target_vs_limit_max_abs"] = float(np.abs(zt - z[targets.numpy()]).max())
+    row["spark_over_limit"] = round(row["spark_s"] / row["limit_s"], 2)
+    row["per_target_over_spark"] = round(row["per_target_s"] / row["spark_s"], 2)
+    row["spark_pins_per_s"] = round(pins / row["spark_s"])
+    assert row["spark_vs_limit_max_abs"] < 1e-5, row
+    assert row["per_target_vs_limit_max_abs"] < 1e-5, row
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pins", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["small", "paper"])
+    p.add_argument(
+        "--paper-max-pins", type=int, default=100_000, help="largest graph for the paper-sized model"
+    )
+    p.add_argument("--per-target-pins", type=int, default=20_480, help="pins timed for per-target inference")
+    p.add_argument("--out", default="bench-output/embed")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    spark = get_spark("pinsage-bench-embed", None, {"spark.ui.showConsoleProgress": "false"})
+    rows = []
+    for model_name in a.models:
+        for pins in a.pins:
+            if model_name == "paper" and pins > a.paper_max_pins:
+                continue
+            row = bench_one(spark, pins, model_name, f"{a.out}/{model_name}-{pins}", a.per_target_pins)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    cores = spark.sparkContext.defaultParallelism
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Spark local[{cores}]", "rows": rows}
+    os.makedirs(a.out, exist_ok=True)
+    with open(f"{a.out}/embed.json", "w") as f:
+        json.dump(meta, f, indent=2)
+    print(meta["machine"])
+    print("| model | pins | nbr rows | spark s | limit s | per-target s | spark/limit | per-target/spark | "
+          "spark pins/s | spark peak GiB | limit peak GiB | max abs diff |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['model']} | {r['pins']:,} | {r['neighbour_rows']:,} | {r['spark_s']} | {r['limit_s']} | "
+              f"{r['per_target_s']} | {r['spark_over_limit']} | {r['per_target_over_spark']} | "
+              f"{r['spark_pins_per_s']:,} | {r['spark_peak_gib']} | {r['limit_peak_gib']} | "
+              f"{r['spark_vs_limit_max_abs']:.1e} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
