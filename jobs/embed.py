@@ -15,18 +15,18 @@ import argparse
 import logging
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.lib import transforms as T
+from jobs.lib.cli import job_main, new_run_id
 from jobs.lib.inference import ModelRef
 from jobs.lib.io import InputError, delete_path, read_table, write_delta
 from jobs.lib.report import LayerReport, RunReport
 from jobs.lib.session import get_spark
 from jobs.lib.validate import check_links, check_nodes, conform
-from pinsage_model.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from pinsage_model.checkpoint import Checkpoint, read_checkpoint
 from pinsage_model.config import ModelConfig
 
 log = logging.getLogger("pinsage.embed")
@@ -205,7 +205,7 @@ def publish(
 
 def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunReport:
     config = checkpoint.config
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    run_id = new_run_id()
     report = RunReport(run_id, checkpoint.sha256, config.num_layers, config.pooling, args.device)
     work = f"{args.out}/_work/{run_id}"
     clock = time.perf_counter()
@@ -226,20 +226,13 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
-        checkpoint = read_checkpoint(args.checkpoint)
-        spark = get_spark("pinsage-embed", args.master, args.conf)
-        report = run(spark, args, checkpoint)
-    except (InputError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(report.render())
-    if args.report_json:
-        with open(args.report_json, "w") as f:
-            f.write(report.to_json())
-    return 0
+
+    def job() -> RunReport:
+        checkpoint = read_checkpoint(args.checkpoint)  # before Spark starts: a bad file fails fast
+        return run(get_spark("pinsage-embed", args.master, args.conf), args, checkpoint)
+
+    return job_main(job, args.report_json)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,14 @@ import argparse
 import logging
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.lib import walks as W
-from jobs.lib.io import InputError, delete_path, read_table, write_delta
+from jobs.lib.cli import job_main, new_run_id
+from jobs.lib.io import delete_path, read_table, write_delta
 from jobs.lib.session import get_spark
 from jobs.lib.validate import check_links, check_nodes, conform
 
@@ -116,7 +116,7 @@ def clean_edges(spark: SparkSession, args: NeighbourhoodArgs, report: Neighbourh
 
 def run(spark: SparkSession, args: NeighbourhoodArgs) -> NeighbourhoodReport:
     params = args.params
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    run_id = new_run_id()
     report = NeighbourhoodReport(run_id, {k: getattr(params, k) for k in params.__dataclass_fields__})
     work = f"{args.out}/_work/{run_id}"
     sc = spark.sparkContext
@@ -197,22 +197,10 @@ def run(spark: SparkSession, args: NeighbourhoodArgs) -> NeighbourhoodReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
-        spark = get_spark("pinsage-neighborhoods", args.master, args.conf)
-        report = run(spark, args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(report.render())
-    if args.report_json:
-        import json
-        from dataclasses import asdict
-
-        with open(args.report_json, "w") as f:
-            json.dump(asdict(report), f, indent=2)
-    return 0
+    return job_main(
+        lambda: run(get_spark("pinsage-neighborhoods", args.master, args.conf), args), args.report_json
+    )
 
 
 if __name__ == "__main__":
