@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 QUIET := --conf spark.ui.showConsoleProgress=false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint format bench bench-walks clean
+.PHONY: help setup demo test lint format bench bench-walks package clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,14 @@ bench: $(STAMP) ## Embedding benchmark: Spark vs in-process limit vs per-target 
 
 bench-walks: $(STAMP) ## Random-walk neighbourhood benchmark: walks/s at 0.25M-2M edges
 	$(PY) benchmarks/walks.py $(BENCH_ARGS)
+
+package: $(STAMP) ## Build dist/pinsage_spark.zip (for spark-submit --py-files) and a wheel
+	rm -rf dist build
+	mkdir -p dist
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
+	$(PY) -c "import zipfile, pathlib; z = zipfile.ZipFile('dist/pinsage_spark.zip', 'w', zipfile.ZIP_DEFLATED); \
+		[z.write(p) for pkg in ('jobs', 'pinsage_model', 'schemas') for p in sorted(pathlib.Path(pkg).rglob('*.py'))]"
+	@ls -l dist
 
 lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff check .

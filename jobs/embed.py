@@ -79,19 +79,16 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
 @dataclass
 class Graph:
     """Validated inputs as node tables (node_id, vec) and neighbour tables (dst, src, weight) per
-    target type."""
+    target type, all lazy."""
 
     nodes: dict[str, DataFrame]
     neighbours: dict[str, DataFrame]
 
 
-def load_graph(
-    spark: SparkSession, args: EmbedArgs, config: ModelConfig, work: str, report: RunReport
-) -> Graph:
-    """Read and check every input, then write the neighbour tables without dangling rows to `work`.
-
-    Everything that can reject the input runs before the first write.
-    """
+def load_graph(spark: SparkSession, args: EmbedArgs, config: ModelConfig, report: RunReport) -> Graph:
+    """Read and check every input. Everything that can reject the input runs here, before the first
+    write; nothing is materialised: dangling neighbour rows fall out of the layer joins and are
+    counted there."""
     spark.sparkContext.setJobDescription("validate inputs")
     pins = conform(read_table(spark, "pins", args.pins), "pins")
     edges = conform(read_table(spark, "edges", args.edges), "edges")
@@ -112,12 +109,9 @@ def load_graph(
 
     dim_note = "the checkpoint's {} is {}"
     report.input_rows["pins"] = check_nodes(
-        pins,
-        "pins",
-        "pin_id",
-        config.pin_feature_dim,
+        pins, "pins", "pin_id", config.pin_feature_dim,
         dim_note.format("pin_feature_dim", config.pin_feature_dim),
-    )
+    )  # fmt: skip
     if boards is not None:
         with_features = config.board_feature_dim > 0
         report.input_rows["boards"] = check_nodes(
@@ -128,30 +122,18 @@ def load_graph(
     for name, df in links.items():
         report.input_rows[name] = check_links(df, name, tuple(df.columns[:2])).rows
 
-    pin_nodes = T.node_table(pins, "pin_id", with_features=True)
     if boards is None:
-        spark.sparkContext.setJobDescription("derive the board set from the link tables")
-        write_delta(T.board_ids_from_links(edges, *links.values()), f"{work}/boards")
-        boards = spark.read.format("delta").load(f"{work}/boards")
-        report.input_rows["boards (derived)"] = boards.count()
-    board_nodes = T.node_table(boards, "board_id", with_features=config.board_feature_dim > 0)
-
-    ids = {"pin": pin_nodes.select("node_id"), "board": board_nodes.select("node_id")}
-    kept = {}
-    for target, source, name in (("board", "pin", "board_neighbors"), ("pin", "board", "pin_neighbors")):
-        spark.sparkContext.setJobDescription(f"drop dangling rows of {name}")
-        path = f"{work}/{name}"
-        write_delta(
-            T.known_links(links[name], f"{target}_id", f"{source}_id", ids[target], ids[source]), path
-        )
-        kept[target] = spark.read.format("delta").load(path)
-        report.dropped_rows[name] = report.input_rows[name] - kept[target].count()
-    spark.sparkContext.setJobDescription("count edges that name unknown nodes")
-    report.dropped_rows["edges"] = (
-        report.input_rows["edges"]
-        - T.known_links(edges, "board_id", "pin_id", ids["board"], ids["pin"]).count()
+        boards = T.board_ids_from_links(edges, *links.values())
+    return Graph(
+        nodes={
+            "pin": T.node_table(pins, "pin_id", with_features=True),
+            "board": T.node_table(boards, "board_id", with_features=config.board_feature_dim > 0),
+        },
+        neighbours={
+            "board": T.links(links["board_neighbors"], "board_id", "pin_id"),
+            "pin": T.links(links["pin_neighbors"], "pin_id", "board_id"),
+        },
     )
-    return Graph(nodes={"pin": pin_nodes, "board": board_nodes}, neighbours=kept)
 
 
 def run_layers(
@@ -164,7 +146,7 @@ def run_layers(
     sc = spark.sparkContext
     for k in range(1, config.num_layers + 1):
         target, source = ModelConfig.target_type(k), ModelConfig.source_type(k)
-        projected, written = sc.accumulator(0), sc.accumulator(0)
+        projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
         started = time.perf_counter()
         log.info("layer %d/%d: %ss from %ss", k, config.num_layers, target, source)
         sc.setJobDescription(
@@ -173,12 +155,14 @@ def run_layers(
         projections = T.project(current[source], ref, k, projected)
         gathered = T.gather(current[target], graph.neighbours[target], projections)
         path = f"{work}/layer_{k}_{target}s"
-        write_delta(T.pool_and_combine(gathered, ref, k, written), path)
+        write_delta(T.pool_and_combine(gathered, ref, k, written, pooled), path)
         current[target] = spark.read.format("delta").load(path)
         layer = LayerReport(
-            k, target, source, projected.value, written.value,
-            graph.neighbours[target].count(), round(time.perf_counter() - started, 3),
+            k, target, source, projected.value, written.value, pooled.value,
+            round(time.perf_counter() - started, 3),
         )  # fmt: skip
+        table = f"{target}_neighbors"
+        report.dropped_rows.setdefault(table, report.input_rows[table] - pooled.value)
         log.info("layer %d/%d done: %s", k, config.num_layers, layer)
         report.layers.append(layer)
     return current
@@ -209,7 +193,7 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
     report = RunReport(run_id, checkpoint.sha256, config.num_layers, config.pooling, args.device)
     work = f"{args.out}/_work/{run_id}"
     clock = time.perf_counter()
-    graph = load_graph(spark, args, config, work, report)
+    graph = load_graph(spark, args, config, report)
     report.seconds["inputs"] = round(time.perf_counter() - clock, 3)
 
     ref = ModelRef(spark.sparkContext.broadcast(checkpoint.data), checkpoint.sha256, args.device)

@@ -140,11 +140,30 @@ def test_pool_and_combine_handles_empty_iterator(ref):
     assert list(pool_and_combine_batches(iter([to_batch([])]), model_ref, k=1)) == []
 
 
-def test_neighbour_rows_without_a_target_row_are_an_error(ref):
-    model_ref, _ = ref
-    orphan = [r for r in gathered_rows() if not (r[0] == 12 and r[1] == 0)]
-    with pytest.raises(ValueError, match="unknown target ids \\[12\\]"):
-        list(pool_and_combine_batches(iter([to_batch(orphan)]), model_ref, k=1))
+def test_neighbour_rows_of_an_unknown_target_are_dropped_and_counted(ref):
+    model_ref, w = ref
+    rows = gathered_rows()
+    orphan = [r for r in rows if not (r[0] == 12 and r[1] == 0)]  # target 12 is not a node
+    written, pooled = Counter(), Counter()
+    for size in (len(orphan), 2):  # whole, and split so the orphan straddles batches
+        batches = [to_batch(orphan[i : i + size]) for i in range(0, len(orphan), size)]
+        got = collect(pool_and_combine_batches(iter(batches), model_ref, k=1, written=written, pooled=pooled))
+        assert sorted(got) == [10, 11]
+        expected = expected_layer_1(rows, w)
+        np.testing.assert_allclose(got[10], expected[10], atol=1e-6)
+    assert written.value == 2 * 2 and pooled.value == 2 * 3, (
+        "targets 10, 11 written; target 10's 3 rows pooled"
+    )
+
+
+class Counter:
+    """Stands in for a Spark accumulator."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def add(self, n: int) -> None:
+        self.value += n
 
 
 def test_head_matches_the_head_formula(ref):

@@ -18,16 +18,15 @@ def test_board_set_is_every_board_named_by_a_link_table(spark):
     )
 
 
-def test_known_links_drop_dangling_and_null_references(spark):
-    links = spark.createDataFrame(
-        [(10, 1, 1.0), (10, 2, 2.0), (10, 9, 1.0), (99, 1, 1.0), (None, 1, 1.0), (11, None, 1.0)],
+def test_links_rename_and_drop_null_ids(spark):
+    table = spark.createDataFrame(
+        [(10, 1, 1.0), (10, 9, 2.0), (None, 1, 1.0), (11, None, 1.0)],
         "board_id bigint, pin_id bigint, weight float",
     )
-    boards = spark.createDataFrame([(10,), (11,)], "node_id bigint")
-    pins = spark.createDataFrame([(1,), (2,)], "node_id bigint")
-    expected = spark.createDataFrame([(10, 1, 1.0), (10, 2, 2.0)], "dst bigint, src bigint, weight double")
-    got = T.known_links(links, "board_id", "pin_id", boards, pins)
-    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+    expected = spark.createDataFrame([(10, 1, 1.0), (10, 9, 2.0)], "dst bigint, src bigint, weight double")
+    assert_df_equality(
+        T.links(table, "board_id", "pin_id"), expected, ignore_row_order=True, ignore_nullable=True
+    )
 
 
 def test_node_table_without_features_has_null_vectors(spark):

@@ -102,19 +102,21 @@ class _Partial:
     """A target whose rows may continue in the next batch."""
 
     dst: int
-    self_vec: np.ndarray | None  # [self_dim]
+    self_vec: np.ndarray | None  # [self_dim]; None until the target's own row has been seen
     state: PoolState  # one row
+    rows: int  # neighbour rows so far
 
 
 def pool_and_combine_batches(
-    batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, counter=None
+    batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, written=None, pooled=None
 ) -> Iterator[pa.RecordBatch]:
     """Steps 2 and 3 of layer k over rows sorted by (dst, kind, src) in each partition.
 
     Each target u arrives as its own row (kind 0, self_vec = h_u(k-2)) followed by its neighbour
     rows (kind 1, weight, proj). Pooling is a segment reduction over the sorted rows; the last target
     of a batch is carried as a partial state into the next, so memory does not grow with a hub's
-    degree. Emits (node_id, vec = h_u(k)).
+    degree. Neighbour rows of an id that has no own row (not a node of the target type) are dropped.
+    Emits (node_id, vec = h_u(k)); `written` counts targets and `pooled` neighbour rows used.
     """
     model = device = conv = None
     carry: _Partial | None = None
@@ -149,46 +151,64 @@ def pool_and_combine_batches(
         messages = torch.from_numpy(to_matrix(msg_batch.column("proj"), dims.hidden_dim))
         weights = torch.from_numpy(msg_batch.column("weight").to_numpy(zero_copy_only=False))
         state = partial_pool(messages, torch.from_numpy(segment[is_msg]), weights, n, mode)
+        rows = np.bincount(segment[is_msg], minlength=n)
 
-        ready: list[tuple[np.ndarray, np.ndarray, np.ndarray, PoolState]] = []
+        ready: list[tuple[np.ndarray, np.ndarray, np.ndarray, PoolState, np.ndarray]] = []
         if carry is not None:
             if carry.dst == seg_dst[0]:
                 merged = merge(carry.state, state.rows(slice(0, 1)), mode)
                 state.acc[0], state.norm[0] = merged.acc[0], merged.norm[0]
+                rows[0] += carry.rows
                 if carry.self_vec is not None:
                     self_mat[0], has_self[0] = carry.self_vec, True
             else:
                 ready.append(_carry_rows(carry, dims.self_dim))
         last = n - 1
-        ready.append((seg_dst[:last], self_mat[:last], has_self[:last], state.rows(slice(0, last))))
-        carry = _Partial(
-            int(seg_dst[last]), self_mat[last].copy() if has_self[last] else None, state.rows(slice(last, n))
+        ready.append(
+            (seg_dst[:last], self_mat[:last], has_self[:last], state.rows(slice(0, last)), rows[:last])
         )
-        for ids, selfs, present, partial in ready:
-            out = _combine(conv, device, ids, selfs, present, partial, mode, counter)
+        carry = _Partial(
+            int(seg_dst[last]),
+            self_mat[last].copy() if has_self[last] else None,
+            state.rows(slice(last, n)),
+            int(rows[last]),
+        )
+        for part in ready:
+            out = _combine(conv, device, *part, mode, written, pooled)
             if out is not None:
                 yield out
     if carry is not None:
-        out = _combine(conv, device, *_carry_rows(carry, conv.dims.self_dim), conv.pooling, counter)
+        out = _combine(conv, device, *_carry_rows(carry, conv.dims.self_dim), conv.pooling, written, pooled)
         if out is not None:
             yield out
 
 
-def _carry_rows(carry: _Partial, self_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, PoolState]:
+def _carry_rows(carry: _Partial, self_dim: int):
     selfs = (carry.self_vec if carry.self_vec is not None else np.zeros(self_dim, np.float32))[None, :]
-    return np.array([carry.dst]), selfs, np.array([carry.self_vec is not None]), carry.state
+    return (
+        np.array([carry.dst]),
+        selfs,
+        np.array([carry.self_vec is not None]),
+        carry.state,
+        np.array([carry.rows]),
+    )
 
 
-def _combine(conv, device, ids, selfs, present, partial, mode, counter) -> pa.RecordBatch | None:
+def _combine(
+    conv, device, ids, selfs, present, partial, rows, mode, written, pooled
+) -> pa.RecordBatch | None:
+    if not present.all():  # neighbour rows naming an id that is not a target node: dangling
+        keep = torch.from_numpy(present)
+        ids, selfs, rows, partial = ids[present], selfs[present], rows[present], partial.rows(keep)
     if len(ids) == 0:
         return None
-    if not present.all():
-        raise ValueError(f"neighbour rows for unknown target ids {ids[~present][:5].tolist()}")
     with torch.inference_mode():
-        pooled = finalize(partial, mode).to(device)
-        h = conv.combine(torch.from_numpy(selfs).to(device), pooled)
-    if counter is not None:
-        counter.add(len(ids))
+        pooled_vecs = finalize(partial, mode).to(device)
+        h = conv.combine(torch.from_numpy(selfs).to(device), pooled_vecs)
+    if written is not None:
+        written.add(len(ids))
+    if pooled is not None:
+        pooled.add(int(rows.sum()))
     return pa.RecordBatch.from_arrays([pa.array(ids, pa.int64()), to_binary(_numpy(h))], ["node_id", "vec"])
 
 

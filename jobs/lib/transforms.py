@@ -32,18 +32,14 @@ def board_ids_from_links(*links: DataFrame) -> DataFrame:
     return union.where(F.col("board_id").isNotNull()).distinct()
 
 
-def known_links(
-    links: DataFrame, dst_col: str, src_col: str, dst_ids: DataFrame, src_ids: DataFrame
-) -> DataFrame:
-    """(dst, src, weight DOUBLE) rows whose two ends both exist; the rest are dangling references.
+def links(table: DataFrame, dst_col: str, src_col: str) -> DataFrame:
+    """(dst, src, weight DOUBLE) from a neighbour table, without rows that have a NULL id.
 
-    dst_ids and src_ids are single-column DataFrames of node ids named `node_id`.
+    Rows naming unknown nodes are left in: an unknown source finds no projection in `gather`'s join,
+    and an unknown target has no row of its own, so `pool_and_combine` drops its rows and counts them.
     """
-    return (
-        links.select(F.col(dst_col).alias("dst"), F.col(src_col).alias("src"), F.col("weight").cast("double"))
-        .join(dst_ids.withColumnRenamed("node_id", "dst"), "dst", "left_semi")
-        .join(src_ids.withColumnRenamed("node_id", "src"), "src", "left_semi")
-        .select("dst", "src", "weight")
+    return table.where(F.col(dst_col).isNotNull() & F.col(src_col).isNotNull()).select(
+        F.col(dst_col).alias("dst"), F.col(src_col).alias("src"), F.col("weight").cast("double")
     )
 
 
@@ -79,9 +75,11 @@ def gather(targets: DataFrame, neighbours: DataFrame, projections: DataFrame) ->
     return own.unionByName(messages).repartition("dst").sortWithinPartitions("dst", "kind", "src", "weight")
 
 
-def pool_and_combine(gathered: DataFrame, ref: ModelRef, k: int, counter=None) -> DataFrame:
-    """Steps 2-3 of layer k: pool each target's projections, apply W_k, normalise -> (node_id, vec)."""
-    fn = partial(inference.pool_and_combine_batches, ref=ref, k=k, counter=counter)
+def pool_and_combine(gathered: DataFrame, ref: ModelRef, k: int, written=None, pooled=None) -> DataFrame:
+    """Steps 2-3 of layer k: pool each target's projections, apply W_k, normalise -> (node_id, vec).
+
+    `written` counts targets, `pooled` the neighbour rows pooled (accumulators, optional)."""
+    fn = partial(inference.pool_and_combine_batches, ref=ref, k=k, written=written, pooled=pooled)
     return gathered.mapInArrow(fn, LAYER)
 
 

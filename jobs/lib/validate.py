@@ -1,13 +1,18 @@
 """Input checks that run before any compute, each failure naming the table, column and problem.
 
 `conform` checks columns and types (no Spark job) and casts to the canonical schemas; the `check_*`
-functions run one aggregate per table, plus one duplicate-id query for node tables.
+functions run one pass per table (node tables: a numpy pass over Arrow batches, plus one duplicate-id
+query).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType
@@ -49,52 +54,82 @@ def _non_finite(x: Column) -> Column:
     return F.isnan(x) | (x == float("inf")) | (x == float("-inf"))
 
 
-def _examples(df: DataFrame, cond: Column, id_col: str) -> str:
-    ids = [r[0] for r in df.filter(cond).select(id_col).limit(EXAMPLES).collect()]
-    return f" (e.g. {id_col} {', '.join(map(str, ids))})" if ids else ""
+# Per Arrow batch: counts of each problem and the first few ids showing it.
+_PROBLEMS = ("null_ids", "null_features", "null_elements", "wrong_length", "non_finite")
+_STATS_SCHEMA = "rows bigint, min_len bigint, max_len bigint, " + ", ".join(
+    f"{p} bigint, {p}_ids array<bigint>" for p in _PROBLEMS
+)
+_STATS_ARROW = pa.schema(
+    [("rows", pa.int64()), ("min_len", pa.int64()), ("max_len", pa.int64())]
+    + [field for p in _PROBLEMS for field in ((p, pa.int64()), (f"{p}_ids", pa.list_(pa.int64())))]
+)
+
+
+def _feature_stats(batches, id_col: str, dim: int | None):
+    """One row of problem counts per Arrow batch, computed with numpy instead of per-element SQL."""
+    for batch in batches:
+        ids = batch.column(id_col)
+        id_values = ids.to_numpy(zero_copy_only=False)
+        flags = {"null_ids": ~ids.is_valid().to_numpy(zero_copy_only=False)}
+        row = {"rows": batch.num_rows, "min_len": None, "max_len": None}
+        if dim is not None:
+            features = batch.column("features")
+            present = features.is_valid().to_numpy(zero_copy_only=False)
+            lengths = pc.fill_null(pc.list_value_length(features), -1).to_numpy(zero_copy_only=False)
+            values = features.flatten()
+            owner = np.repeat(np.arange(batch.num_rows), np.where(present, lengths, 0))
+            null_values = ~values.is_valid().to_numpy(zero_copy_only=False)
+            finite = np.isfinite(values.to_numpy(zero_copy_only=False).astype(np.float64))
+            flags["null_features"] = ~present
+            flags["null_elements"] = np.bincount(owner[null_values], minlength=batch.num_rows) > 0
+            flags["wrong_length"] = present & (lengths != dim)
+            flags["non_finite"] = np.bincount(owner[~finite & ~null_values], minlength=batch.num_rows) > 0
+            if present.any():
+                row["min_len"], row["max_len"] = int(lengths[present].min()), int(lengths[present].max())
+        for name in _PROBLEMS:
+            hit = flags.get(name, np.zeros(batch.num_rows, dtype=bool))
+            row[name] = int(hit.sum())
+            shown = hit & ~flags["null_ids"] if name != "null_ids" else np.zeros_like(hit)
+            row[f"{name}_ids"] = [int(i) for i in id_values[shown][:EXAMPLES]]
+        yield pa.RecordBatch.from_pylist([row], schema=_STATS_ARROW)
 
 
 def check_nodes(df: DataFrame, table: str, id_col: str, dim: int | None, dim_source: str) -> int:
     """Ids non-null and unique; when `dim` is given, features non-null, of length `dim`, finite.
-    Returns the row count."""
-    aggs = [F.count(F.lit(1)).alias("rows"), _count(F.col(id_col).isNull()).alias("null_ids")]
-    features = F.col("features")
-    conditions: dict[str, Column] = {}
-    if dim is not None:
-        conditions = {
-            "null_features": features.isNull(),
-            "null_elements": features.isNotNull() & F.exists(features, lambda x: x.isNull()),
-            "non_finite": features.isNotNull() & F.exists(features, _non_finite),
-            "wrong_length": features.isNotNull() & (F.size(features) != dim),
-        }
-        aggs += [_count(c).alias(name) for name, c in conditions.items()]
-        aggs += [F.min(F.size(features)).alias("min_len"), F.max(F.size(features)).alias("max_len")]
-    stats = df.agg(*aggs).collect()[0]
-    if stats["rows"] == 0:
+    Returns the row count. Feature checks run as one numpy pass over Arrow batches."""
+    cols = [id_col] + (["features"] if dim is not None else [])
+    fn = partial(_feature_stats, id_col=id_col, dim=dim)
+    parts = df.select(*cols).mapInArrow(fn, _STATS_SCHEMA).collect()
+    rows = sum(p["rows"] for p in parts)
+    if rows == 0:
         raise InputError(table, None, "has no rows")
-    if stats["null_ids"]:
-        raise InputError(table, id_col, f"{stats['null_ids']} rows have a NULL id")
+    total = {name: sum(p[name] for p in parts) for name in _PROBLEMS}
+    examples = {name: [i for p in parts for i in p[f"{name}_ids"]][:EXAMPLES] for name in _PROBLEMS}
+    if total["null_ids"]:
+        raise InputError(table, id_col, f"{total['null_ids']} rows have a NULL id")
     if dim is not None:
+        lens = [(p["min_len"], p["max_len"]) for p in parts if p["min_len"] is not None]
+        low, high = (min(a for a, _ in lens), max(b for _, b in lens)) if lens else (None, None)
         problems = {
             "null_features": "rows have NULL features",
             "null_elements": "rows have NULL elements in features",
             "wrong_length": (
-                f"rows do not have length {dim} ({dim_source}); lengths seen: "
-                f"{stats['min_len']}..{stats['max_len']}"
-                + (" (ragged)" if stats["min_len"] != stats["max_len"] else "")
+                f"rows do not have length {dim} ({dim_source}); lengths seen: {low}..{high}"
+                + (" (ragged)" if low != high else "")
             ),
             "non_finite": "rows have NaN or Inf in features",
         }
         for name, text in problems.items():
-            if stats[name]:
-                examples = _examples(df, conditions[name], id_col)
-                raise InputError(table, "features", f"{stats[name]} {text}{examples}")
+            if total[name]:
+                shown = examples[name]
+                suffix = f" (e.g. {id_col} {', '.join(map(str, shown))})" if shown else ""
+                raise InputError(table, "features", f"{total[name]} {text}{suffix}")
     dups = df.groupBy(id_col).count().filter("count > 1")
     first = dups.orderBy(id_col).limit(EXAMPLES).collect()
     if first:
         listed = ", ".join(f"{r[id_col]} ({r['count']} times)" for r in first)
         raise InputError(table, id_col, f"duplicate ids, e.g. {listed}")
-    return int(stats["rows"])
+    return rows
 
 
 @dataclass(frozen=True)
