@@ -46,6 +46,7 @@ class EmbedArgs:
     conf: dict[str, str] = field(default_factory=dict)
     keep_work: bool = False
     report_json: str | None = None
+    broadcast_mb: int = 512
 
 
 def parse_args(argv: list[str] | None = None) -> EmbedArgs:
@@ -62,6 +63,11 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
     p.add_argument("--keep-work", action="store_true", help="keep the per-layer tables in OUT/_work")
     p.add_argument("--report-json", help="also write the run report as JSON to this local file")
+    p.add_argument(
+        "--broadcast-projections-mb", type=int, default=512, metavar="MB",
+        help="broadcast a layer's projections instead of shuffling them when they are at most this big "
+        "(0: never)",
+    )  # fmt: skip
     a = p.parse_args(argv)
     conf = {}
     for item in a.conf:
@@ -73,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
         pins=a.pins, edges=a.edges, boards=a.boards, board_neighbors=a.board_neighbors,
         pin_neighbors=a.pin_neighbors, checkpoint=a.checkpoint, out=a.out.rstrip("/"),
         device=a.device, master=a.master, conf=conf, keep_work=a.keep_work, report_json=a.report_json,
+        broadcast_mb=a.broadcast_projections_mb,
     )  # fmt: skip
 
 
@@ -137,29 +144,45 @@ def load_graph(spark: SparkSession, args: EmbedArgs, config: ModelConfig, report
 
 
 def run_layers(
-    spark: SparkSession, graph: Graph, ref: ModelRef, config: ModelConfig, work: str, report: RunReport
-) -> dict[str, DataFrame]:
+    spark: SparkSession, graph: Graph, ref: ModelRef, config: ModelConfig, work: str, report: RunReport,
+    broadcast_mb: int = 0,
+) -> dict[str, DataFrame]:  # fmt: skip
     """The layer loop. Layer k turns h(k-1) of the source type and h(k-2) of the target type into
     h(k) of the target type; each layer is written before the next starts. Returns the last
-    representation of each node type."""
+    representation of each node type.
+
+    When a layer's projections fit in `broadcast_mb` they are collected once and broadcast, and only
+    (target, source, weight) rows are shuffled; otherwise projections are joined to the neighbour
+    rows and shuffled with them."""
     current = dict(graph.nodes)
     sc = spark.sparkContext
+    counts = {"pin": report.input_rows["pins"], "board": report.input_rows.get("boards")}
     for k in range(1, config.num_layers + 1):
         target, source = ModelConfig.target_type(k), ModelConfig.source_type(k)
         projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
         started = time.perf_counter()
-        log.info("layer %d/%d: %ss from %ss", k, config.num_layers, target, source)
         sc.setJobDescription(
             f"layer {k}/{config.num_layers}: project {source}s with Q_{k}, pool into {target}s, apply W_{k}"
         )
         projections = T.project(current[source], ref, k, projected)
+        size_mb = (counts[source] or 0) * config.hidden_dim * 4 / 2**20
+        broadcast = counts[source] is not None and size_mb <= broadcast_mb
+        log.info("layer %d/%d: %ss from %ss (projections %.0f MB, %s)", k, config.num_layers, target, source,
+                 size_mb, "broadcast" if broadcast else "shuffled")  # fmt: skip
+        lookup = None
+        if broadcast:
+            lookup = sc.broadcast(T.collect_projections(projections, config.hidden_dim))
+            projections = None
         gathered = T.gather(current[target], graph.neighbours[target], projections)
         path = f"{work}/layer_{k}_{target}s"
-        write_delta(T.pool_and_combine(gathered, ref, k, written, pooled), path)
+        write_delta(T.pool_and_combine(gathered, ref, k, written, pooled, lookup), path)
+        if lookup is not None:
+            lookup.destroy()
         current[target] = spark.read.format("delta").load(path)
+        counts[target] = written.value
         layer = LayerReport(
             k, target, source, projected.value, written.value, pooled.value,
-            round(time.perf_counter() - started, 3),
+            round(time.perf_counter() - started, 3), "broadcast" if broadcast else "shuffled",
         )  # fmt: skip
         table = f"{target}_neighbors"
         report.dropped_rows.setdefault(table, report.input_rows[table] - pooled.value)
@@ -198,7 +221,7 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
 
     ref = ModelRef(spark.sparkContext.broadcast(checkpoint.data), checkpoint.sha256, args.device)
     clock = time.perf_counter()
-    last = run_layers(spark, graph, ref, config, work, report)
+    last = run_layers(spark, graph, ref, config, work, report, args.broadcast_mb)
     report.seconds["layers"] = round(time.perf_counter() - clock, 3)
 
     clock = time.perf_counter()

@@ -11,20 +11,22 @@ from pinsage_model.checkpoint import read_checkpoint
 from tests.graphs import LONELY_BOARD, LONELY_PIN, embed_argv, small_graph, write_checkpoint, write_graph
 from tests.naive import NaivePinSage
 
+SHUFFLED, BROADCAST = "0", "512"  # --broadcast-projections-mb: projections joined and shuffled, or broadcast
 CASES = [
-    # (num_layers, pooling, board_feature_dim)
-    (2, "importance", 0),
-    (2, "mean", 3),
-    (2, "max", 0),
-    (4, "importance", 3),
-    (4, "mean", 0),
-    (4, "max", 3),
+    # (num_layers, pooling, board_feature_dim, broadcast limit)
+    (2, "importance", 0, SHUFFLED),
+    (2, "mean", 3, BROADCAST),
+    (2, "max", 0, SHUFFLED),
+    (4, "importance", 3, BROADCAST),
+    (4, "mean", 0, BROADCAST),
+    (4, "max", 3, SHUFFLED),
 ]
 
 
-def embed(spark, tmp_path, graph, checkpoint: str, with_boards: bool):
+def embed(spark, tmp_path, graph, checkpoint: str, with_boards: bool, broadcast_mb: str = BROADCAST):
     paths = write_graph(graph, str(tmp_path / "in"), with_boards)
-    args = parse_args(embed_argv(paths, checkpoint, str(tmp_path / "out")))
+    argv = embed_argv(paths, checkpoint, str(tmp_path / "out")) + ["--broadcast-projections-mb", broadcast_mb]
+    args = parse_args(argv)
     report = run(spark, args, read_checkpoint(checkpoint))
     pins = {
         r.pin_id: np.array(r.embedding)
@@ -37,8 +39,8 @@ def embed(spark, tmp_path, graph, checkpoint: str, with_boards: bool):
     return report, pins, boards
 
 
-@pytest.mark.parametrize(("num_layers", "pooling", "board_dim"), CASES)
-def test_pipeline_equals_naive_recursion(spark, tmp_path, num_layers, pooling, board_dim):
+@pytest.mark.parametrize(("num_layers", "pooling", "board_dim", "broadcast_mb"), CASES)
+def test_pipeline_equals_naive_recursion(spark, tmp_path, num_layers, pooling, board_dim, broadcast_mb):
     graph = small_graph(seed=num_layers, board_dim=board_dim)
     ckpt = write_checkpoint(
         str(tmp_path / "model.pt"),
@@ -47,7 +49,12 @@ def test_pipeline_equals_naive_recursion(spark, tmp_path, num_layers, pooling, b
         pooling=pooling,
         board_feature_dim=board_dim,
     )
-    report, pins, boards = embed(spark, tmp_path, graph, ckpt, with_boards=board_dim > 0)
+    report, pins, boards = embed(
+        spark, tmp_path, graph, ckpt, with_boards=board_dim > 0, broadcast_mb=broadcast_mb
+    )
+    assert {layer.projections for layer in report.layers} == {
+        "broadcast" if broadcast_mb == BROADCAST else "shuffled"
+    }
     naive = NaivePinSage(ckpt, graph.pins, graph.boards, graph.board_rows, graph.pin_rows)
 
     assert sorted(pins) == sorted(graph.pins), "exactly one row per pin of the pins table"
@@ -73,10 +80,11 @@ def test_unnormalised_head_equals_naive(spark, tmp_path, normalize_output):
     assert any(abs(np.linalg.norm(v) - 1) > 1e-3 for v in pins.values())
 
 
-def test_each_node_is_projected_once_per_layer(spark, tmp_path):
+@pytest.mark.parametrize("broadcast_mb", [SHUFFLED, BROADCAST])
+def test_each_node_is_projected_once_per_layer(spark, tmp_path, broadcast_mb):
     graph = small_graph(seed=5)
     ckpt = write_checkpoint(str(tmp_path / "model.pt"), num_layers=4)
-    report, _, _ = embed(spark, tmp_path, graph, ckpt, with_boards=False)
+    report, _, _ = embed(spark, tmp_path, graph, ckpt, with_boards=False, broadcast_mb=broadcast_mb)
     num_pins, num_boards = len(graph.pins), len(graph.boards)
     projected = [(layer.k, layer.sources_projected, layer.targets_written) for layer in report.layers]
     assert projected == [

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from jobs.lib.inference import ModelRef, head_batches, pool_and_combine_batches, project_batches
+from jobs.lib.inference import ModelRef, Projections, head_batches, pool_and_combine_batches, project_batches
 from jobs.lib.vectors import to_binary, to_matrix
 from tests.graphs import write_checkpoint
 
@@ -132,6 +132,38 @@ def test_targets_split_across_batches_give_the_same_result(ref, size):
     assert sorted(split) == sorted(whole)
     for dst in whole:
         np.testing.assert_allclose(split[dst], whole[dst], atol=1e-7)
+
+
+def test_broadcast_projections_give_the_same_result_and_drop_unknown_sources(ref):
+    model_ref, w = ref
+    rows = gathered_rows()
+    whole = collect(pool_and_combine_batches(iter([to_batch(rows)]), model_ref, k=1))
+    # The same rows without vectors, plus a row naming source 77, which is not a node.
+    table = {}
+    thin = []
+    for r in rows:
+        if r[1] == 1:
+            table[(r[0], r[2])] = r[5]
+    sources = sorted({src for _, src in table})
+    # Each (dst, src) pair has its own vector in gathered_rows; give every row its own source id.
+    ids = np.arange(len(table), dtype=np.int64) * 3 + 1
+    key_to_id = dict(zip(sorted(table), ids, strict=True))
+    matrix = np.stack([table[key] for key in sorted(table)])
+    for r in rows:
+        thin.append(r if r[1] == 0 else (r[0], 1, int(key_to_id[(r[0], r[2])]), r[3], None, None))
+    thin.insert(2, (10, 1, 77, 5.0, None, None))
+    assert sources  # the fixture has neighbour rows
+    projections = FakeBroadcast(Projections(ids, matrix))
+    pooled = Counter()
+    for size in (len(thin), 1, 3):
+        batches = [to_batch(thin[i : i + size]) for i in range(0, len(thin), size)]
+        got = collect(
+            pool_and_combine_batches(iter(batches), model_ref, k=1, pooled=pooled, projections=projections)
+        )
+        assert sorted(got) == sorted(whole)
+        for dst in whole:
+            np.testing.assert_allclose(got[dst], whole[dst], atol=1e-7)
+    assert pooled.value == 3 * 5, "the row with unknown source 77 is not pooled"
 
 
 def test_pool_and_combine_handles_empty_iterator(ref):

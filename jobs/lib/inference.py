@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from jobs.lib.vectors import to_binary, to_list, to_matrix
@@ -107,8 +108,22 @@ class _Partial:
     rows: int  # neighbour rows so far
 
 
+@dataclass(frozen=True)
+class Projections:
+    """All of a layer's source projections, for broadcasting: ids sorted, matrix rows in that order."""
+
+    ids: np.ndarray  # [sources] int64, ascending
+    matrix: np.ndarray  # [sources, hidden] float32
+
+    def lookup(self, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row positions, found mask) of `src` in this table."""
+        pos = np.searchsorted(self.ids, src)
+        pos = np.minimum(pos, len(self.ids) - 1)
+        return pos, self.ids[pos] == src if len(self.ids) else np.zeros(len(src), dtype=bool)
+
+
 def pool_and_combine_batches(
-    batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, written=None, pooled=None
+    batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, written=None, pooled=None, projections=None
 ) -> Iterator[pa.RecordBatch]:
     """Steps 2 and 3 of layer k over rows sorted by (dst, kind, src) in each partition.
 
@@ -116,8 +131,11 @@ def pool_and_combine_batches(
     rows (kind 1, weight, proj). Pooling is a segment reduction over the sorted rows; the last target
     of a batch is carried as a partial state into the next, so memory does not grow with a hub's
     degree. Neighbour rows of an id that has no own row (not a node of the target type) are dropped.
+    With `projections` (a broadcast of `Projections`), neighbour rows carry no `proj` and are looked
+    up by source id instead; rows whose source is unknown are dropped.
     Emits (node_id, vec = h_u(k)); `written` counts targets and `pooled` neighbour rows used.
     """
+    table = projections.value if projections is not None else None
     model = device = conv = None
     carry: _Partial | None = None
     for batch in batches:
@@ -147,8 +165,15 @@ def pool_and_combine_batches(
         has_self[segment[is_self]] = True
 
         is_msg = ~is_self
+        if table is not None:
+            src = pc.fill_null(batch.column("src"), 0).to_numpy()  # own rows have no source
+            pos, found = table.lookup(src)
+            is_msg &= found  # a source that is not a node: dangling, dropped
         msg_batch = batch.filter(pa.array(is_msg))
-        messages = torch.from_numpy(to_matrix(msg_batch.column("proj"), dims.hidden_dim))
+        if table is not None:
+            messages = torch.from_numpy(table.matrix[pos[is_msg]])
+        else:
+            messages = torch.from_numpy(to_matrix(msg_batch.column("proj"), dims.hidden_dim))
         weights = torch.from_numpy(msg_batch.column("weight").to_numpy(zero_copy_only=False))
         state = partial_pool(messages, torch.from_numpy(segment[is_msg]), weights, n, mode)
         rows = np.bincount(segment[is_msg], minlength=n)

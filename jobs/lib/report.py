@@ -14,6 +14,7 @@ class LayerReport:
     targets_written: int
     neighbour_rows: int
     seconds: float
+    projections: str = "shuffled"  # or "broadcast"
 
 
 @dataclass
@@ -36,13 +37,14 @@ class RunReport:
             "inputs: " + ", ".join(f"{k} {v:,}" for k, v in self.input_rows.items()),
             "dropped (dangling or NULL references): "
             + ", ".join(f"{k} {v:,}" for k, v in self.dropped_rows.items()),
-            f"{'layer':<6}{'computes':<18}{'projected':>12}{'written':>12}{'nbr rows':>12}{'seconds':>10}",
+            f"{'layer':<6}{'computes':<18}{'projected':>12}{'written':>12}{'nbr rows':>12}{'seconds':>10}"
+            "  projections",
         ]
         for layer in self.layers:
             lines.append(
                 f"{layer.k:<6}{layer.targets + 's from ' + layer.sources + 's':<18}"
                 f"{layer.sources_projected:>12,}{layer.targets_written:>12,}"
-                f"{layer.neighbour_rows:>12,}{layer.seconds:>10.1f}"
+                f"{layer.neighbour_rows:>12,}{layer.seconds:>10.1f}  {layer.projections}"
             )
         for name, out in self.outputs.items():
             lines.append(

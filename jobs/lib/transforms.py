@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType
 
 from jobs.lib import inference
 from jobs.lib.inference import ModelRef
+from jobs.lib.vectors import to_matrix
 from schemas import LAYER, PROJECTIONS
 
 
@@ -49,11 +51,25 @@ def project(sources: DataFrame, ref: ModelRef, k: int, counter=None) -> DataFram
     return sources.select("node_id", "vec").mapInArrow(fn, PROJECTIONS)
 
 
-def gather(targets: DataFrame, neighbours: DataFrame, projections: DataFrame) -> DataFrame:
+def collect_projections(projections: DataFrame, hidden_dim: int) -> inference.Projections:
+    """Bring a (src, proj) table to the driver as a sorted lookup table, for broadcasting.
+
+    Only for tables known to be small (the caller bounds the size): one Arrow transfer, no row
+    objects."""
+    table = projections.toArrow()
+    ids = table.column("src").to_numpy()
+    matrix = to_matrix(table.column("proj").combine_chunks(), hidden_dim)
+    order = np.argsort(ids, kind="stable")
+    return inference.Projections(np.ascontiguousarray(ids[order]), np.ascontiguousarray(matrix[order]))
+
+
+def gather(targets: DataFrame, neighbours: DataFrame, projections: DataFrame | None) -> DataFrame:
     """Step 2 of layer k: each target's own row and its neighbours' projections, co-located.
 
     Partitioned by target and sorted by (dst, kind, src, weight), so a pooling task meets each
     target's rows contiguously and in the same order on every run, whatever the partitioning.
+    With `projections` None the neighbour rows travel without vectors (proj NULL): the pooling map
+    looks them up in a broadcast instead, and only ids and weights are shuffled.
     """
     self_type = targets.schema["vec"].dataType
     own = targets.select(
@@ -64,7 +80,11 @@ def gather(targets: DataFrame, neighbours: DataFrame, projections: DataFrame) ->
         F.col("vec").alias("self_vec"),
         F.lit(None).cast(BinaryType()).alias("proj"),
     )
-    messages = neighbours.join(projections, "src").select(
+    if projections is None:
+        joined = neighbours.withColumn("proj", F.lit(None).cast(BinaryType()))
+    else:
+        joined = neighbours.join(projections, "src")
+    messages = joined.select(
         "dst",
         F.lit(1).cast("byte").alias("kind"),
         "src",
@@ -75,11 +95,21 @@ def gather(targets: DataFrame, neighbours: DataFrame, projections: DataFrame) ->
     return own.unionByName(messages).repartition("dst").sortWithinPartitions("dst", "kind", "src", "weight")
 
 
-def pool_and_combine(gathered: DataFrame, ref: ModelRef, k: int, written=None, pooled=None) -> DataFrame:
+def pool_and_combine(
+    gathered: DataFrame, ref: ModelRef, k: int, written=None, pooled=None, projections=None
+) -> DataFrame:
     """Steps 2-3 of layer k: pool each target's projections, apply W_k, normalise -> (node_id, vec).
 
-    `written` counts targets, `pooled` the neighbour rows pooled (accumulators, optional)."""
-    fn = partial(inference.pool_and_combine_batches, ref=ref, k=k, written=written, pooled=pooled)
+    `written` counts targets, `pooled` the neighbour rows pooled (accumulators, optional);
+    `projections` is the broadcast `inference.Projections` when `gather` ran without them."""
+    fn = partial(
+        inference.pool_and_combine_batches,
+        ref=ref,
+        k=k,
+        written=written,
+        pooled=pooled,
+        projections=projections,
+    )
     return gathered.mapInArrow(fn, LAYER)
 
 
