@@ -29,6 +29,7 @@ import os
 import platform
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +78,13 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def completed_stages(spark) -> dict[int, dict]:
+    """The application's completed stages from Spark's REST API, by stage id."""
+    url = f"{spark.sparkContext.uiWebUrl}/api/v1/applications/{spark.sparkContext.applicationId}/stages"
+    with urllib.request.urlopen(url + "?status=complete", timeout=30) as r:
+        return {(st["stageId"], st["attemptId"]): st for st in json.load(r)}
 
 
 def graph_spec(pins: int, feature_dim: int) -> GraphSpec:
@@ -179,7 +187,7 @@ def spark_embeddings(spark, out: str, pin_ids: np.ndarray, sample: np.ndarray | 
     return emb[order]
 
 
-def bench_one(spark, pins: int, model_name: str, root: str, per_target_pins: int) -> dict:
+def bench_one(spark, pins: int, model_name: str, root: str, per_target_pins: int, broadcast_mb: str) -> dict:
     d_in, hidden, d = MODELS[model_name]
     write_tables(generate(graph_spec(pins, d_in)), f"{root}/input")
     config = ModelConfig(2, d_in, 0, hidden, d, "importance", True)
@@ -192,11 +200,16 @@ def bench_one(spark, pins: int, model_name: str, root: str, per_target_pins: int
         "--board-neighbors", f"{root}/input/board_neighbors",
         "--pin-neighbors", f"{root}/input/pin_neighbors",
         "--checkpoint", f"{root}/model.pt", "--out", f"{root}/out", "--device", "cpu",
+        "--broadcast-projections-mb", broadcast_mb,
     ])  # fmt: skip
+    before = completed_stages(spark)
     with PeakMemory() as mem:
         started = time.perf_counter()
         report = run(spark, args, ckpt)
         row["spark_s"] = round(time.perf_counter() - started, 2)
+    stages = [st for key, st in completed_stages(spark).items() if key not in before]
+    row["shuffle_write_mib"] = round(sum(st["shuffleWriteBytes"] for st in stages) / 2**20, 1)
+    row["projections"] = [layer.projections for layer in report.layers]
     row["spark_phases_s"] = report.seconds
     row["spark_peak_gib"] = round(mem.peak / 2**30, 2)
     row["neighbour_rows"] = report.input_rows["board_neighbors"] + report.input_rows["pin_neighbors"]
@@ -241,15 +254,25 @@ def main() -> None:
     )
     p.add_argument("--per-target-pins", type=int, default=20_480, help="pins timed for per-target inference")
     p.add_argument("--out", default="bench-output/embed")
+    p.add_argument("--broadcast-projections-mb", default="512", help="passed to the embed job")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    spark = get_spark("pinsage-bench-embed", None, {"spark.ui.showConsoleProgress": "false"})
+    conf = {"spark.ui.showConsoleProgress": "false", **dict(c.split("=", 1) for c in a.conf)}
+    spark = get_spark("pinsage-bench-embed", None, conf)
     rows = []
     for model_name in a.models:
         for pins in a.pins:
             if model_name == "paper" and pins > a.paper_max_pins:
                 continue
-            row = bench_one(spark, pins, model_name, f"{a.out}/{model_name}-{pins}", a.per_target_pins)
+            row = bench_one(
+                spark,
+                pins,
+                model_name,
+                f"{a.out}/{model_name}-{pins}",
+                a.per_target_pins,
+                a.broadcast_projections_mb,
+            )
             rows.append(row)
             print(json.dumps(row), flush=True)
     cores = spark.sparkContext.defaultParallelism
