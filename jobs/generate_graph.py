@@ -76,10 +76,14 @@ def generate(spec: GraphSpec) -> dict[str, pa.Table]:
     return tables
 
 
+ROW_GROUP_BYTES = 64 * 2**20  # a Parquet reader holds a whole row group's column chunk in memory
+
+
 def write_tables(tables: dict[str, pa.Table], out: str) -> None:
     for name, table in tables.items():
         os.makedirs(f"{out}/{name}", exist_ok=True)
-        pq.write_table(table, f"{out}/{name}/part-00000.parquet")
+        rows_per_group = max(1024, ROW_GROUP_BYTES * table.num_rows // max(table.nbytes, 1))
+        pq.write_table(table, f"{out}/{name}/part-00000.parquet", row_group_size=rows_per_group)
 
 
 def main(argv: list[str] | None = None) -> None:
