@@ -55,10 +55,11 @@ BOARD_EMBEDDINGS = StructType(
     [StructField("board_id", LongType(), False), StructField("embedding", VECTOR, False)]
 )
 
-# ---- internal (Delta, under --out/_work/<run>) -----------------------------------------------
-# One table per node type and layer: h(k) of every node of that type.
+# ---- internal --------------------------------------------------------------------------------
+# One Delta table per layer under --out/_work/<run>: h(k) of every node of the layer's target type.
 LAYER = StructType([StructField("node_id", LongType(), False), StructField("vec", BinaryType(), True)])
-# Neighbour rows after dropping dangling references: target dst pools source src.
+# Neighbour rows as the layers read them (transforms.links): target dst pools source src. NULL ids
+# are removed; ids that are not nodes drop out inside the layer (and are counted there).
 NEIGHBOURS = StructType(
     [
         StructField("dst", LongType(), False),
@@ -68,8 +69,9 @@ NEIGHBOURS = StructType(
 )
 # Output of a projection map: Q_k applied to every source node once.
 PROJECTIONS = StructType([StructField("src", LongType(), False), StructField("proj", BinaryType(), False)])
-# Rows a pooling task sees for a target, sorted by (dst, kind, src): kind 0 is the target's own
-# representation (self_vec), kind 1 a neighbour's projection with its weight.
+# Rows a pooling task sees for a target, sorted by (dst, kind, src, weight): kind 0 is the target's
+# own representation (self_vec; ARRAY<FLOAT> instead of BINARY while it is still input features),
+# kind 1 a neighbour row with its weight and projection (proj NULL when projections are broadcast).
 GATHERED = StructType(
     [
         StructField("dst", LongType(), False),

@@ -6,6 +6,7 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from jobs.lib import transforms as T
+from schemas import GATHERED, NEIGHBOURS, PROJECTIONS
 
 
 def test_board_set_is_every_board_named_by_a_link_table(spark):
@@ -51,3 +52,16 @@ def test_gather_puts_each_target_first_then_its_neighbours_in_order(spark):
     for part in {r.part for r in per_partition}:
         keys = [(r.dst, r.kind, r.src or -1) for r in per_partition if r.part == part]
         assert keys == sorted(keys)
+
+
+def test_transforms_produce_the_documented_internal_schemas(spark):
+    def shape(df):
+        return [(f.name, f.dataType) for f in df.schema.fields]
+
+    table = spark.createDataFrame([(10, 1, 1.0)], "board_id bigint, pin_id bigint, weight float")
+    neighbours = T.links(table, "board_id", "pin_id")
+    assert shape(neighbours) == shape(spark.createDataFrame([], NEIGHBOURS))
+    targets = spark.createDataFrame([(10, b"t")], "node_id bigint, vec binary")
+    projections = spark.createDataFrame([(1, b"p")], PROJECTIONS)
+    for gathered in (T.gather(targets, neighbours, projections), T.gather(targets, neighbours, None)):
+        assert shape(gathered) == shape(spark.createDataFrame([], GATHERED))
