@@ -47,6 +47,7 @@ class EmbedArgs:
     keep_work: bool = False
     report_json: str | None = None
     broadcast_mb: int = 512
+    checkpoint_sha256: str | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> EmbedArgs:
@@ -57,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
     p.add_argument("--board-neighbors", required=True, help="board_id, pin_id, weight")
     p.add_argument("--pin-neighbors", required=True, help="pin_id, board_id, weight")
     p.add_argument("--checkpoint", required=True, help="format_version 1 checkpoint file")
+    p.add_argument(
+        "--checkpoint-sha256", metavar="HEX",
+        help="refuse the checkpoint unless its SHA-256 is this (checked before it is parsed)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="output root for the Delta tables")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--master", help="Spark master when run with python (default local[*])")
@@ -79,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
         pins=a.pins, edges=a.edges, boards=a.boards, board_neighbors=a.board_neighbors,
         pin_neighbors=a.pin_neighbors, checkpoint=a.checkpoint, out=a.out.rstrip("/"),
         device=a.device, master=a.master, conf=conf, keep_work=a.keep_work, report_json=a.report_json,
-        broadcast_mb=a.broadcast_projections_mb,
+        broadcast_mb=a.broadcast_projections_mb, checkpoint_sha256=a.checkpoint_sha256,
     )  # fmt: skip
 
 
@@ -236,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def job() -> RunReport:
-        checkpoint = read_checkpoint(args.checkpoint)  # before Spark starts: a bad file fails fast
+        # Before Spark starts, so a bad or swapped file fails fast; executors re-check the hash of the
+        # broadcast bytes before parsing them.
+        checkpoint = read_checkpoint(args.checkpoint, args.checkpoint_sha256)
         return run(get_spark("pinsage-embed", args.master, args.conf), args, checkpoint)
 
     return job_main(job, args.report_json)

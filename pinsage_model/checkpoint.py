@@ -122,12 +122,18 @@ def parse_checkpoint(data: bytes, source: str = "<bytes>") -> Checkpoint:
     return Checkpoint(config, state, hashlib.sha256(data).hexdigest(), data)
 
 
-def read_checkpoint(path: str) -> Checkpoint:
+def read_checkpoint(path: str, expected_sha256: str | None = None) -> Checkpoint:
+    """Read and check a checkpoint file. With `expected_sha256` the file's hash is compared before
+    anything in it is parsed, so a swapped file is refused unread."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         raise CheckpointError(path, f"cannot be read ({exc.strerror})") from None
+    if expected_sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha256.strip().lower():
+            raise CheckpointError(path, f"sha256 is {actual}, but {expected_sha256} was pinned; not loaded")
     return parse_checkpoint(data, path)
 
 

@@ -106,3 +106,11 @@ def test_init_checkpoint_cli_writes_a_valid_checkpoint(tmp_path, capsys):
     ckpt = read_checkpoint(str(tmp_path / "c.pt"))
     assert ckpt.config.num_layers == 4 and ckpt.config.pin_feature_dim == 7 and ckpt.config.pooling == "max"
     assert ckpt.sha256 in capsys.readouterr().out
+
+
+def test_pinned_sha256_is_checked_before_parsing(tmp_path):
+    sha = save_checkpoint(random_model(CONFIG), str(tmp_path / "m.pt"))
+    assert read_checkpoint(str(tmp_path / "m.pt"), sha.upper()).sha256 == sha
+    (tmp_path / "evil.pt").write_bytes(b"anything at all")
+    with pytest.raises(CheckpointError, match="was pinned; not loaded"):
+        read_checkpoint(str(tmp_path / "evil.pt"), sha)

@@ -52,3 +52,16 @@ def test_a_bad_checkpoint_exits_2_before_spark_starts(tmp_path):
 def test_missing_required_arguments_are_a_usage_error():
     result = run_job("--pins", "p")
     assert result.returncode == 2 and "required" in result.stderr
+
+
+def test_a_checkpoint_that_does_not_match_the_pinned_sha256_is_refused_unread(tmp_path):
+    from tests.graphs import write_checkpoint
+
+    ckpt = write_checkpoint(str(tmp_path / "model.pt"))
+    result = run_job(
+        "--pins", "p", "--edges", "e", "--board-neighbors", "b", "--pin-neighbors", "n",
+        "--checkpoint", ckpt, "--checkpoint-sha256", "0" * 64, "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "was pinned; not loaded" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -93,3 +93,15 @@ def test_each_node_is_projected_once_per_layer(spark, tmp_path, broadcast_mb):
         (3, num_pins, num_boards),
         (4, num_boards, num_pins),
     ]
+
+
+def test_main_runs_with_the_pinned_checkpoint_sha256(spark, tmp_path):
+    from jobs.embed import main
+    from pinsage_model.checkpoint import read_checkpoint as read
+
+    graph = small_graph(seed=9)
+    ckpt = write_checkpoint(str(tmp_path / "model.pt"))
+    paths = write_graph(graph, str(tmp_path / "in"), with_boards=False)
+    argv = embed_argv(paths, ckpt, str(tmp_path / "out")) + ["--checkpoint-sha256", read(ckpt).sha256]
+    assert main(argv) == 0
+    assert spark.read.format("delta").load(str(tmp_path / "out/pin_embeddings")).count() == len(graph.pins)
