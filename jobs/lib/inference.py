@@ -158,7 +158,8 @@ def pool_and_combine_batches(
         if dims.self_dim == 0:  # boards without features: the own term is empty
             self_rows = np.zeros((int(is_self.sum()), 0), dtype=np.float32)
         else:
-            self_rows = to_matrix(batch.column("self_vec").filter(pa.array(is_self)), dims.self_dim)
+            # self_vec is set on own rows only, and to_matrix keeps the non-null rows in order.
+            self_rows = to_matrix(batch.column("self_vec"), dims.self_dim)
         if len(self_rows) != int(is_self.sum()):
             raise ValueError("a target's own row has no vector")
         self_mat[segment[is_self]] = self_rows
@@ -169,12 +170,13 @@ def pool_and_combine_batches(
             src = pc.fill_null(batch.column("src"), 0).to_numpy()  # own rows have no source
             pos, found = table.lookup(src)
             is_msg &= found  # a source that is not a node: dangling, dropped
-        msg_batch = batch.filter(pa.array(is_msg))
         if table is not None:
             messages = torch.from_numpy(table.matrix[pos[is_msg]])
-        else:
-            messages = torch.from_numpy(to_matrix(msg_batch.column("proj"), dims.hidden_dim))
-        weights = torch.from_numpy(msg_batch.column("weight").to_numpy(zero_copy_only=False))
+        else:  # proj is set on neighbour rows only, in order
+            messages = torch.from_numpy(to_matrix(batch.column("proj"), dims.hidden_dim))
+            if len(messages) != int(is_msg.sum()):
+                raise ValueError("a neighbour row has no projection")
+        weights = torch.from_numpy(batch.column("weight").to_numpy(zero_copy_only=False)[is_msg])
         state = partial_pool(messages, torch.from_numpy(segment[is_msg]), weights, n, mode)
         rows = np.bincount(segment[is_msg], minlength=n)
 

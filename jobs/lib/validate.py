@@ -79,7 +79,7 @@ def _feature_stats(batches, id_col: str, dim: int | None):
             values = features.flatten()
             owner = np.repeat(np.arange(batch.num_rows), np.where(present, lengths, 0))
             null_values = ~values.is_valid().to_numpy(zero_copy_only=False)
-            finite = np.isfinite(values.to_numpy(zero_copy_only=False).astype(np.float64))
+            finite = np.isfinite(values.to_numpy(zero_copy_only=False))  # NULLs come back as NaN
             flags["null_features"] = ~present
             flags["null_elements"] = np.bincount(owner[null_values], minlength=batch.num_rows) > 0
             flags["wrong_length"] = present & (lengths != dim)
