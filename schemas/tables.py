@@ -46,6 +46,8 @@ PIN_NEIGHBORS = StructType(
         StructField("weight", FloatType(), True),
     ]
 )
+# Related-item pairs (training positives, validation pairs): pos_pin is related to query_pin.
+PAIRS = StructType([StructField("query_pin", LongType(), False), StructField("pos_pin", LongType(), False)])
 
 # ---- outputs (Delta, under --out) ----------------------------------------------------------
 PIN_EMBEDDINGS = StructType(
@@ -89,6 +91,8 @@ INPUT_SCHEMAS: dict[str, StructType] = {
     "edges": EDGES,
     "board_neighbors": BOARD_NEIGHBORS,
     "pin_neighbors": PIN_NEIGHBORS,
+    "pairs": PAIRS,
+    "validation_pairs": PAIRS,
 }
 OPTIONAL_COLUMNS: dict[str, set[str]] = {"edges": {"weight"}, "boards": {"features"}}
 
