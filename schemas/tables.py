@@ -16,6 +16,7 @@ from pyspark.sql.types import (
     FloatType,
     IntegerType,
     LongType,
+    StringType,
     StructField,
     StructType,
 )
@@ -101,6 +102,32 @@ ACCEPTED_TYPES: dict[str, tuple[DataType, ...]] = {
     "weight": (FloatType(), DoubleType()),
     "vector": tuple(ArrayType(t, n) for t in (FloatType(), DoubleType()) for n in (False, True)),
 }
+
+
+# ---- evaluation (jobs/evaluate.py) ----------------------------------------------------------
+# Held-out engagement pairs: pos_pin is a pin engaged with after query_pin (e.g. saved to the same
+# board next); the job ranks pos_pin among the candidates by similarity to query_pin.
+PAIRS = StructType([StructField("query_pin", LongType(), False), StructField("pos_pin", LongType(), False)])
+# One label per pin, used only to colour the 2-D map of the embedding space. Stored labels may also
+# be INT or BIGINT; they are cast to STRING.
+LABELS = StructType([StructField("pin_id", LongType(), False), StructField("label", StringType(), True)])
+LABEL_ACCEPTED_TYPES: tuple[DataType, ...] = (StringType(), IntegerType(), LongType())
+# Output O/pair_ranks: one row per method and distinct (query_pin, pos_pin). rank = 1 + higher +
+# ties (ties count against the positive); candidates counts the positive itself.
+PAIR_RANKS = StructType(
+    [
+        StructField("method", StringType(), False),
+        StructField("query_pin", LongType(), False),
+        StructField("pos_pin", LongType(), False),
+        StructField("rank", LongType(), False),
+        StructField("higher", LongType(), False),
+        StructField("ties", LongType(), False),
+        StructField("candidates", LongType(), False),
+    ]
+)
+# The evaluation reads published embeddings and pairs through the same validators as the embed job's
+# inputs (labels carry a STRING column, which jobs.lib.evaluation checks itself).
+INPUT_SCHEMAS.update({"pairs": PAIRS, "pin_embeddings": PIN_EMBEDDINGS})
 
 
 def accepted(field: StructField) -> tuple[DataType, ...]:

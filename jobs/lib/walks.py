@@ -101,9 +101,13 @@ def start_walkers(stats: DataFrame, walks: range) -> DataFrame:
     )  # fmt: skip
 
 
-def step(walkers: DataFrame, table: DataFrame, params: WalkParams, s: int) -> DataFrame:
+def step(
+    walkers: DataFrame, table: DataFrame, params: WalkParams, s: int, same_type: bool = False
+) -> DataFrame:
     """Advance every walker one step and append the node it lands on to `visits` when that node is
-    of the other type than its source.
+    of the other type than its source. With `same_type`, record instead the nodes of the source's
+    own type other than the source itself: the pin-to-pin visit counts of a Pixie-style
+    recommender, where the source is the query and never its own answer.
 
     One left join, no branching of the walker plan: a restarting walker asks for bucket -1, which
     matches nothing, and goes back to its source; a moving walker matches exactly one row.
@@ -134,9 +138,11 @@ def step(walkers: DataFrame, table: DataFrame, params: WalkParams, s: int) -> Da
         F.when(F.col("restart"), F.col("src")).otherwise(F.col("nbr")).alias("cur"),
         F.when(F.col("restart"), F.col("src_deg")).otherwise(F.col("nbr_deg")).alias("cur_deg"),
     )  # fmt: skip
-    visits = F.when(F.col("cur_t") != F.col("src_t"), F.concat("visits", F.array("cur"))).otherwise(
-        F.col("visits")
-    )
+    if same_type:
+        record = (F.col("cur_t") == F.col("src_t")) & (F.col("cur") != F.col("src"))
+    else:
+        record = F.col("cur_t") != F.col("src_t")
+    visits = F.when(record, F.concat("visits", F.array("cur"))).otherwise(F.col("visits"))
     return landed.withColumn("visits", visits)
 
 
