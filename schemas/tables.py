@@ -105,9 +105,7 @@ ACCEPTED_TYPES: dict[str, tuple[DataType, ...]] = {
 
 
 # ---- evaluation (jobs/evaluate.py) ----------------------------------------------------------
-# Held-out engagement pairs: pos_pin is a pin engaged with after query_pin (e.g. saved to the same
-# board next); the job ranks pos_pin among the candidates by similarity to query_pin.
-PAIRS = StructType([StructField("query_pin", LongType(), False), StructField("pos_pin", LongType(), False)])
+# Its held-out pairs are PAIRS above: the job ranks pos_pin among the candidates for query_pin.
 # One label per pin, used only to colour the 2-D map of the embedding space. Stored labels may also
 # be INT or BIGINT; they are cast to STRING.
 LABELS = StructType([StructField("pin_id", LongType(), False), StructField("label", StringType(), True)])
@@ -125,9 +123,9 @@ PAIR_RANKS = StructType(
         StructField("candidates", LongType(), False),
     ]
 )
-# The evaluation reads published embeddings and pairs through the same validators as the embed job's
-# inputs (labels carry a STRING column, which jobs.lib.evaluation checks itself).
-INPUT_SCHEMAS.update({"pairs": PAIRS, "pin_embeddings": PIN_EMBEDDINGS})
+# The evaluation reads published embeddings through the same validators as the embed job's inputs
+# (labels carry a STRING column, which jobs.lib.evaluation checks itself).
+INPUT_SCHEMAS["pin_embeddings"] = PIN_EMBEDDINGS
 
 
 def accepted(field: StructField) -> tuple[DataType, ...]:
