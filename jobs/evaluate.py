@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -227,30 +229,36 @@ def materialise(spark: SparkSession, df: DataFrame, path: str) -> DataFrame:
 
 def rank_by_similarity(
     spark: SparkSession, method: str, vectors: DataFrame, dim: int, candidates: DataFrame,
-    pairs: DataFrame, n_pairs: int, block_mb: float, work: str,
+    pairs: DataFrame, n_pairs: int, block_mb: float,
 ) -> DataFrame:  # fmt: skip
     """PAIR_RANKS rows by cosine similarity: one Spark job per block of queries, each broadcasting
-    the block's query vectors and scanning every candidate once."""
+    the block's query vectors and scanning every candidate once.
+
+    The driver holds one block of query and positive vectors at a time, and the five counts of
+    every pair (40 bytes a pair); the candidates' vectors never leave the executors."""
     sc = spark.sparkContext
     per_block, blocks = E.blocks_for(n_pairs, dim, block_mb)
-    pairs_path, counts_path = f"{work}/{method}/pairs", f"{work}/{method}/counts"
-    sc.setJobDescription(f"{method}: gather query and positive vectors")
-    E.pair_vectors(pairs, vectors, blocks).write.format("delta").mode("overwrite").partitionBy("block").save(
-        pairs_path
+    # Cached, not written: the pairs' vectors are small next to the candidates, and each block
+    # reads them once.
+    pair_vectors = E.pair_vectors(pairs, vectors, blocks).persist(StorageLevel.MEMORY_AND_DISK)
+    parts = []
+    try:
+        for b in range(blocks):
+            sc.setJobDescription(f"{method}: rank query block {b + 1}/{blocks}")
+            table = pair_vectors.where(F.col("block") == b).toArrow()
+            log.info("%s: query block %d/%d: %d pairs (about %d a block)", method, b + 1, blocks,
+                     table.num_rows, per_block)  # fmt: skip
+            if table.num_rows == 0:
+                continue
+            ref = sc.broadcast(E.QueryBlock.from_arrow(table, dim))
+            parts.append(E.count_above(candidates, ref, dim).toArrow())
+            ref.destroy()
+    finally:
+        pair_vectors.unpersist()
+    counts = (
+        spark.createDataFrame(pa.concat_tables(parts)) if parts else spark.createDataFrame([], E.COUNTS_DDL)
     )
-    spark.createDataFrame([], E.COUNTS_DDL).write.format("delta").mode("overwrite").save(counts_path)
-    for b in range(blocks):
-        sc.setJobDescription(f"{method}: rank query block {b + 1}/{blocks}")
-        table = spark.read.format("delta").load(pairs_path).where(F.col("block") == b).toArrow()
-        log.info(
-            "%s: query block %d/%d, %d pairs (target %d)", method, b + 1, blocks, table.num_rows, per_block
-        )
-        if table.num_rows == 0:
-            continue
-        ref = sc.broadcast(E.QueryBlock.from_arrow(table, dim))
-        E.count_above(candidates, ref, dim).write.format("delta").mode("append").save(counts_path)
-        ref.destroy()
-    return E.ranks_from_counts(pairs, spark.read.format("delta").load(counts_path), method)
+    return E.ranks_from_counts(pairs, counts, method)
 
 
 def rank_by_walks(spark: SparkSession, inputs: Inputs, args: EvaluateArgs, work: str) -> DataFrame:
@@ -293,8 +301,8 @@ def put_file(spark: SparkSession, local: str, dest: str) -> None:
 
 
 def similarity_health(
-    spark: SparkSession, vectors: dict[str, DataFrame], args: EvaluateArgs, work: str,
-    report: EvaluationReport, scratch: str,
+    spark: SparkSession, vectors: dict[str, DataFrame], args: EvaluateArgs, report: EvaluationReport,
+    scratch: str,
 ) -> None:  # fmt: skip
     """Figure 4: cosine similarity of seeded random pairs per vector table: statistics in the report,
     histograms in one PNG."""
@@ -302,12 +310,13 @@ def similarity_health(
     pairs = E.random_pairs(vectors["embedding"].select("pin_id"), args.similarity_pairs, args.seed)
     for method, table in vectors.items():
         spark.sparkContext.setJobDescription(f"{method}: cosine similarity of random pairs")
-        cosines = materialise(spark, E.pair_cosines(pairs, table), f"{work}/{method}/random_pairs")
-        stats = {k: v for k, v in E.similarity_stats(cosines).first().asDict().items()}
+        cosines = E.pair_cosines(pairs, table).persist(StorageLevel.MEMORY_AND_DISK)
+        stats = E.similarity_stats(cosines).first().asDict()
         report.similarity[method] = stats
         counts = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
         for row in E.similarity_histogram(cosines, HISTOGRAM_BINS).collect():
             counts[row["bin"]] = row["count"]
+        cosines.unpersist()
         panels[method] = (counts, stats)
     local = os.path.join(scratch, "similarity_histogram.png")
     E.plot_histograms(panels, local)
@@ -358,11 +367,13 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
         candidates = table
         if method != "embedding" or args.candidates is not None:
             candidates = table.join(inputs.pool, "pin_id", "left_semi")
-            candidates = materialise(spark, candidates, f"{work}/{method}/candidates")
+            # Every query block scans the candidates once: with several blocks, join them once.
+            if E.blocks_for(n_pairs, dim, args.query_block_mb)[1] > 1:
+                candidates = materialise(spark, candidates, f"{work}/{method}/candidates")
         ranks.append(
             rank_by_similarity(
-                spark, method, table, dim, candidates, inputs.pairs, n_pairs, args.query_block_mb, work
-            )  # fmt: skip
+                spark, method, table, dim, candidates, inputs.pairs, n_pairs, args.query_block_mb
+            )
         )
         report.seconds[method] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
@@ -387,7 +398,7 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
     clock = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pinsage-evaluate-") as scratch:
         if args.similarity_pairs > 0:
-            similarity_health(spark, {m: t for m, (t, _) in vectors.items()}, args, work, report, scratch)
+            similarity_health(spark, {m: t for m, (t, _) in vectors.items()}, args, report, scratch)
         if inputs.labels is not None:
             pca_map(spark, inputs, args, report, scratch)
     report.seconds["health"] = round(time.perf_counter() - clock, 3)

@@ -86,36 +86,49 @@ class PairStats:
 
 
 def check_pairs(pairs: DataFrame, known: DataFrame, known_table: str) -> PairStats:
-    """Pairs non-empty, ids non-NULL, query != positive, and every pin in `known` (pin_id)."""
-    stats = pairs.agg(
+    """Pairs non-empty, ids non-NULL, query != positive, and every pin in `known` (pin_id, unique):
+    one pass, plus a look-up of examples only when something is wrong."""
+    ids = known.select("pin_id")
+    flagged = pairs.join(
+        ids.select(F.col("pin_id").alias("query_pin"), F.lit(1).alias("query_known")), "query_pin", "left"
+    ).join(ids.select(F.col("pin_id").alias("pos_pin"), F.lit(1).alias("pos_known")), "pos_pin", "left")
+    count = lambda cond: F.sum(cond.cast("long"))  # noqa: E731
+
+    def unknown(column: str) -> Column:
+        return F.col(column).isNotNull() & F.col(column.replace("_pin", "_known")).isNull()
+
+    stats = flagged.agg(
         F.count(F.lit(1)).alias("rows"),
-        F.sum(F.col("query_pin").isNull().cast("int")).alias("null_query"),
-        F.sum(F.col("pos_pin").isNull().cast("int")).alias("null_pos"),
-        F.sum((F.col("query_pin") == F.col("pos_pin")).cast("int")).alias("self"),
+        F.count_distinct("query_pin", "pos_pin").alias("distinct"),
+        count(F.col("query_pin").isNull()).alias("null_query_pin"),
+        count(F.col("pos_pin").isNull()).alias("null_pos_pin"),
+        count(F.col("query_pin") == F.col("pos_pin")).alias("self"),
+        count(unknown("query_pin")).alias("unknown_query_pin"),
+        count(unknown("pos_pin")).alias("unknown_pos_pin"),
     ).collect()[0]
     if not stats["rows"]:
         raise InputError("pairs", None, "has no rows")
-    for column, key in (("query_pin", "null_query"), ("pos_pin", "null_pos")):
-        if stats[key]:
-            raise InputError("pairs", column, f"{stats[key]} rows have a NULL id")
-    if stats["self"]:
-        shown = [r["query_pin"] for r in pairs.where("query_pin = pos_pin").limit(EXAMPLES).collect()]
-        raise InputError(
-            "pairs", "pos_pin",
-            f"{stats['self']} rows name the query pin itself as the positive "
-            f"(e.g. query_pin {', '.join(map(str, shown))})",
-        )  # fmt: skip
+
+    def examples(cond: Column, column: str) -> str:
+        shown = sorted({r[column] for r in flagged.where(cond).select(column).limit(50).collect()})
+        return f"(e.g. {column} {', '.join(map(str, shown[:EXAMPLES]))})"
+
     for column in ("query_pin", "pos_pin"):
-        missing = pairs.join(known.select(F.col("pin_id").alias(column)), column, "left_anti")
-        count = missing.count()
-        if count:
-            shown = sorted({r[column] for r in missing.select(column).limit(50).collect()})[:EXAMPLES]
+        if stats[f"null_{column}"]:
+            raise InputError("pairs", column, f"{stats[f'null_{column}']} rows have a NULL id")
+    if stats["self"]:
+        shown = examples(F.col("query_pin") == F.col("pos_pin"), "query_pin")
+        raise InputError(
+            "pairs", "pos_pin", f"{stats['self']} rows name the query pin itself as the positive {shown}"
+        )
+    for column in ("query_pin", "pos_pin"):
+        if stats[f"unknown_{column}"]:
             raise InputError(
                 "pairs", column,
-                f"{count} rows name a pin that is not in {known_table} "
-                f"(e.g. {column} {', '.join(map(str, shown))})",
+                f"{stats[f'unknown_{column}']} rows name a pin that is not in {known_table} "
+                + examples(unknown(column), column),
             )  # fmt: skip
-    return PairStats(int(stats["rows"]), distinct_pairs(pairs).count())
+    return PairStats(int(stats["rows"]), int(stats["distinct"]))
 
 
 def check_covered(ids: DataFrame, table: DataFrame, table_name: str, why: str) -> None:
