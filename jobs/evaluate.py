@@ -267,8 +267,9 @@ def rank_by_walks(spark: SparkSession, inputs: Inputs, args: EvaluateArgs, work:
     sc = spark.sparkContext
     params = args.walks
     sc.setJobDescription("graph: build the bucketed adjacency")
-    edges = materialise(spark, inputs.edges, f"{work}/graph/edges")
-    adjacency = W.undirected(edges)
+    # The deduplicated edges are read twice (degrees, then buckets); only the tables every step
+    # joins are worth writing.
+    adjacency = W.undirected(inputs.edges)
     stats = materialise(spark, W.node_stats(adjacency), f"{work}/graph/stats")
     table = materialise(spark, W.buckets(adjacency, stats), f"{work}/graph/buckets")
     queries = inputs.pairs.select(F.col("query_pin").alias("node")).distinct()
@@ -358,7 +359,9 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
     if args.candidates is not None:
         sc.setJobDescription("sample the candidate pool")
         inputs.pool = materialise(spark, inputs.pool, f"{work}/pool")
-    report.inputs["candidate pool"] = inputs.pool.count()
+    # The pool is every pin, or the first N of them in the seeded order: no need to count it.
+    rows = report.inputs["pin_embeddings"]
+    report.inputs["candidate pool"] = rows if args.candidates is None else min(args.candidates, rows)
     vectors = {"embedding": (inputs.embeddings, inputs.dim)}
     if inputs.pins is not None:
         vectors["content"] = (inputs.pins, inputs.pins_dim)

@@ -60,7 +60,7 @@ def ranks_by_pair(df) -> dict:
     return {(r.query_pin, r.pos_pin): (r["rank"], r.higher, r.ties, r.candidates) for r in df.collect()}
 
 
-def rank(spark, candidates_ids=None, block_mb=48 / 2**20):
+def rank(spark, candidates_ids=None, block_mb=96 / 2**20):
     vectors = vectors_df(spark, EMB)
     candidates = vectors if candidates_ids is None else vectors.where(vectors.pin_id.isin(candidates_ids))
     pairs = E.distinct_pairs(pairs_df(spark, PAIRS))
@@ -70,8 +70,10 @@ def rank(spark, candidates_ids=None, block_mb=48 / 2**20):
 
 
 def test_ranks_match_a_brute_force_with_ties_counted_against_the_positive(spark):
-    # 48 bytes per block = 2 pairs of 3-dim float64 queries: the 8 distinct pairs run in 4 blocks.
-    assert E.blocks_for(len(set(PAIRS)), 3, 48 / 2**20) == (2, 4)
+    # 96 bytes a block = 4 pairs of 3-dim float64 queries: the 8 distinct pairs run in 2 blocks.
+    assert E.blocks_for(len(set(PAIRS)), 3, 96 / 2**20) == (4, 2)
+    blocks = E.pair_vectors(pairs_df(spark, list(set(PAIRS))), vectors_df(spark, EMB), 2).select("block")
+    assert {r.block for r in blocks.collect()} == {0, 1}, "both query blocks must hold pairs"
     got = ranks_by_pair(rank(spark))
     expected = {(q, p): naive_rank(EMB, q, p, EMB) for q, p in set(PAIRS)}
     assert got == expected
@@ -193,7 +195,7 @@ def write_inputs(root) -> dict[str, str]:
 
 
 def argv(paths: dict[str, str], out: str, *extra: str) -> list[str]:
-    args = ["--out", out, "--k", "1,3,10", "--walks-per-query", "200", "--walk-length", "6",
+    args = ["--out", out, "--k", "1,3,10", "--walks-per-query", "200", "--walks-per-batch", "200", "--walk-length", "6",
             "--similarity-pairs", "12", "--map-sample", "10", "--master", "local[2]", *extra]  # fmt: skip
     for name, path in paths.items():
         args += [f"--{name}", path]
@@ -203,7 +205,8 @@ def argv(paths: dict[str, str], out: str, *extra: str) -> list[str]:
 def test_the_job_reports_every_method_and_writes_ranks_and_plots(spark, tmp_path):
     paths = write_inputs(tmp_path / "in")
     out, report_path = str(tmp_path / "out"), str(tmp_path / "report.json")
-    assert job.main(argv(paths, out, "--report-json", report_path)) == 0
+    # A sample as large as the table: the sampled pool's code path, with the full pool's ranks.
+    assert job.main(argv(paths, out, "--report-json", report_path, "--candidates", "100")) == 0
     published = spark.read.format("delta").load(f"{out}/pair_ranks")
     assert [(f.name, f.dataType) for f in published.schema] == [(f.name, f.dataType) for f in PAIR_RANKS]
     rows = published.collect()
@@ -217,6 +220,7 @@ def test_the_job_reports_every_method_and_writes_ranks_and_plots(spark, tmp_path
     naive = [naive_rank(EMB, q, p, EMB)[0] for q, p in set(PAIRS)]
     embedding = report["methods"]["embedding"]
     assert embedding["pairs"] == len(set(PAIRS)) and report["inputs"]["pairs"] == len(PAIRS)
+    assert report["inputs"]["candidate pool"] == len(EMB)
     assert embedding["hit@3"] == pytest.approx(np.mean([r <= 3 for r in naive]))
     assert embedding["mrr"] == pytest.approx(np.mean([1 / r for r in naive]))
     assert set(report["similarity"]) == {"embedding", "content"}
