@@ -1,0 +1,286 @@
+"""Training examples as in the paper's section 3.3: shared uniform negatives, hard negatives from a
+window of personalised-PageRank ranks, the curriculum that adds them, and minibatches built as
+re-indexed computation graphs by DataLoader workers.
+
+Every random draw of batch i of epoch e comes from a generator seeded with (seed, e, i), so a batch
+is the same whichever worker builds it and however many workers there are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pinsage_model.graph import TrainGraph
+from pinsage_model.subgraph import ComputationGraph, computation_graph
+
+PPR_RESTART = 0.15
+PPR_TOLERANCE = 1e-6
+# The paper's window, ranks 2000-5000 of 2 billion pins, is kept for catalogues of 100,000 pins and
+# more; smaller catalogues use the same fractions of 100,000 (2% to 5% of the other pins).
+PAPER_WINDOW = (2000, 5000)
+PAPER_WINDOW_CATALOGUE = 100_000
+# Dense PPR iterates are [pins, queries]; bound one chunk's memory.
+PPR_CHUNK_BYTES = 256 * 2**20
+
+
+# ---- personalised PageRank ---------------------------------------------------------------------
+
+
+def transition_matrices(graph: TrainGraph, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """Sparse (P2B^T [boards, pins], B2P^T [pins, boards]) and the dangling-pin mask [pins].
+
+    P2B[p, b] = w_pb / sum_b' w_pb' moves a walker from a pin to one of its boards; B2P[b, p] =
+    w_pb / sum_p' w_p'b back to a pin. The transposes act on column-stacked distributions."""
+    pins, boards = graph.num_pins, graph.num_boards
+    w = torch.from_numpy(graph.edge_weight).to(torch.float64)
+    p = torch.from_numpy(graph.edge_pin)
+    b = torch.from_numpy(graph.edge_board)
+    pin_total = torch.zeros(pins, dtype=torch.float64).index_add_(0, p, w)
+    board_total = torch.zeros(boards, dtype=torch.float64).index_add_(0, b, w)
+    p2b_t = torch.sparse_coo_tensor(
+        torch.stack([b, p]), w / pin_total[p], (boards, pins), check_invariants=True
+    )
+    b2p_t = torch.sparse_coo_tensor(
+        torch.stack([p, b]), w / board_total[b], (pins, boards), check_invariants=True
+    )
+    dangling = pin_total == 0
+    return p2b_t.coalesce().to(device), b2p_t.coalesce().to(device), dangling.to(device)
+
+
+def ppr_iterations(restart: float, tolerance: float = PPR_TOLERANCE) -> int:
+    """Power iterations after which the L1 error is below `tolerance` (it shrinks by 1-restart)."""
+    return max(1, math.ceil(math.log(tolerance / 2) / math.log(1 - restart)))
+
+
+def personalised_pagerank(
+    matrices: tuple[torch.Tensor, ...], queries: torch.Tensor, restart: float = PPR_RESTART
+) -> torch.Tensor:
+    """PPR of every pin for each query pin, [pins, queries] float64 columns summing to 1.
+
+    A walker at a pin returns to its query with probability `restart`, else steps pin -> board ->
+    pin with probabilities proportional to membership weights; a pin without memberships sends
+    its walker back to the query. Power iteration from the query's indicator e_q:
+
+        x <- restart e_q + (1 - restart) (B2P^T P2B^T x + e_q (dangling . x))
+    """
+    p2b_t, b2p_t, dangling = matrices
+    pins = b2p_t.shape[0]
+    cols = torch.arange(len(queries), device=queries.device)
+    home = torch.zeros((pins, len(queries)), dtype=torch.float64, device=queries.device)
+    home[queries, cols] = 1.0
+    x = home.clone()
+    for _ in range(ppr_iterations(restart)):
+        stuck = (x * dangling.unsqueeze(1)).sum(0)
+        x = restart * home + (1 - restart) * (b2p_t @ (p2b_t @ x) + home * stuck)
+    return x
+
+
+@dataclass(frozen=True)
+class RankWindow:
+    """Ranks lo..hi (1-based, inclusive) among the other pins, by PPR with respect to the query."""
+
+    lo: int
+    hi: int
+
+    @property
+    def width(self) -> int:
+        return self.hi - self.lo + 1
+
+
+def default_window(num_pins: int) -> RankWindow:
+    """The paper's ranks 2000-5000, scaled down for catalogues below 100,000 pins."""
+    others = max(num_pins - 1, 1)
+    scale = min(1.0, others / PAPER_WINDOW_CATALOGUE)
+    lo = min(others, max(1, round(PAPER_WINDOW[0] * scale)))
+    return RankWindow(lo, min(others, max(lo, round(PAPER_WINDOW[1] * scale))))
+
+
+def parse_window(text: str, num_pins: int) -> RankWindow:
+    """`LO:HI` as 1-based ranks (integers) or as fractions of the other pins (numbers in (0, 1])."""
+    others = num_pins - 1
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise ValueError(f"--hard-window must be LO:HI, got {text!r}")
+    bounds = []
+    for part in parts:
+        try:
+            value = int(part) if part.strip().lstrip("+").isdigit() else float(part)
+        except ValueError:
+            raise ValueError(f"--hard-window bound {part!r} is neither a rank nor a fraction") from None
+        if isinstance(value, float):
+            if not 0 < value <= 1:
+                raise ValueError(f"--hard-window fraction {part} must be in (0, 1]")
+            value = max(1, math.ceil(value * others))
+        bounds.append(value)
+    lo, hi = bounds
+    if not 1 <= lo <= hi <= others:
+        raise ValueError(
+            f"--hard-window {text} gives ranks {lo}..{hi}, outside 1..{others} (the other pins) or reversed"
+        )
+    return RankWindow(lo, hi)
+
+
+def rank_window_pins(
+    graph: TrainGraph,
+    queries: np.ndarray,
+    window: RankWindow,
+    restart: float = PPR_RESTART,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """For each query pin, the pins ranked window.lo..window.hi by PPR, [queries, width] int64.
+
+    Pins are ordered by descending PPR, ties by the smaller pin id; the query itself is not ranked.
+    Queries are processed in chunks so the dense iterates stay within PPR_CHUNK_BYTES."""
+    matrices = transition_matrices(graph, device)
+    chunk = max(1, PPR_CHUNK_BYTES // (graph.num_pins * 8 * 3))
+    out = np.empty((len(queries), window.width), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        q = torch.from_numpy(queries[start : start + chunk]).to(device)
+        scores = personalised_pagerank(matrices, q, restart).T  # [chunk, pins]
+        scores[torch.arange(len(q), device=device), q] = math.inf  # the query is rank 0
+        # A stable sort keeps equal scores in index order, which is pin id order.
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+        out[start : start + len(q)] = order[:, window.lo : window.hi + 1].cpu().numpy()
+    return out
+
+
+# ---- negatives and curriculum ------------------------------------------------------------------
+
+
+def hard_negative_count(epoch: int, cap: int) -> int:
+    """Curriculum: epoch n (1-based) adds n-1 hard negatives per query, at most `cap`."""
+    return max(0, min(epoch - 1, cap))
+
+
+@dataclass(frozen=True)
+class HardNegatives:
+    """Each distinct query's window of PPR-ranked pins, to draw hard negatives from."""
+
+    queries: np.ndarray  # [distinct queries] int64 pin positions, sorted
+    pool: np.ndarray  # [distinct queries, window width] int64 pin positions
+
+    def sample(self, queries: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+        """`count` pins per query drawn uniformly (with replacement) from its window, [b, count]."""
+        slots = np.searchsorted(self.queries, queries)
+        picks = rng.integers(0, self.pool.shape[1], size=(len(queries), count))
+        return self.pool[slots[:, None], picks]
+
+
+def hard_negative_pools(
+    graph: TrainGraph,
+    queries: np.ndarray,
+    window: RankWindow,
+    restart: float = PPR_RESTART,
+    device: torch.device | str = "cpu",
+) -> HardNegatives:
+    distinct = np.unique(queries)
+    return HardNegatives(distinct, rank_window_pins(graph, distinct, window, restart, device))
+
+
+# ---- minibatches -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training step: the computation graph of every pin the loss touches, and where each
+    example's pins sit among its output rows.
+
+    query/pos: [b]; negatives: [n] shared by the batch; hard: [b, h]. The masks are False where a
+    negative is the query's own pin or its positive, which the loss must not push away."""
+
+    graph: ComputationGraph
+    query: torch.Tensor  # [b] int64 rows of the computation graph's output
+    pos: torch.Tensor  # [b]
+    negatives: torch.Tensor  # [n]
+    hard: torch.Tensor  # [b, h]
+    negative_mask: torch.Tensor  # [b, n] bool
+    hard_mask: torch.Tensor  # [b, h] bool
+
+    def to(self, device: torch.device | str) -> Batch:
+        nb = torch.device(device).type == "cuda"
+        moved = [t.to(device, non_blocking=nb) for t in self.tensors()]
+        return Batch(self.graph.to(device, nb), *moved)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.query, self.pos, self.negatives, self.hard, self.negative_mask, self.hard_mask]
+
+    def pin_memory(self) -> Batch:
+        return Batch(self.graph.pin_memory(), *[t.pin_memory() for t in self.tensors()])
+
+
+def make_batch(
+    graph: TrainGraph,
+    num_layers: int,
+    query: np.ndarray,
+    pos: np.ndarray,
+    negatives: np.ndarray,
+    hard: np.ndarray,
+) -> Batch:
+    """Re-index a batch of examples (pin positions) onto the computation graph of its pins."""
+    targets = np.unique(np.concatenate([query, pos, negatives, hard.ravel()]))
+
+    def rows(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.searchsorted(targets, x).astype(np.int64))
+
+    negative_mask = (negatives[None, :] != query[:, None]) & (negatives[None, :] != pos[:, None])
+    hard_mask = (hard != query[:, None]) & (hard != pos[:, None])
+    return Batch(
+        graph=computation_graph(graph, targets, num_layers),
+        query=rows(query),
+        pos=rows(pos),
+        negatives=rows(negatives),
+        hard=rows(hard),
+        negative_mask=torch.from_numpy(negative_mask),
+        hard_mask=torch.from_numpy(hard_mask),
+    )
+
+
+class EpochBatches(Dataset):
+    """The minibatches of one epoch, item i built on demand (by a DataLoader worker).
+
+    Pairs are shuffled per epoch; batch i takes the next `batch_size` of them, `negatives` pins
+    drawn uniformly over all pins for the whole batch, and `hard` hard negatives per query."""
+
+    def __init__(
+        self,
+        graph: TrainGraph,
+        num_layers: int,
+        pairs: tuple[np.ndarray, np.ndarray],
+        batch_size: int,
+        negatives: int,
+        hard: int,
+        hard_pools: HardNegatives | None,
+        seed: int,
+        epoch: int,
+    ) -> None:
+        self.graph, self.num_layers = graph, num_layers
+        self.pairs, self.batch_size = pairs, batch_size
+        self.negatives, self.hard, self.hard_pools = negatives, hard, hard_pools
+        self.seed, self.epoch = seed, epoch
+        if hard and hard_pools is None:
+            raise ValueError("hard negatives need the PPR windows")
+        self.order = np.random.default_rng([seed, epoch]).permutation(len(pairs[0]))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def __getitem__(self, i: int) -> Batch:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        chosen = self.order[i * self.batch_size : (i + 1) * self.batch_size]
+        query, pos = self.pairs[0][chosen], self.pairs[1][chosen]
+        negatives = rng.integers(0, self.graph.num_pins, size=self.negatives)
+        if self.hard:
+            hard = self.hard_pools.sample(query, self.hard, rng)
+        else:
+            hard = np.zeros((len(query), 0), dtype=np.int64)
+        return make_batch(self.graph, self.num_layers, query, pos, negatives, hard)
+
+
+def worker_init(_: int) -> None:
+    # Workers share the machine's cores with the training step: one thread each.
+    torch.set_num_threads(1)

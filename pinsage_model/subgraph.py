@@ -1,0 +1,129 @@
+"""Minibatch computation graphs: the K-hop neighbourhood of a set of target pins, re-indexed.
+
+To embed target pins T with K layers, layer k needs h(k) only of the nodes whose representation
+some later layer reads. Going down from the top, with N_k(S) the neighbour sources of S in the
+table of layer k's target type:
+
+    need[K]   = T                                        pins
+    need[j]   = need[j+2] ++ (N_{j+1}(need[j+1]) \\ need[j+2])    for j = K-1 .. 0
+    need[-1]  = need[1]                                  boards (their own features at layer 1)
+
+(need[K+1] is empty). need[j] holds pins for even j and boards for odd j. Because need[k] is a
+prefix of need[k-2], the own term h_u(k-2) of layer k's targets is the first |need[k]| rows of the
+level k-2 representation. Each layer runs `PinSageConv.forward` on its block: the sources are
+need[k-1], the targets need[k], and the rows are the targets' complete neighbour rows, so every
+needed node sees exactly the neighbourhood it has in the whole graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pinsage_model.config import ModelConfig
+from pinsage_model.graph import TrainGraph
+from pinsage_model.model import PinSage
+
+
+@dataclass(frozen=True)
+class Block:
+    """Layer k's rows, re-indexed: src into need[k-1], dst into need[k]."""
+
+    src: torch.Tensor  # [rows] int64
+    dst: torch.Tensor  # [rows] int64
+    weight: torch.Tensor  # [rows] float32
+    num_targets: int  # |need[k]|
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Block:
+        return Block(
+            self.src.to(device, non_blocking=non_blocking),
+            self.dst.to(device, non_blocking=non_blocking),
+            self.weight.to(device, non_blocking=non_blocking),
+            self.num_targets,
+        )
+
+    def pin_memory(self) -> Block:
+        return Block(self.src.pin_memory(), self.dst.pin_memory(), self.weight.pin_memory(), self.num_targets)
+
+
+@dataclass(frozen=True)
+class ComputationGraph:
+    """What a forward pass for `targets` needs: the features of need[0] pins and need[-1] boards
+    (a small feature matrix instead of the whole graph's) and one block per layer."""
+
+    targets: np.ndarray  # [T] int64 pin positions in the whole graph; output row i is targets[i]
+    pin_features: torch.Tensor  # [|need[0]|, d_in]
+    board_features: torch.Tensor  # [|need[-1]|, d_b]
+    blocks: tuple[Block, ...]  # blocks[k-1] is layer k
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ComputationGraph:
+        return ComputationGraph(
+            self.targets,
+            self.pin_features.to(device, non_blocking=non_blocking),
+            self.board_features.to(device, non_blocking=non_blocking),
+            tuple(b.to(device, non_blocking) for b in self.blocks),
+        )
+
+    def pin_memory(self) -> ComputationGraph:
+        return ComputationGraph(
+            self.targets,
+            self.pin_features.pin_memory(),
+            self.board_features.pin_memory(),
+            tuple(b.pin_memory() for b in self.blocks),
+        )
+
+
+def _positions(sorted_ids: np.ndarray, order: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Positions in an unsorted array (given by its sorted copy and argsort) of values it holds."""
+    return order[np.searchsorted(sorted_ids, values)]
+
+
+def computation_graph(graph: TrainGraph, targets: np.ndarray, num_layers: int) -> ComputationGraph:
+    """The re-indexed K-hop computation graph of `targets` (distinct pin positions)."""
+    targets = np.asarray(targets, dtype=np.int64)
+    need: dict[int, np.ndarray] = {num_layers: targets}
+    rows: dict[int, np.ndarray] = {}
+    for j in range(num_layers - 1, -2, -1):
+        prefix = need.get(j + 2, np.zeros(0, dtype=np.int64))
+        if j == -1:
+            need[j] = prefix
+            break
+        adjacency = graph.neighbours[ModelConfig.target_type(j + 1)]
+        rows[j + 1] = adjacency.rows_of(need[j + 1])
+        sources = np.unique(adjacency.src[rows[j + 1]])
+        need[j] = np.concatenate([prefix, np.setdiff1d(sources, prefix, assume_unique=True)])
+
+    blocks = []
+    for k in range(1, num_layers + 1):
+        adjacency = graph.neighbours[ModelConfig.target_type(k)]
+        r = rows[k]
+        targets_k, sources = need[k], need[k - 1]
+        counts = adjacency.indptr[targets_k + 1] - adjacency.indptr[targets_k]
+        dst = np.repeat(np.arange(len(targets_k)), counts)
+        order = np.argsort(sources, kind="stable")
+        src = _positions(sources[order], order, adjacency.src[r])
+        blocks.append(
+            Block(
+                src=torch.from_numpy(src),
+                dst=torch.from_numpy(dst),
+                weight=torch.from_numpy(adjacency.weight[r]),
+                num_targets=len(targets_k),
+            )
+        )
+    return ComputationGraph(
+        targets=targets,
+        pin_features=torch.from_numpy(graph.pin_features[need[0]]),
+        board_features=torch.from_numpy(graph.board_features[need[-1]]),
+        blocks=tuple(blocks),
+    )
+
+
+def embed(model: PinSage, cg: ComputationGraph) -> torch.Tensor:
+    """Pin embeddings z of cg.targets, [T, embed_dim]: the layers of `PinSage.forward` run on the
+    computation graph's blocks instead of on every node."""
+    h = {0: cg.pin_features, -1: cg.board_features}
+    for k, block in enumerate(cg.blocks, start=1):
+        h[k] = model.conv(k)(h[k - 1], h[k - 2][: block.num_targets], block.src, block.dst, block.weight)
+    return model.head(h[len(cg.blocks)])
