@@ -192,38 +192,41 @@ def vector_table(df: DataFrame, table: str, column: str, report: EvaluationRepor
 
 
 def load_inputs(spark: SparkSession, args: EvaluateArgs, report: EvaluationReport) -> Inputs:
-    """Read and check every input; everything that can reject the input runs here, before any write."""
+    """Read and check every input; everything that can reject the input runs here, before any write.
+    Columns and types of every table come first (no Spark job), so a wrong table fails at once."""
     spark.sparkContext.setJobDescription("validate inputs")
     raw = conform(read_table(spark, "pin_embeddings", args.embeddings), "pin_embeddings")
-    embeddings, dim = vector_table(raw, "pin_embeddings", "embedding", report)
     pairs = conform(read_table(spark, "pairs", args.pairs), "pairs")
+    pins = conform(read_table(spark, "pins", args.pins), "pins") if args.pins else None
+    edges = conform(read_table(spark, "edges", args.edges), "edges") if args.edges else None
+    labels = E.conform_labels(read_table(spark, "labels", args.labels)) if args.labels else None
+
+    embeddings, dim = vector_table(raw, "pin_embeddings", "embedding", report)
     stats = E.check_pairs(pairs, embeddings, "pin_embeddings")
     report.inputs["pairs"], report.inputs["distinct pairs"] = stats.rows, stats.distinct
-    pairs = E.distinct_pairs(pairs)
+    # Every method reads the distinct pairs several times; they are small, so keep them.
+    pairs = E.distinct_pairs(pairs).persist(StorageLevel.MEMORY_AND_DISK)
     pool = E.candidate_pool(embeddings, args.candidates, args.seed)
     inputs = Inputs(embeddings, dim, pairs, pool)
-    if args.pins:
-        raw = conform(read_table(spark, "pins", args.pins), "pins")
-        inputs.pins, inputs.pins_dim = vector_table(raw, "pins", "features", report)
+    if pins is not None:
+        inputs.pins, inputs.pins_dim = vector_table(pins, "pins", "features", report)
         pair_pins = pairs.select(F.col("query_pin").alias("pin_id")).union(pairs.select("pos_pin"))
         E.check_covered(pool.union(pair_pins).distinct(), inputs.pins, "pins",
                         "candidate or pair pins of pin_embeddings")  # fmt: skip
-    if args.edges:
-        edges = conform(read_table(spark, "edges", args.edges), "edges")
-        link_stats = check_links(edges, "edges", ("pin_id", "board_id"))
-        report.inputs["edges"] = link_stats.rows
+    if edges is not None:
+        report.inputs["edges"] = check_links(edges, "edges", ("pin_id", "board_id")).rows
         kept = edges.where(F.col("pin_id").isNotNull() & F.col("board_id").isNotNull())
         # As in the neighbourhood job: a membership listed twice is one, with the larger weight.
         inputs.edges = kept.groupBy("pin_id", "board_id").agg(F.max("weight").alias("weight"))
-    if args.labels:
-        labels = E.conform_labels(read_table(spark, "labels", args.labels))
+    if labels is not None:
         report.inputs["labels"] = check_nodes(labels, "labels", "pin_id", None, "")
         inputs.labels = labels.select("pin_id", F.coalesce("label", F.lit("(none)")).alias("label"))
     return inputs
 
 
 def materialise(spark: SparkSession, df: DataFrame, path: str) -> DataFrame:
-    write_delta(df, path)
+    """Write a work table and read it back, so later passes start from it, not from its plan."""
+    df.write.format("delta").mode("overwrite").save(path)
     return spark.read.format("delta").load(path)
 
 
@@ -405,6 +408,7 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
         if inputs.labels is not None:
             pca_map(spark, inputs, args, report, scratch)
     report.seconds["health"] = round(time.perf_counter() - clock, 3)
+    inputs.pairs.unpersist()
     if not args.keep_work:
         delete_path(spark, work)
     return report

@@ -284,3 +284,34 @@ def test_pca_recovers_the_axes_of_largest_variance():
     eigenvalues = np.sort(np.linalg.eigvalsh(np.cov(xn.T, bias=True)))[::-1]
     assert np.allclose(coords.var(axis=0), eigenvalues[:2])
     assert np.allclose(ratio, eigenvalues[:2] / eigenvalues.sum())
+
+
+class Held:
+    """Stands in for a Broadcast on the driver: the executor function only reads `.value`."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+
+def test_the_executor_counts_skip_empty_input_and_match_a_brute_force():
+    pairs = [(0, 3), (6, 11)]
+    table = pa.table({
+        "query_pin": pa.array([q for q, _ in pairs], ID), "pos_pin": pa.array([p for _, p in pairs], ID),
+        "qvec": pa.array([EMB[q] for q, _ in pairs], VEC), "pvec": pa.array([EMB[p] for _, p in pairs], VEC),
+    })  # fmt: skip
+    block = Held(E.QueryBlock.from_arrow(table, 3))
+    assert list(E.count_batches(iter([]), block, 3)) == []
+
+    def batch(ids):
+        return pa.RecordBatch.from_arrays(
+            [pa.array(ids, ID), pa.array([EMB[i] for i in ids], VEC)], names=["pin_id", "vec"]
+        )
+
+    assert list(E.count_batches(iter([batch([])]), block, 3)) == []
+    out = pa.Table.from_batches(
+        list(E.count_batches(iter([batch([]), batch([0, 1, 2, 3, 4]), batch(list(range(5, 12)))]), block, 3))
+    )
+    assert out.num_rows == len(pairs), "one row per pair for the whole task"
+    for row in out.to_pylist():
+        rank, higher, ties, candidates = naive_rank(EMB, row["query_pin"], row["pos_pin"], EMB)
+        assert (row["higher"], row["ties"], row["seen"] + 1) == (higher, ties, candidates)

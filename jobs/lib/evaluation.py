@@ -212,7 +212,7 @@ _COUNTS = pa.schema([(n, pa.int64()) for n in ("query_pin", "pos_pin", "higher",
 COUNTS_DDL = "query_pin bigint, pos_pin bigint, higher bigint, ties bigint, seen bigint"
 
 
-def _count_batches(batches: Iterator[pa.RecordBatch], block: Broadcast, dim: int) -> Iterator[pa.RecordBatch]:
+def count_batches(batches: Iterator[pa.RecordBatch], block: Broadcast, dim: int) -> Iterator[pa.RecordBatch]:
     """Executor side of count_above: one row per pair of the block for the whole task, so the
     shuffle after it carries block-size rows per task, not per candidate."""
     qb: QueryBlock = block.value
@@ -244,7 +244,7 @@ def count_above(candidates: DataFrame, block: Broadcast, dim: int) -> DataFrame:
     `candidates` (pin_id, vec): how many candidates other than the query and the positive score
     above and level with the positive, and how many there were."""
     partial_counts = candidates.select("pin_id", "vec").mapInArrow(
-        partial(_count_batches, block=block, dim=dim), COUNTS_DDL
+        partial(count_batches, block=block, dim=dim), COUNTS_DDL
     )
     return partial_counts.groupBy("query_pin", "pos_pin").agg(
         *(F.sum(c).alias(c) for c in ("higher", "ties", "seen"))
