@@ -146,17 +146,17 @@ class EvaluationReport:
         lines.append("inputs: " + ", ".join(f"{k} {v:,}" for k, v in self.inputs.items()))
         names = E.metric_names(self.params["k"])
         heads = [n.replace("scaled_mrr", "scaled MRR").replace("mrr", "MRR") for n in names]
-        lines.append(f"{'method':<11}{'pairs':>9}{'candidates':>12}" + "".join(f"{h:>11}" for h in heads))
+        lines.append(f"{'method':<11}{'pairs':>9}{'candidates':>12}" + "".join(f"{h:>12}" for h in heads))
         for method, m in self.methods.items():
             lines.append(
                 f"{method:<11}{m['pairs']:>9,}{m['mean_candidates']:>12,.1f}"
-                + "".join(f"{m[n]:>11.4f}" for n in names)
+                + "".join(f"{m[n]:>12.4f}" for n in names)
             )
         for method, s in self.similarity.items():
-            kurtosis = "n/a" if s.get("kurtosis") is None else f"{s['kurtosis']:.3f}"
+            shown = {k: "n/a" if s.get(k) is None else f"{s[k]:.3f}" for k in ("mean", "std", "kurtosis")}
             lines.append(
-                f"random-pair cosine ({method}): {s['pairs']:,} pairs, mean {s['mean']:.3f}, "
-                f"std {s['std']:.3f}, excess kurtosis {kurtosis}"
+                f"random-pair cosine ({method}): {s['pairs']:,} pairs, mean {shown['mean']}, "
+                f"std {shown['std']}, excess kurtosis {shown['kurtosis']}"
             )
         lines += [f"output {name}: {path}" for name, path in self.outputs.items()]
         lines += [f"note: {n}" for n in self.notes]
@@ -322,6 +322,9 @@ def similarity_health(
             counts[row["bin"]] = row["count"]
         cosines.unpersist()
         panels[method] = (counts, stats)
+    if not report.similarity["embedding"]["pairs"]:
+        report.notes.append("similarity histogram skipped: fewer than two pins")
+        return
     local = os.path.join(scratch, "similarity_histogram.png")
     E.plot_histograms(panels, local)
     put_file(spark, local, f"{args.out}/similarity_histogram.png")
