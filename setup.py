@@ -17,6 +17,13 @@ setup(
         "pandas==2.3.3",
     ],
     extras_require={
-        "dev": ["pytest==9.2.0", "chispa==0.12.0", "ruff==0.17.6", "hypothesis==6.170.15", "psutil==7.2.2"]
+        "dev": ["pytest==9.2.0", "chispa==0.12.0", "ruff==0.17.6", "hypothesis==6.170.15", "psutil==7.2.2"],
+        # The Spark provider requires pyspark-client, which installs the same `pyspark` Python files
+        # as pyspark: pinned to pyspark's version so the two write identical files.
+        "airflow": [
+            "apache-airflow==3.3.2",
+            "apache-airflow-providers-apache-spark==6.3.4",
+            "pyspark-client==4.2.0",
+        ],
     },
 )
