@@ -17,7 +17,7 @@ help: ## List the targets
 $(STAMP): setup.py requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev,airflow]"
 	$(PY) -m jobs.lib.session
 	touch $(STAMP)
 
