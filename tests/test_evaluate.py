@@ -88,6 +88,8 @@ def test_a_seeded_candidate_sample_is_stable_and_ranks_match_a_brute_force_over_
     assert sorted(r.pin_id for r in E.candidate_pool(ids, 5, seed=4).collect()) != pool, (
         "the seed must matter"
     )
+    # The positive is a candidate even when the sample left it out; the query never is.
+    assert any(p not in pool for _, p in PAIRS) and any(q in pool for q, _ in PAIRS)
     got = ranks_by_pair(rank(spark, pool, block_mb=1.0))
     expected = {(q, p): naive_rank(EMB, q, p, pool) for q, p in set(PAIRS)}
     assert got == expected
