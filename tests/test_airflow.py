@@ -165,6 +165,32 @@ def test_optional_settings_add_their_flags(nightly):
     assert plan["conf"] == {"spark.executor.cores": "4"}
 
 
+def test_every_planned_command_line_is_accepted_by_its_job(nightly):
+    import jobs.embed
+    import jobs.evaluate
+    import jobs.neighborhoods
+    import jobs.publish
+
+    plan = nightly[1].plan_run(
+        {**SETTINGS, "boards": "s3://b/boards", "checkpoint_sha256": "0f" * 32, "pairs": "s3://b/pairs",
+         "walks": {"walks_per_node": 30, "walk_length": 4, "restart_prob": 0.5, "top_t": 10, "seed": 7,
+                   "walks_per_batch": 15}},
+        "2026-03-01",
+    )  # fmt: skip
+    run = "s3://b/pinsage/runs/2026-03-01"
+    walk = jobs.neighborhoods.parse_args(plan["neighbourhoods_args"])
+    assert (walk.out, walk.boards, walk.walks_per_batch) == (f"{run}/neighbourhoods", "s3://b/boards", 15)
+    assert (walk.params.walks_per_node, walk.params.walk_length, walk.params.restart_prob) == (30, 4, 0.5)
+    assert (walk.params.top_t, walk.params.seed) == (10, 7)
+    embed = jobs.embed.parse_args(plan["embed_args"])
+    assert (embed.out, embed.boards, embed.checkpoint_sha256) == (run, "s3://b/boards", "0f" * 32)
+    assert jobs.evaluate.parse_args(plan["evaluate_args"]).pairs == "s3://b/pairs"
+    assert jobs.publish.parse_args(plan["publish_args"]).target == "s3://b/pinsage/current"
+    for task_id, module in (("neighbourhoods", jobs.neighborhoods), ("embed", jobs.embed),
+                            ("evaluate", jobs.evaluate), ("publish", jobs.publish)):  # fmt: skip
+        assert plan[f"{task_id}_application"] == f"/opt/pinsage/jobs/{os.path.basename(module.__file__)}"
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
