@@ -18,8 +18,12 @@ from torch.utils.data import Dataset
 from pinsage_model.graph import TrainGraph
 from pinsage_model.subgraph import ComputationGraph, computation_graph
 
-PPR_RESTART = 0.15
+# Restart per pin -> board -> pin step (about 0.16 per hop, the classic 0.15 damping).
+PPR_RESTART = 0.3
 PPR_TOLERANCE = 1e-6
+# float32 iterates: the power iteration is memory-bound, and scores that differ by float32 rounding
+# are ties for ranking purposes.
+PPR_DTYPE = torch.float32
 # The paper's window, ranks 2000-5000 of 2 billion pins, is kept for catalogues of 100,000 pins and
 # more; smaller catalogues use the same fractions of 100,000 (2% to 5% of the other pins).
 PAPER_WINDOW = (2000, 5000)
@@ -32,7 +36,8 @@ PPR_CHUNK_BYTES = 256 * 2**20
 
 
 def transition_matrices(graph: TrainGraph, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
-    """Sparse (P2B^T [boards, pins], B2P^T [pins, boards]) and the dangling-pin mask [pins].
+    """Sparse (P2B^T [boards, pins], B2P^T [pins, boards]) and the positions of dangling pins
+    (pins without memberships).
 
     P2B[p, b] = w_pb / sum_b' w_pb' moves a walker from a pin to one of its boards; B2P[b, p] =
     w_pb / sum_p' w_p'b back to a pin. The transposes act on column-stacked distributions."""
@@ -48,8 +53,12 @@ def transition_matrices(graph: TrainGraph, device: torch.device | str = "cpu") -
     b2p_t = torch.sparse_coo_tensor(
         torch.stack([p, b]), w / board_total[b], (pins, boards), check_invariants=True
     )
-    dangling = pin_total == 0
-    return p2b_t.coalesce().to(device), b2p_t.coalesce().to(device), dangling.to(device)
+    dangling = torch.nonzero(pin_total == 0).squeeze(1)
+    return (
+        p2b_t.coalesce().to(PPR_DTYPE).to(device),
+        b2p_t.coalesce().to(PPR_DTYPE).to(device),
+        dangling.to(device),
+    )
 
 
 def ppr_iterations(restart: float, tolerance: float = PPR_TOLERANCE) -> int:
@@ -60,7 +69,7 @@ def ppr_iterations(restart: float, tolerance: float = PPR_TOLERANCE) -> int:
 def personalised_pagerank(
     matrices: tuple[torch.Tensor, ...], queries: torch.Tensor, restart: float = PPR_RESTART
 ) -> torch.Tensor:
-    """PPR of every pin for each query pin, [pins, queries] float64 columns summing to 1.
+    """PPR of every pin for each query pin, [pins, queries] float32 columns summing to 1.
 
     A walker at a pin returns to its query with probability `restart`, else steps pin -> board ->
     pin with probabilities proportional to membership weights; a pin without memberships sends
@@ -71,12 +80,14 @@ def personalised_pagerank(
     p2b_t, b2p_t, dangling = matrices
     pins = b2p_t.shape[0]
     cols = torch.arange(len(queries), device=queries.device)
-    home = torch.zeros((pins, len(queries)), dtype=torch.float64, device=queries.device)
-    home[queries, cols] = 1.0
-    x = home.clone()
+    x = torch.zeros((pins, len(queries)), dtype=PPR_DTYPE, device=queries.device)
+    x[queries, cols] = 1.0
+    # The iterate is the only dense [pins, queries] array: e_q's terms are added at (q, column).
     for _ in range(ppr_iterations(restart)):
-        stuck = (x * dangling.unsqueeze(1)).sum(0)
-        x = restart * home + (1 - restart) * (b2p_t @ (p2b_t @ x) + home * stuck)
+        stuck = x[dangling].sum(0)
+        x = b2p_t @ (p2b_t @ x)
+        x.mul_(1 - restart)
+        x[queries, cols] += restart + (1 - restart) * stuck
     return x
 
 
@@ -94,7 +105,9 @@ class RankWindow:
 
 def default_window(num_pins: int) -> RankWindow:
     """The paper's ranks 2000-5000, scaled down for catalogues below 100,000 pins."""
-    others = max(num_pins - 1, 1)
+    if num_pins < 2:
+        raise ValueError("hard negatives need at least 2 pins")
+    others = num_pins - 1
     scale = min(1.0, others / PAPER_WINDOW_CATALOGUE)
     lo = min(others, max(1, round(PAPER_WINDOW[0] * scale)))
     return RankWindow(lo, min(others, max(lo, round(PAPER_WINDOW[1] * scale))))
@@ -103,6 +116,8 @@ def default_window(num_pins: int) -> RankWindow:
 def parse_window(text: str, num_pins: int) -> RankWindow:
     """`LO:HI` as 1-based ranks (integers) or as fractions of the other pins (numbers in (0, 1])."""
     others = num_pins - 1
+    if others < 1:
+        raise ValueError("hard negatives need at least 2 pins")
     parts = text.split(":")
     if len(parts) != 2:
         raise ValueError(f"--hard-window must be LO:HI, got {text!r}")
@@ -137,7 +152,7 @@ def rank_window_pins(
     Pins are ordered by descending PPR, ties by the smaller pin id; the query itself is not ranked.
     Queries are processed in chunks so the dense iterates stay within PPR_CHUNK_BYTES."""
     matrices = transition_matrices(graph, device)
-    chunk = max(1, PPR_CHUNK_BYTES // (graph.num_pins * 8 * 3))
+    chunk = max(1, PPR_CHUNK_BYTES // (graph.num_pins * 4 * 3))
     out = np.empty((len(queries), window.width), dtype=np.int64)
     for start in range(0, len(queries), chunk):
         q = torch.from_numpy(queries[start : start + chunk]).to(device)

@@ -29,7 +29,7 @@ from jobs.lib.session import get_spark
 from pinsage_model.checkpoint import save_checkpoint
 from pinsage_model.config import POOLINGS, ModelConfig
 from pinsage_model.graph import TrainGraph
-from pinsage_model.inputs import load_inputs
+from pinsage_model.inputs import TrainInputs, load_inputs
 from pinsage_model.model import PinSage
 from pinsage_model.sampling import (
     PPR_RESTART,
@@ -85,6 +85,7 @@ class TrainArgs:
     device: str = "auto"
     master: str | None = None
     report_json: str | None = None
+    threads: int | None = None
     options: TrainOptions = field(default_factory=TrainOptions)
 
 
@@ -147,6 +148,11 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--workers", type=_at_least(0), default=d.workers, help="DataLoader batch producers")
+    p.add_argument(
+        "--threads", type=_at_least(1),
+        help="torch threads for the training step (default: torch's, one per core); the batches are "
+        "small, so on a machine shared with other work 1 is often fastest",
+    )  # fmt: skip
     p.add_argument("--master", help="Spark master for reading the inputs (default local[*])")
     p.add_argument("--report-json", help="also write the training report as JSON to this file")
     a = p.parse_args(argv)
@@ -163,7 +169,7 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     return TrainArgs(
         pins=a.pins, edges=a.edges, board_neighbors=a.board_neighbors, pin_neighbors=a.pin_neighbors,
         pairs=a.pairs, out=a.out, boards=a.boards, validation_pairs=a.validation_pairs, device=a.device,
-        master=a.master, report_json=a.report_json, options=options,
+        master=a.master, report_json=a.report_json, threads=a.threads, options=options,
     )  # fmt: skip
 
 
@@ -370,8 +376,8 @@ class TrainReport:
         return "\n".join(lines)
 
 
-def run(args: TrainArgs) -> TrainReport:
-    clock = time.perf_counter()
+def read_inputs(args: TrainArgs) -> TrainInputs:
+    """The CLI's inputs, read and checked with Spark (local mode unless --master says otherwise)."""
     started_here = SparkSession.getActiveSession() is None
     spark = get_spark("pinsage-train", args.master)
     try:
@@ -382,18 +388,24 @@ def run(args: TrainArgs) -> TrainReport:
     finally:
         if started_here:  # the arrays are in numpy now; a session the caller owns stays up
             spark.stop()
-    graph, options = inputs.graph, args.options
-    if options.hard_window and hard_negative_count(options.epochs, options.hard_negatives):
+    options = args.options
+    if hard_negative_count(options.epochs, options.hard_negatives):
         try:
-            window_for(options, graph.num_pins)
+            window_for(options, inputs.graph.num_pins)
         except ValueError as exc:
-            raise InputError("pins", None, f"{graph.num_pins} pins: {exc}") from None
-    seconds = {"inputs": time.perf_counter() - clock}
+            raise InputError("pins", None, f"{inputs.graph.num_pins} pins: {exc}") from None
+    return inputs
 
+
+def fit(args: TrainArgs, inputs: TrainInputs) -> TrainReport:
+    """Train on read inputs and write the checkpoint to args.out."""
     clock = time.perf_counter()
     device = resolve_device(args.device)
-    model, history = train(graph, inputs.pairs, options, inputs.validation, device)
-    seconds["training"] = time.perf_counter() - clock
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    graph = inputs.graph
+    model, history = train(graph, inputs.pairs, args.options, inputs.validation, device)
+    seconds = {"training": time.perf_counter() - clock}
     sha = save_checkpoint(model, args.out)
     counts = {"pins": graph.num_pins, "boards": graph.num_boards, "pairs": len(inputs.pairs[0])}
     if inputs.validation is not None:
@@ -401,6 +413,15 @@ def run(args: TrainArgs) -> TrainReport:
     return TrainReport(
         args.out, sha, str(device), model.config.to_dict(), counts, [asdict(e) for e in history], seconds
     )
+
+
+def run(args: TrainArgs) -> TrainReport:
+    clock = time.perf_counter()
+    inputs = read_inputs(args)
+    seconds = time.perf_counter() - clock
+    report = fit(args, inputs)
+    report.seconds = {"inputs": seconds, **report.seconds}
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
