@@ -177,13 +177,13 @@ class HardNegatives:
     """Each distinct query's window of PPR-ranked pins, to draw hard negatives from."""
 
     queries: np.ndarray  # [distinct queries] int64 pin positions, sorted
-    pool: np.ndarray  # [distinct queries, window width] int64 pin positions
+    pool: np.ndarray  # [distinct queries, window width] int32 pin positions (half the memory of int64)
 
     def sample(self, queries: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
         """`count` pins per query drawn uniformly (with replacement) from its window, [b, count]."""
         slots = np.searchsorted(self.queries, queries)
         picks = rng.integers(0, self.pool.shape[1], size=(len(queries), count))
-        return self.pool[slots[:, None], picks]
+        return self.pool[slots[:, None], picks].astype(np.int64)
 
 
 def hard_negative_pools(
@@ -193,8 +193,11 @@ def hard_negative_pools(
     restart: float = PPR_RESTART,
     device: torch.device | str = "cpu",
 ) -> HardNegatives:
+    """The windows of every distinct query, computed once before training: their memory is
+    distinct queries x window width x 4 bytes."""
     distinct = np.unique(queries)
-    return HardNegatives(distinct, rank_window_pins(graph, distinct, window, restart, device))
+    pools = rank_window_pins(graph, distinct, window, restart, device).astype(np.int32)
+    return HardNegatives(distinct, pools)
 
 
 # ---- minibatches -------------------------------------------------------------------------------

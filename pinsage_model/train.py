@@ -115,7 +115,10 @@ def _positive(text: str) -> float:
 
 def parse_args(argv: list[str] | None = None) -> TrainArgs:
     d = TrainOptions()
-    p = argparse.ArgumentParser(description="Train PinSage on related pin pairs; write a checkpoint.")
+    p = argparse.ArgumentParser(
+        description="Train PinSage on related pin pairs; write a checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--pins", required=True, help="pins table: pin_id, features")
     p.add_argument("--edges", required=True, help="memberships: pin_id, board_id[, weight]")
     p.add_argument("--boards", help="optional boards table: board_id[, features]")
@@ -142,7 +145,12 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         help="PPR ranks to draw hard negatives from, as ranks (2000:5000) or fractions of the pins "
         "(0.02:0.05); default ranks 2000:5000, or 2%%-5%% of the pins below 100,000 pins",
     )  # fmt: skip
-    p.add_argument("--ppr-restart", type=_fraction, default=d.ppr_restart, help="PPR restart probability")
+    p.add_argument(
+        "--ppr-restart",
+        type=_fraction,
+        default=d.ppr_restart,
+        help="PPR restart probability per pin -> board -> pin step",
+    )
     p.add_argument("--warmup-steps", type=_at_least(0), help="linear warmup steps (default: one epoch)")
     p.add_argument("--lr-decay", type=_fraction, default=d.lr_decay, help="lr factor per epoch after warmup")
     p.add_argument("--seed", type=int, default=d.seed)
