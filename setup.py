@@ -15,6 +15,8 @@ setup(
         "numpy>=2.0,<2.5",
         "pyarrow==26.0.1",
         "pandas==2.3.3",
+        # The evaluation job draws its histograms and 2-D maps.
+        "matplotlib==3.11.2",
     ],
     extras_require={
         "dev": ["pytest==9.2.0", "chispa==0.12.0", "ruff==0.17.6", "hypothesis==6.170.15", "psutil==7.2.2"],
