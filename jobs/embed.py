@@ -12,6 +12,8 @@ O/pin_embeddings and O/board_embeddings.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import sys
 import time
@@ -22,7 +24,16 @@ from pyspark.sql import DataFrame, SparkSession
 from jobs.lib import transforms as T
 from jobs.lib.cli import job_main, new_run_id
 from jobs.lib.inference import ModelRef
-from jobs.lib.io import InputError, delete_path, read_table, write_delta
+from jobs.lib.io import (
+    InputError,
+    delete_if_empty,
+    delete_path,
+    is_delta,
+    last_commit,
+    read_table,
+    snapshot,
+    write_delta,
+)
 from jobs.lib.report import LayerReport, RunReport
 from jobs.lib.session import get_spark
 from jobs.lib.validate import check_links, check_nodes, conform
@@ -48,6 +59,15 @@ class EmbedArgs:
     report_json: str | None = None
     broadcast_mb: int = 512
     checkpoint_sha256: str | None = None
+    resume: bool = False
+
+    def inputs(self) -> dict[str, str]:
+        """Input table name -> path, for the tables given."""
+        paths = {
+            "pins": self.pins, "edges": self.edges, "boards": self.boards,
+            "board_neighbors": self.board_neighbors, "pin_neighbors": self.pin_neighbors,
+        }  # fmt: skip
+        return {name: path for name, path in paths.items() if path}
 
 
 def parse_args(argv: list[str] | None = None) -> EmbedArgs:
@@ -67,6 +87,10 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
     p.add_argument("--master", help="Spark master when run with python (default local[*])")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
     p.add_argument("--keep-work", action="store_true", help="keep the per-layer tables in OUT/_work")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="reuse the layer tables a failed run with the same checkpoint and inputs completed",
+    )  # fmt: skip
     p.add_argument("--report-json", help="also write the run report as JSON to this local file")
     p.add_argument(
         "--broadcast-projections-mb", type=int, default=512, metavar="MB",
@@ -84,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
         pins=a.pins, edges=a.edges, boards=a.boards, board_neighbors=a.board_neighbors,
         pin_neighbors=a.pin_neighbors, checkpoint=a.checkpoint, out=a.out.rstrip("/"),
         device=a.device, master=a.master, conf=conf, keep_work=a.keep_work, report_json=a.report_json,
-        broadcast_mb=a.broadcast_projections_mb, checkpoint_sha256=a.checkpoint_sha256,
+        broadcast_mb=a.broadcast_projections_mb, checkpoint_sha256=a.checkpoint_sha256, resume=a.resume,
     )  # fmt: skip
 
 
@@ -97,20 +121,18 @@ class Graph:
     neighbours: dict[str, DataFrame]
 
 
-def load_graph(spark: SparkSession, args: EmbedArgs, config: ModelConfig, report: RunReport) -> Graph:
-    """Read and check every input. Everything that can reject the input runs here, before the first
-    write; nothing is materialised: dangling neighbour rows fall out of the layer joins and are
-    counted there."""
+def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inputs: dict[str, dict]) -> Graph:
+    """Read and check every input, Delta tables at the versions recorded in `inputs`. Everything
+    that can reject the input runs here, before the first write; nothing is materialised: dangling
+    neighbour rows fall out of the layer joins and are counted there."""
     spark.sparkContext.setJobDescription("validate inputs")
-    pins = conform(read_table(spark, "pins", args.pins), "pins")
-    edges = conform(read_table(spark, "edges", args.edges), "edges")
-    links = {
-        "board_neighbors": conform(
-            read_table(spark, "board_neighbors", args.board_neighbors), "board_neighbors"
-        ),
-        "pin_neighbors": conform(read_table(spark, "pin_neighbors", args.pin_neighbors), "pin_neighbors"),
-    }
-    boards = conform(read_table(spark, "boards", args.boards), "boards") if args.boards else None
+
+    def read(name: str) -> DataFrame:
+        return conform(read_table(spark, name, inputs[name]["path"], inputs[name].get("version")), name)
+
+    pins, edges = read("pins"), read("edges")
+    links = {name: read(name) for name in ("board_neighbors", "pin_neighbors")}
+    boards = read("boards") if "boards" in inputs else None
     if boards is None and config.board_feature_dim > 0:
         raise InputError(
             "boards",
@@ -148,24 +170,58 @@ def load_graph(spark: SparkSession, args: EmbedArgs, config: ModelConfig, report
     )
 
 
+def run_key(checkpoint_sha256: str, inputs: dict[str, dict]) -> str:
+    """Names the work of one (checkpoint, inputs) pair: a layer table is reused by --resume only when
+    it carries the same key, so layers from different checkpoints or inputs never mix."""
+    blob = json.dumps({"checkpoint_sha256": checkpoint_sha256, "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def completed_layer(spark: SparkSession, path: str, key: str, k: int) -> DataFrame | None:
+    """The layer table at `path` when an earlier run with the same key committed it, else None."""
+    if not is_delta(spark, path):
+        return None
+    try:
+        meta = last_commit(spark, path)["metadata"]
+    except Exception:  # a _delta_log without a commit: the write that created it died
+        return None
+    if meta.get("run_key") != key or meta.get("layer") != k:
+        return None
+    return spark.read.format("delta").load(path)
+
+
 def run_layers(
     spark: SparkSession, graph: Graph, ref: ModelRef, config: ModelConfig, work: str, report: RunReport,
-    broadcast_mb: int = 0,
+    broadcast_mb: int = 0, key: str = "", resume: bool = False,
 ) -> dict[str, DataFrame]:  # fmt: skip
     """The layer loop. Layer k turns h(k-1) of the source type and h(k-2) of the target type into
-    h(k) of the target type; each layer is written before the next starts. Returns the last
-    representation of each node type.
+    h(k) of the target type; each layer is written before the next starts, as WORK/layer_<k>_<type>s
+    tagged with `key`. Returns every layer's table by k (0 and -1 are the input node tables).
 
     When a layer's projections fit in `broadcast_mb` they are collected once and broadcast, and only
     (target, source, weight) rows are shuffled; otherwise projections are joined to the neighbour
-    rows and shuffled with them."""
+    rows and shuffled with them. With `resume`, a layer already written under the same key is read
+    back instead of computed."""
     current = dict(graph.nodes)
+    layers = {0: graph.nodes["pin"], -1: graph.nodes["board"]}
     sc = spark.sparkContext
     counts = {"pin": report.input_rows["pins"], "board": report.input_rows.get("boards")}
     for k in range(1, config.num_layers + 1):
         target, source = ModelConfig.target_type(k), ModelConfig.source_type(k)
-        projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
+        path = f"{work}/layer_{k}_{target}s"
         started = time.perf_counter()
+        done = completed_layer(spark, path, key, k) if resume else None
+        if done is not None:
+            current[target] = layers[k] = done
+            counts[target] = done.count()
+            seconds = round(time.perf_counter() - started, 3)
+            layer = LayerReport(k, target, source, 0, counts[target], 0, seconds, "resumed")
+            log.info(
+                "layer %d/%d resumed from %s: %d %ss", k, config.num_layers, path, counts[target], target
+            )
+            report.layers.append(layer)
+            continue
+        projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
         sc.setJobDescription(
             f"layer {k}/{config.num_layers}: project {source}s with Q_{k}, pool into {target}s, apply W_{k}"
         )
@@ -179,11 +235,11 @@ def run_layers(
             lookup = sc.broadcast(T.collect_projections(projections, config.hidden_dim))
             projections = None
         gathered = T.gather(current[target], graph.neighbours[target], projections)
-        path = f"{work}/layer_{k}_{target}s"
-        write_delta(T.pool_and_combine(gathered, ref, k, written, pooled, lookup), path)
+        meta = {"run_key": key, "run_id": report.run_id, "layer": k}
+        write_delta(T.pool_and_combine(gathered, ref, k, written, pooled, lookup), path, meta)
         if lookup is not None:
             lookup.destroy()
-        current[target] = spark.read.format("delta").load(path)
+        current[target] = layers[k] = spark.read.format("delta").load(path)
         counts[target] = written.value
         layer = LayerReport(
             k, target, source, projected.value, written.value, pooled.value,
@@ -193,22 +249,35 @@ def run_layers(
         report.dropped_rows.setdefault(table, report.input_rows[table] - pooled.value)
         log.info("layer %d/%d done: %s", k, config.num_layers, layer)
         report.layers.append(layer)
-    return current
+    return layers
+
+
+def output_tables(
+    layers: dict[int, DataFrame], ref: ModelRef, config: ModelConfig
+) -> dict[str, DataFrame]:  # fmt: skip
+    """What a run publishes under OUT, in publishing order: the board representations of every
+    board layer below K-1 (board_layers/layer_<k>; what embed_new reuses when K > 2), then
+    board_embeddings = h_b(K-1), and pin_embeddings last."""
+    K = config.num_layers
+    tables = {
+        f"board_layers/layer_{k}": T.board_vectors(layers[k], config.layer(k).out_dim)
+        for k in range(1, K - 1, 2)
+    }
+    tables["board_embeddings"] = T.board_vectors(layers[K - 1], config.embed_dim)
+    tables["pin_embeddings"] = T.embed_pins(layers[K], ref)
+    return tables
 
 
 def publish(
-    spark: SparkSession, last: dict[str, DataFrame], ref: ModelRef, config: ModelConfig, args: EmbedArgs,
-    report: RunReport,
+    spark: SparkSession, layers: dict[int, DataFrame], ref: ModelRef, config: ModelConfig, out: str,
+    report: RunReport, metadata: dict,
 ) -> None:  # fmt: skip
-    """Replace O/pin_embeddings and O/board_embeddings, one Delta commit each."""
-    metadata = {"run_id": report.run_id, "checkpoint_sha256": report.checkpoint_sha256}
-    tables = {
-        "pin_embeddings": T.embed_pins(last["pin"], ref),
-        "board_embeddings": T.board_vectors(last["board"], config.embed_dim),
-    }
-    for name, df in tables.items():
+    """Replace each output table under `out` with one Delta commit carrying `metadata`. Readers of a
+    table see its previous version until its commit lands; pin_embeddings is committed last, so
+    once it shows this run's id every other output already does."""
+    for name, df in output_tables(layers, ref, config).items():
         spark.sparkContext.setJobDescription(f"publish {name}")
-        path = f"{args.out}/{name}"
+        path = f"{out}/{name}"
         version = write_delta(df, path, metadata)
         rows = spark.read.format("delta").load(path).count()
         report.outputs[name] = {"path": path, "version": version, "rows": rows}
@@ -219,21 +288,30 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
     config = checkpoint.config
     run_id = new_run_id()
     report = RunReport(run_id, checkpoint.sha256, config.num_layers, config.pooling, args.device)
-    work = f"{args.out}/_work/{run_id}"
     clock = time.perf_counter()
-    graph = load_graph(spark, args, config, report)
+    inputs = {name: snapshot(spark, name, path) for name, path in args.inputs().items()}
+    key = run_key(checkpoint.sha256, inputs)
+    work = f"{args.out}/_work/{key}"
+    if not args.resume:
+        delete_path(spark, work)
+    graph = load_graph(spark, config, report, inputs)
     report.seconds["inputs"] = round(time.perf_counter() - clock, 3)
 
     ref = ModelRef(spark.sparkContext.broadcast(checkpoint.data), checkpoint.sha256, args.device)
     clock = time.perf_counter()
-    last = run_layers(spark, graph, ref, config, work, report, args.broadcast_mb)
+    layers = run_layers(spark, graph, ref, config, work, report, args.broadcast_mb, key, args.resume)
     report.seconds["layers"] = round(time.perf_counter() - clock, 3)
 
     clock = time.perf_counter()
-    publish(spark, last, ref, config, args, report)
+    metadata = {
+        "run_id": run_id, "run_key": key, "checkpoint_sha256": checkpoint.sha256, "inputs": inputs,
+        "model": {"num_layers": config.num_layers, "pooling": config.pooling, "embed_dim": config.embed_dim},
+    }  # fmt: skip
+    publish(spark, layers, ref, config, args.out, report, metadata)
     report.seconds["publish"] = round(time.perf_counter() - clock, 3)
     if not args.keep_work:
         delete_path(spark, work)
+        delete_if_empty(spark, f"{args.out}/_work")
     return report
 
 

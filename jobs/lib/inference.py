@@ -6,6 +6,7 @@ model keyed by SHA-256 and device, so a task pays for loading at most once per w
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -77,6 +78,29 @@ def get_model(ref: ModelRef) -> tuple[PinSage, torch.device]:
     return _MODELS[key], device
 
 
+FAULT_ENV = "PINSAGE_INJECT_FAULT"
+
+
+def inject_fault(step: str, k: int) -> None:
+    """Fault injection for the recovery tests, off unless the executor's environment sets
+    PINSAGE_INJECT_FAULT="<step>:<k>:<mode>[:<marker dir>]" (step: project or pool). Mode `crash`
+    kills this Python worker the first time any task gets here (a marker file in the directory makes
+    it once per run); mode `fail` raises in every attempt, so the Spark job fails."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    want_step, want_k, mode, *marker = spec.split(":", 3)
+    if (want_step, int(want_k)) != (step, k):
+        return
+    if mode == "fail":
+        raise RuntimeError(f"{FAULT_ENV}: injected failure in {step} of layer {k}")
+    try:
+        os.close(os.open(os.path.join(marker[0], f"{step}-{k}"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return
+    os._exit(137)
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy()
 
@@ -88,6 +112,7 @@ def project_batches(
     model = device = None
     for batch in batches:
         if model is None:
+            inject_fault("project", k)
             model, device = get_model(ref)
             conv = model.conv(k)
         x = to_matrix(batch.column("vec"), conv.dims.in_dim)
@@ -142,6 +167,7 @@ def pool_and_combine_batches(
         if batch.num_rows == 0:
             continue
         if model is None:
+            inject_fault("pool", k)
             model, device = get_model(ref)
             conv = model.conv(k)
             mode, dims = conv.pooling, conv.dims

@@ -37,16 +37,45 @@ def delete_path(spark: SparkSession, path: str) -> None:
         fs.delete(hpath, True)
 
 
-def read_table(spark: SparkSession, name: str, path: str) -> DataFrame:
-    """A Delta table when `path` holds a _delta_log, else Parquet."""
+def delete_if_empty(spark: SparkSession, path: str) -> None:
+    fs, hpath = _fs_path(spark, path)
+    if fs.exists(hpath) and fs.getContentSummary(hpath).getFileCount() == 0:
+        fs.delete(hpath, True)
+
+
+def read_table(spark: SparkSession, name: str, path: str, version: int | None = None) -> DataFrame:
+    """A Delta table when `path` holds a _delta_log (at `version` when given), else Parquet."""
     if not path_exists(spark, path):
         raise InputError(name, None, f"path {path} does not exist")
     fmt = "delta" if is_delta(spark, path) else "parquet"
     try:
-        return spark.read.format(fmt).load(path)
+        reader = spark.read.format(fmt)
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(path)
     except Exception as exc:  # Spark's AnalysisException for unreadable or empty folders
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(name, None, f"cannot read {path} as {fmt}: {first}") from None
+
+
+def snapshot(spark: SparkSession, name: str, path: str) -> dict:
+    """What identifies the data an input path holds now: a Delta table's version, or for Parquet
+    the count, total size and latest modification time of its files. Recorded with every output so
+    reruns and resumes can tell whether their inputs changed."""
+    if not path_exists(spark, path):
+        raise InputError(name, None, f"path {path} does not exist")
+    if is_delta(spark, path):
+        return {"path": path, "format": "delta", "version": table_version(spark, path)}
+    fs, hpath = _fs_path(spark, path)
+    files = fs.listFiles(hpath, True)
+    count = size = latest = 0
+    while files.hasNext():
+        status = files.next()
+        if status.getPath().getName().startswith(("_", ".")):
+            continue
+        count, size = count + 1, size + status.getLen()
+        latest = max(latest, status.getModificationTime())
+    return {"path": path, "format": "parquet", "files": count, "bytes": size, "modified_ms": latest}
 
 
 def write_delta(df: DataFrame, path: str, metadata: dict | None = None) -> int:
@@ -63,6 +92,19 @@ def write_delta(df: DataFrame, path: str, metadata: dict | None = None) -> int:
 
 
 def table_version(spark: SparkSession, path: str) -> int:
+    return int(last_commit(spark, path)["version"])
+
+
+def last_commit(spark: SparkSession, path: str) -> dict:
+    """The latest commit of a Delta table: version, operation, operationMetrics and the decoded
+    userMetadata (empty dict when none)."""
     from delta.tables import DeltaTable
 
-    return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])
+    row = DeltaTable.forPath(spark, path).history(1).collect()[0]
+    meta = row["userMetadata"]
+    return {
+        "version": int(row["version"]),
+        "operation": row["operation"],
+        "metrics": dict(row["operationMetrics"] or {}),
+        "metadata": json.loads(meta) if meta else {},
+    }

@@ -1,0 +1,134 @@
+"""Ad-hoc embedding of new pins against a full run: the same numbers as a full rerun for pins whose
+boards did not change, a MERGE that inserts and updates without touching other rows, and refusal
+of a base run made with another checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs import embed, embed_new, neighborhoods
+from jobs.lib.io import last_commit
+from pinsage_model.checkpoint import read_checkpoint
+from tests.graphs import embed_argv, small_graph, vector_type, write_checkpoint, write_graph, write_parquet
+
+WALK = [
+    "--walks-per-node",
+    "12",
+    "--walk-length",
+    "4",
+    "--top-t",
+    "6",
+    "--walks-per-batch",
+    "12",
+    "--seed",
+    "4",
+]
+NEW_BOARD = 200  # only the new edges name it: no stored representation in the base run
+NEW_EDGES = [(30, 100), (30, 101), (31, 102), (31, NEW_BOARD), (32, 100), (32, 103), (32, 104)]
+
+
+def pins_table(path: str, pins: dict[int, list[float]]) -> str:
+    return write_parquet(
+        path,
+        {
+            "pin_id": pa.array(list(pins), pa.int64()),
+            "features": pa.array(list(pins.values()), vector_type()),
+        },
+    )
+
+
+def edges_table(path: str, edges: list[tuple[int, int]]) -> str:
+    return write_parquet(
+        path,
+        {
+            "pin_id": pa.array([p for p, _ in edges], pa.int64()),
+            "board_id": pa.array([b for _, b in edges], pa.int64()),
+        },
+    )
+
+
+def embeddings(spark, path: str) -> dict[int, np.ndarray]:
+    return {r.pin_id: np.array(r.embedding) for r in spark.read.format("delta").load(path).collect()}
+
+
+def full_run(spark, root: str, pins: str, edges: str, ckpt: str, board_neighbors: str | None = None) -> str:
+    """Neighbourhoods then embed; `board_neighbors` replaces the walked board neighbourhoods."""
+    neighborhoods.run(spark, neighborhoods.parse_args(["--edges", edges, "--out", f"{root}/nbrs", *WALK]))
+    paths = {
+        "pins": pins, "edges": edges, "pin_neighbors": f"{root}/nbrs/pin_neighbors",
+        "board_neighbors": board_neighbors or f"{root}/nbrs/board_neighbors",
+    }  # fmt: skip
+    embed.run(spark, embed.parse_args(embed_argv(paths, ckpt, f"{root}/out")), read_checkpoint(ckpt))
+    return f"{root}/out"
+
+
+@pytest.fixture(scope="module")
+def base(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("base")
+    graph = small_graph(seed=21)
+    paths = write_graph(graph, str(root / "in"), with_boards=False)
+    ckpt = write_checkpoint(str(root / "m.pt"), seed=2)
+    out = full_run(spark, str(root / "base"), paths["pins"], paths["edges"], ckpt)
+    return graph, paths, ckpt, out, str(root)
+
+
+def test_new_pins_equal_a_full_rerun_where_their_boards_did_not_change(spark, base, tmp_path):
+    graph, _, ckpt, out, root = base
+    rng = np.random.default_rng(5)
+    new = {p: rng.normal(size=6).round(4).tolist() for p in (30, 31, 32)}
+    before = embeddings(spark, f"{out}/pin_embeddings")
+    args = ["--new-pins", pins_table(str(tmp_path / "new_pins"), new),
+            "--new-edges", edges_table(str(tmp_path / "new_edges"), NEW_EDGES),
+            "--base", out, "--checkpoint", ckpt, "--walks-per-batch", "12"]  # fmt: skip
+    report = embed_new.run(spark, embed_new.parse_args(args), read_checkpoint(ckpt))
+    merged = embeddings(spark, f"{out}/pin_embeddings")
+
+    # Full rerun over the grown graph, with the boards' neighbourhoods of the base run (their inputs).
+    all_pins = pins_table(str(tmp_path / "all_pins"), {**graph.pins, **new})
+    all_edges = edges_table(str(tmp_path / "all_edges"), graph.edges + NEW_EDGES)
+    full = full_run(
+        spark, str(tmp_path / "full"), all_pins, all_edges, ckpt, f"{root}/base/nbrs/board_neighbors"
+    )
+    rerun = embeddings(spark, f"{full}/pin_embeddings")
+    for pin in (30, 32):
+        np.testing.assert_allclose(merged[pin], rerun[pin], rtol=0, atol=1e-6)
+    assert report.counts["layer 2: neighbour rows naming boards without a stored h_b (dropped)"] >= 1
+    assert {p: before[p].tolist() for p in before} == {p: merged[p].tolist() for p in before}
+    assert (report.output["inserted"], report.output["updated"]) == (3, 0)
+    commit = last_commit(spark, f"{out}/pin_embeddings")
+    assert commit["operation"] == "MERGE"
+    assert commit["metadata"]["operation"] == "embed_new"
+    assert (
+        commit["metadata"]["base_run_id"]
+        == last_commit(spark, f"{out}/board_embeddings")["metadata"]["run_id"]
+    )
+
+
+def test_an_existing_pin_listed_again_is_updated_in_place(spark, base, tmp_path):
+    graph, _, ckpt, out, _ = base
+    before = embeddings(spark, f"{out}/pin_embeddings")
+    changed = {3: [x * -1.0 for x in graph.pins[3]]}
+    args = ["--new-pins", pins_table(str(tmp_path / "p"), changed),
+            "--new-edges", edges_table(str(tmp_path / "e"), [(3, 105)]),
+            "--base", out, "--checkpoint", ckpt]  # fmt: skip
+    report = embed_new.run(spark, embed_new.parse_args(args), read_checkpoint(ckpt))
+    after = embeddings(spark, f"{out}/pin_embeddings")
+    assert (report.output["inserted"], report.output["updated"]) == (0, 1)
+    assert not np.allclose(after[3], before[3])
+    assert len(after) == len(before)
+    assert all(np.array_equal(after[p], before[p]) for p in before if p != 3)
+
+
+def test_a_base_run_of_another_checkpoint_is_refused_and_left_unchanged(spark, base, tmp_path, capsys):
+    _, _, _, out, _ = base
+    other = write_checkpoint(str(tmp_path / "other.pt"), seed=99)
+    version = last_commit(spark, f"{out}/pin_embeddings")["version"]
+    args = ["--new-pins", pins_table(str(tmp_path / "p"), {40: [0.5] * 6}),
+            "--new-edges", edges_table(str(tmp_path / "e"), [(40, 100)]),
+            "--base", out, "--checkpoint", other]  # fmt: skip
+    assert embed_new.main(args) == 2
+    err = capsys.readouterr().err
+    assert "table 'pin_embeddings'" in err and "checkpoint sha256" in err
+    assert last_commit(spark, f"{out}/pin_embeddings")["version"] == version

@@ -1,0 +1,127 @@
+"""Failures: a Python worker killed mid-projection is retried to the same output; a run that dies in
+layer 2 leaves the published tables as they were and --resume picks up its layer 1; what a run
+records about itself in its output tables.
+
+The faulty runs are real `python jobs/embed.py` processes whose executors get the fault through
+their environment (jobs.lib.inference.inject_fault)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from jobs.embed import parse_args, run
+from jobs.lib.inference import FAULT_ENV
+from jobs.lib.io import last_commit
+from pinsage_model.checkpoint import read_checkpoint
+from tests.graphs import embed_argv, small_graph, write_checkpoint, write_graph
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The same partitioning as the session fixture, so a subprocess run is bit-identical to an in-session one.
+SAME_AS_FIXTURE = [
+    "--conf", "spark.sql.shuffle.partitions=4", "--conf", "spark.default.parallelism=2",
+    "--conf", "spark.ui.enabled=false", "--conf", "spark.ui.showConsoleProgress=false",
+]  # fmt: skip
+
+
+def embed_process(argv: list[str], fault: str, master: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, FAULT_ENV: fault}
+    cmd = [sys.executable, "jobs/embed.py", *argv, "--master", master, *SAME_AS_FIXTURE]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def table(spark, path: str) -> dict[int, list[float]]:
+    return {r[0]: list(r[1]) for r in spark.read.format("delta").load(path).collect()}
+
+
+def outputs(spark, out: str) -> dict[str, dict[int, list[float]]]:
+    return {name: table(spark, f"{out}/{name}") for name in ("pin_embeddings", "board_embeddings")}
+
+
+@pytest.fixture
+def graph(tmp_path):
+    paths = write_graph(small_graph(seed=5), str(tmp_path / "in"), with_boards=False)
+    return paths, write_checkpoint(str(tmp_path / "m.pt"), seed=3)
+
+
+def test_a_python_worker_killed_in_a_projection_stage_is_retried_to_the_same_output(spark, tmp_path, graph):
+    paths, ckpt = graph
+    reference = str(tmp_path / "reference")
+    run(spark, parse_args(embed_argv(paths, ckpt, reference)), read_checkpoint(ckpt))
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = str(tmp_path / "faulty")
+    # local[2,4]: two cores, a task may fail up to 4 times, as on a cluster.
+    done = embed_process(embed_argv(paths, ckpt, out), f"project:1:crash:{markers}", "local[2,4]")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (markers / "project-1").exists(), "the fault was never injected"
+    assert "Python worker exited unexpectedly" in done.stderr or "crashed" in done.stderr.lower()
+    assert outputs(spark, out) == outputs(spark, reference)
+
+
+def test_a_run_dying_in_layer_2_leaves_the_outputs_intact_and_resume_reuses_layer_1(spark, tmp_path, graph):
+    paths, ckpt = graph
+    out = str(tmp_path / "out")
+    older = write_checkpoint(str(tmp_path / "older.pt"), seed=8)
+    run(spark, parse_args(embed_argv(paths, older, out)), read_checkpoint(older))
+    before = outputs(spark, out)
+    versions = {name: last_commit(spark, f"{out}/{name}")["version"] for name in before}
+
+    failed = embed_process(embed_argv(paths, ckpt, out), "pool:2:fail", "local[2]")
+    assert failed.returncode != 0
+    assert "injected failure in pool of layer 2" in failed.stderr
+    assert outputs(spark, out) == before
+    assert {name: last_commit(spark, f"{out}/{name}")["version"] for name in before} == versions
+
+    report = run(spark, parse_args(embed_argv(paths, ckpt, out) + ["--resume"]), read_checkpoint(ckpt))
+    assert [layer.projections for layer in report.layers] == ["resumed", "broadcast"]
+    fresh = str(tmp_path / "fresh")
+    run(spark, parse_args(embed_argv(paths, ckpt, fresh)), read_checkpoint(ckpt))
+    assert outputs(spark, out) == outputs(spark, fresh)
+    assert not os.path.exists(f"{out}/_work"), "a finished run removes its work tables"
+
+
+def test_resume_recomputes_layers_when_an_input_changed(spark, tmp_path, graph):
+    paths, ckpt = graph
+    out = str(tmp_path / "out")
+    failed = embed_process(embed_argv(paths, ckpt, out), "pool:2:fail", "local[2]")
+    assert failed.returncode != 0 and os.listdir(f"{out}/_work")
+
+    changed = small_graph(seed=5)
+    changed.pins = {p: [x + 1.0 for x in v] for p, v in changed.pins.items()}
+    paths = write_graph(changed, str(tmp_path / "in"), with_boards=False)  # same paths, new files
+    report = run(spark, parse_args(embed_argv(paths, ckpt, out) + ["--resume"]), read_checkpoint(ckpt))
+    assert "resumed" not in [layer.projections for layer in report.layers]
+    fresh = str(tmp_path / "fresh")
+    run(spark, parse_args(embed_argv(paths, ckpt, fresh)), read_checkpoint(ckpt))
+    assert outputs(spark, out) == outputs(spark, fresh)
+
+
+def test_outputs_record_the_run_the_checkpoint_and_the_input_versions(spark, tmp_path, graph):
+    paths, ckpt = graph
+    delta_pins = str(tmp_path / "pins_delta")
+    pins = spark.read.parquet(paths["pins"])
+    pins.write.format("delta").save(delta_pins)
+    spark.read.format("delta").load(delta_pins).write.format("delta").mode("overwrite").save(
+        delta_pins
+    )  # version 1, the same rows
+    paths = {**paths, "pins": delta_pins}
+    out = str(tmp_path / "out")
+    report = run(spark, parse_args(embed_argv(paths, ckpt, out)), read_checkpoint(ckpt))
+
+    sha = hashlib.sha256(pathlib.Path(ckpt).read_bytes()).hexdigest()
+    for name in ("pin_embeddings", "board_embeddings"):
+        meta = last_commit(spark, f"{out}/{name}")["metadata"]
+        assert meta["run_id"] == report.run_id
+        assert meta["checkpoint_sha256"] == sha
+        assert meta["inputs"]["pins"] == {"path": delta_pins, "format": "delta", "version": 1}
+        edges = meta["inputs"]["edges"]
+        assert edges["format"] == "parquet" and edges["files"] == 1
+        assert edges["bytes"] == os.path.getsize(f"{paths['edges']}/part-00000.parquet")
+        assert set(meta["inputs"]) == {"pins", "edges", "board_neighbors", "pin_neighbors"}
