@@ -105,7 +105,8 @@ def plan_run(settings: dict[str, Any], date: str) -> dict[str, Any]:
             "--board-neighbors", f"{run_dir}/neighbourhoods/board_neighbors",
             "--pin-neighbors", f"{run_dir}/neighbourhoods/pin_neighbors",
             "--checkpoint", settings["checkpoint"], *(["--checkpoint-sha256", sha] if sha else []),
-            "--out", run_dir,
+            # A retry picks up the layers its failed try completed (same checkpoint and inputs only).
+            "--out", run_dir, "--resume",
         ],
         "evaluate_application": f"{jobs_dir}/evaluate.py",
         # Empty when there are no pairs: the evaluate task then skips itself.

@@ -1,12 +1,13 @@
 """Embed every pin with a trained PinSage checkpoint, as a layer-wise chain of Spark jobs.
 
     spark-submit jobs/embed.py --pins P --edges E [--boards B] --board-neighbors BN
-        --pin-neighbors PN --checkpoint C --out O [--device auto|cpu|cuda]
+        --pin-neighbors PN --checkpoint C --out O [--device auto|cpu|cuda] [--resume]
 
 Each layer k projects every source node once with Q_k, gathers the projections to the targets that
 pool them, applies W_k, and materialises h(k) as a Delta table before layer k+1 starts (the
 MapReduce inference of the PinSage paper, section 3.4). The outputs are the Delta tables
-O/pin_embeddings and O/board_embeddings.
+O/pin_embeddings and O/board_embeddings (and O/board_layers/layer_<k> when K > 2). With --resume, a
+layer that a failed run with the same checkpoint and inputs completed is read back, not recomputed.
 """
 
 from __future__ import annotations

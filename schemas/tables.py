@@ -59,7 +59,7 @@ BOARD_EMBEDDINGS = StructType(
 )
 
 # ---- internal --------------------------------------------------------------------------------
-# One Delta table per layer under --out/_work/<run>: h(k) of every node of the layer's target type.
+# One Delta table per layer under --out/_work/<run key>: h(k) of every node of the layer's target type.
 LAYER = StructType([StructField("node_id", LongType(), False), StructField("vec", BinaryType(), True)])
 # Neighbour rows as the layers read them (transforms.links): target dst pools source src. NULL ids
 # are removed; ids that are not nodes drop out inside the layer (and are counted there).

@@ -133,7 +133,7 @@ def test_the_plan_writes_under_the_run_date_and_publishes_to_current(nightly):
         "--pins", "s3://b/pins", "--edges", "s3://b/edges",
         "--board-neighbors", f"{run}/neighbourhoods/board_neighbors",
         "--pin-neighbors", f"{run}/neighbourhoods/pin_neighbors",
-        "--checkpoint", "/models/pinsage.pt", "--out", run,
+        "--checkpoint", "/models/pinsage.pt", "--out", run, "--resume",
     ]  # fmt: skip
     assert plan["evaluate_args"] == []
     assert plan["publish_args"] == ["--source", run, "--target", "s3://b/pinsage/current"]
@@ -153,7 +153,7 @@ def test_optional_settings_add_their_flags(nightly):
         "--walks-per-node", "30", "--top-t", "10", "--out", f"{run}/neighbourhoods",
     ]  # fmt: skip
     assert plan["embed_args"][4:6] == ["--boards", "s3://b/boards"]
-    assert plan["embed_args"][-4:] == ["--checkpoint-sha256", sha, "--out", run]
+    assert plan["embed_args"][-5:] == ["--checkpoint-sha256", sha, "--out", run, "--resume"]
     assert plan["evaluate_args"] == [
         "--embeddings",
         f"{run}/pin_embeddings",

@@ -85,7 +85,8 @@ def inject_fault(step: str, k: int) -> None:
     """Fault injection for the recovery tests, off unless the executor's environment sets
     PINSAGE_INJECT_FAULT="<step>:<k>:<mode>[:<marker dir>]" (step: project or pool). Mode `crash`
     kills this Python worker the first time any task gets here (a marker file in the directory makes
-    it once per run); mode `fail` raises in every attempt, so the Spark job fails."""
+    it once per run; without a directory, every time); mode `fail` raises in every attempt, so the
+    Spark job fails."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
@@ -94,6 +95,8 @@ def inject_fault(step: str, k: int) -> None:
         return
     if mode == "fail":
         raise RuntimeError(f"{FAULT_ENV}: injected failure in {step} of layer {k}")
+    if not marker:  # no marker directory: every attempt dies, as a worker that always crashes would
+        os._exit(137)
     try:
         os.close(os.open(os.path.join(marker[0], f"{step}-{k}"), os.O_CREAT | os.O_EXCL))
     except FileExistsError:
