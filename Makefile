@@ -5,12 +5,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEXT_STAMP := $(VENV)/.installed-text
 DEMO_DIR ?= demo-output
+DATA ?= ../shared/data/goodbooks-10k
+GOODBOOKS_DIR ?= goodbooks-output
+GOODBOOKS_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 QUIET := --conf spark.ui.showConsoleProgress=false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint format bench bench-walks package clean
+.PHONY: help setup demo test lint format bench bench-walks goodbooks package clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -55,6 +58,9 @@ bench: $(STAMP) ## Embedding benchmark: Spark vs in-process limit vs per-target 
 bench-walks: $(STAMP) ## Random-walk neighbourhood benchmark: walks/s at 0.25M-2M edges
 	$(PY) benchmarks/walks.py $(BENCH_ARGS)
 
+goodbooks: $(STAMP) $(TEXT_STAMP) ## goodbooks-10k end to end (DATA=dir): prepare, walk, train, embed, evaluate; report.md
+	$(PY) jobs/goodbooks.py --data-dir $(DATA) --out $(GOODBOOKS_DIR) $(GOODBOOKS_ARGS)
+
 package: $(STAMP) ## Build dist/pinsage_spark.zip (for spark-submit --py-files) and a wheel
 	rm -rf dist build
 	mkdir -p dist
@@ -72,4 +78,4 @@ format: $(STAMP) ## Apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff format .
 
 clean: ## Remove .venv, caches and demo output
-	rm -rf $(VENV) $(DEMO_DIR) bench-output build dist *.egg-info .pytest_cache .ruff_cache spark-warehouse
+	rm -rf $(VENV) $(DEMO_DIR) $(GOODBOOKS_DIR) bench-output build dist *.egg-info .pytest_cache .ruff_cache spark-warehouse

@@ -1,0 +1,278 @@
+"""goodbooks-10k end to end: prepare -> neighbourhoods -> train -> embed -> evaluate, then a report.
+
+    python jobs/goodbooks.py --data-dir DIR --out O [--variants pinsage,mean,max,no-hard]
+        [--train-flags '--epochs 4'] [--walk-flags '...'] [--candidates N] [--seed 0] [--resume]
+
+Each step is the project's own command line, run as its own process (each prints the command it
+runs, so any step can be rerun by hand). PinSage (importance pooling, hard-negative curriculum) is
+evaluated against the content-only and graph-only baselines; the ablations retrain with mean or max
+pooling, or without hard negatives, and evaluate the same test pairs. Writes O/report.md with the
+numbers and links to the evaluation's PNGs, and O/report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET = ["--conf", "spark.ui.showConsoleProgress=false"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    title: str
+    train_flags: tuple[str, ...]
+
+
+VARIANTS: dict[str, Variant] = {
+    "pinsage": Variant("importance pooling, hard-negative curriculum", ("--pooling", "importance")),
+    "mean": Variant("mean pooling, hard-negative curriculum", ("--pooling", "mean")),
+    "max": Variant("max pooling, hard-negative curriculum", ("--pooling", "max")),
+    "no-hard": Variant(
+        "importance pooling, no hard negatives", ("--pooling", "importance", "--hard-negatives", "0")
+    ),
+}
+
+
+@dataclass(frozen=True)
+class GoodbooksArgs:
+    data_dir: str
+    out: str
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    seed: int = 0
+    train_flags: tuple[str, ...] = ()
+    walk_flags: tuple[str, ...] = ()
+    candidates: int | None = None
+    conf: dict[str, str] = field(default_factory=dict)
+    resume: bool = False
+
+
+def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
+    p = argparse.ArgumentParser(description="goodbooks-10k end to end, with baselines and ablations.")
+    p.add_argument("--data-dir", required=True, help="the goodbooks-10k folder (books.csv, to_read.csv, ...)")
+    p.add_argument("--out", required=True, help="output root: tables, checkpoints, evaluations, report.md")
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the walks and training")
+    p.add_argument("--train-flags", default="", help="extra flags for pinsage_model.train, e.g. '--epochs 5'")
+    p.add_argument("--walk-flags", default="", help="extra flags for jobs/neighborhoods.py")
+    p.add_argument("--candidates", type=int, help="rank among a sample of this many pins (default: all)")
+    p.add_argument(
+        "--conf", action="append", default=[], metavar="KEY=VALUE", help="Spark conf for every job"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip each step whose report O/reports/<step>.json an earlier run left (it succeeded)",
+    )
+    a = p.parse_args(argv)
+    variants = tuple(v for v in a.variants.split(",") if v)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or "pinsage" not in variants:
+        p.error(f"--variants: must include pinsage, each of {', '.join(VARIANTS)}; got {a.variants!r}")
+    conf = dict(item.split("=", 1) for item in a.conf if "=" in item)
+    return GoodbooksArgs(
+        a.data_dir.rstrip("/"),
+        a.out.rstrip("/"),
+        variants,
+        a.seed,
+        tuple(shlex.split(a.train_flags)),
+        tuple(shlex.split(a.walk_flags)),
+        a.candidates,
+        conf,
+        a.resume,
+    )
+
+
+def run(args: GoodbooksArgs) -> dict:
+    py, out = sys.executable, args.out
+    conf = [x for k, v in args.conf.items() for x in ("--conf", f"{k}={v}")]
+    data, nbrs = f"{out}/data", f"{out}/neighbourhoods"
+    os.makedirs(f"{out}/reports", exist_ok=True)
+    os.makedirs(f"{out}/models", exist_ok=True)
+    timings = f"{out}/reports/seconds.json"
+    seconds = {}
+    if args.resume and os.path.exists(timings):
+        with open(timings) as f:
+            seconds = json.load(f)
+
+    def step(name: str, cmd: list[str]) -> None:
+        """Run one of the project's command lines, which writes O/reports/<name>.json when it
+        succeeds; stop the chain when it fails."""
+        report = f"{out}/reports/{name}.json"
+        if args.resume and os.path.exists(report):
+            print(f"\n== {name}: done by an earlier run ({report})", flush=True)
+            return
+        cmd = [py, *cmd, "--report-json", report]
+        print(f"\n== {name}: {shlex.join(cmd)}", flush=True)
+        clock = time.perf_counter()
+        done = subprocess.run(cmd, cwd=ROOT)
+        if done.returncode != 0:
+            sys.exit(f"goodbooks: step '{name}' failed with exit status {done.returncode}")
+        seconds[name] = round(time.perf_counter() - clock, 1)
+        with open(timings, "w") as f:
+            json.dump(seconds, f, indent=2)
+
+    seed = ["--seed", str(args.seed)]
+    step(
+        "prepare",
+        ["jobs/prepare_goodbooks.py", "--data-dir", args.data_dir, "--out", data, *seed, *QUIET, *conf],
+    )
+    step(
+        "neighbourhoods",
+        ["jobs/neighborhoods.py", "--edges", f"{data}/edges", "--pins", f"{data}/pins", "--out", nbrs, *seed,
+         *args.walk_flags, *QUIET, *conf],
+    )  # fmt: skip
+    graph = ["--pins", f"{data}/pins", "--edges", f"{data}/edges", "--board-neighbors",
+             f"{nbrs}/board_neighbors", "--pin-neighbors", f"{nbrs}/pin_neighbors"]  # fmt: skip
+    pairs = ["--pairs", f"{data}/train_pairs", "--validation-pairs", f"{data}/validation_pairs"]
+    sample = ["--candidates", str(args.candidates)] if args.candidates else []
+    baselines = ["--pins", f"{data}/content", "--edges", f"{data}/edges", "--labels", f"{data}/labels"]
+    for name in args.variants:
+        ckpt, embeddings = f"{out}/models/{name}.pt", f"{out}/runs/{name}"
+        step(
+            f"train-{name}",
+            ["-m", "pinsage_model.train", *graph, *pairs, "--out", ckpt, *seed, *VARIANTS[name].train_flags,
+             *args.train_flags],
+        )  # fmt: skip
+        step(
+            f"embed-{name}",
+            ["jobs/embed.py", *graph, "--checkpoint", ckpt, "--out", embeddings, *QUIET, *conf],
+        )
+        step(
+            f"evaluate-{name}",
+            ["jobs/evaluate.py", "--embeddings", f"{embeddings}/pin_embeddings",
+             "--pairs", f"{data}/test_pairs", "--out", f"{out}/evaluation/{name}", *seed,
+             *(baselines if name == "pinsage" else []), *sample,
+             *QUIET, *conf],
+        )  # fmt: skip
+    results = collect(args, seconds)
+    with open(f"{out}/report.json", "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    with open(f"{out}/report.md", "w") as f:
+        f.write(render(results))
+    print(f"\nwrote {out}/report.md and {out}/report.json")
+    return results
+
+
+def collect(args: GoodbooksArgs, seconds: dict[str, float]) -> dict:
+    def load(name: str) -> dict:
+        with open(f"{args.out}/reports/{name}.json") as f:
+            return json.load(f)
+
+    prepare = load("prepare")
+    results = {"data": prepare["rows"], "seconds": seconds, "variants": {}, "baselines": {}, "similarity": {}}
+    for name in args.variants:
+        evaluation, training = load(f"evaluate-{name}"), load(f"train-{name}")
+        results["variants"][name] = {
+            "title": VARIANTS[name].title,
+            "metrics": evaluation["methods"]["embedding"],
+            "similarity": evaluation["similarity"].get("embedding"),
+            "epochs": training["epochs"],
+            "config": training["config"],
+        }
+        if name == "pinsage":
+            results["baselines"] = {m: v for m, v in evaluation["methods"].items() if m != "embedding"}
+            results["similarity"] = evaluation["similarity"]
+            results["params"] = evaluation["params"]
+    return results
+
+
+METRICS = (
+    ("hit_rate@10", "hit@10"),
+    ("hit_rate@100", "hit@100"),
+    ("hit_rate@500", "hit@500"),
+    ("mrr", "MRR"),
+    ("scaled_mrr", "scaled MRR"),
+)
+
+
+def _row(label: str, m: dict) -> str:
+    return f"| {label} | " + " | ".join(f"{m[key]:.4f}" for key, _ in METRICS) + f" | {m['pairs']:,} |"
+
+
+def render(results: dict) -> str:
+    head = (
+        "| method | "
+        + " | ".join(h for _, h in METRICS)
+        + " | test pairs |\n|---"
+        + "|---:" * (len(METRICS) + 1)
+        + "|"
+    )
+    data = results["data"]
+    lines = [
+        "# goodbooks-10k: PinSage against baselines",
+        "",
+        f"Graph: {data['pins']:,} books (pins), {data['edges']:,} to-read memberships left in the graph; "
+        f"{data['heldout']:,} memberships held out as pairs: {data['train_pairs']:,} training, "
+        f"{data['validation_pairs']:,} validation, {data['test_pairs']:,} test. Each test pair ranks the "
+        "held-out book among all books by cosine similarity to the query book.",
+        "",
+        "## PinSage and the baselines",
+        "",
+        head,
+        _row(
+            "PinSage (" + results["variants"]["pinsage"]["title"] + ")",
+            results["variants"]["pinsage"]["metrics"],
+        ),
+    ]
+    names = {
+        "content": "content only (cosine of the text vectors)",
+        "graph": "graph only (random-walk visit counts)",
+    }
+    lines += [_row(names.get(m, m), v) for m, v in results["baselines"].items()]
+    if len(results["variants"]) > 1:
+        lines += ["", "## Ablations", "", head]
+        lines += [_row(f"{name}: {v['title']}", v["metrics"]) for name, v in results["variants"].items()]
+    lines += [
+        "",
+        "## Embedding-space health (random pairs of books)",
+        "",
+        "| vectors | pairs | mean cosine | std | excess kurtosis |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for method, s in results["similarity"].items():
+        cells = ["n/a" if s.get(k) is None else f"{s[k]:.3f}" for k in ("mean", "std", "kurtosis")]
+        lines.append(f"| {method} | {s['pairs']:,} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "![random-pair cosine similarity](evaluation/pinsage/similarity_histogram.png)",
+        "![PCA map by genre shelf](evaluation/pinsage/pca_map.png)",
+        "",
+        "## Training",
+        "",
+    ]
+    for name, v in results["variants"].items():
+        c = v["config"]
+        lines += [
+            f"**{name}** ({c['pooling']} pooling, hidden {c['hidden_dim']}, embedding {c['embed_dim']}):",
+            "",
+            "| epoch | loss | validation hit@10 | hard negatives / query | seconds |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for e in v["epochs"]:
+            hits = "-" if e["hit_rate"] is None else f"{e['hit_rate']:.3f}"
+            lines.append(
+                f"| {e['epoch']} | {e['loss']:.4f} | {hits} | {e['hard_negatives']} | {e['seconds']:.1f} |"
+            )
+        lines.append("")
+    lines += ["## Time", "", "| step | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in results["seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""jobs/goodbooks.py's chain and report: the commands it runs, --resume skipping finished steps, and a
+report that carries every method's numbers from the step reports."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from jobs import goodbooks as job
+
+METRICS = {"hit_rate@10": 0.25, "hit_rate@100": 0.5, "hit_rate@500": 0.75, "mrr": 0.125, "scaled_mrr": 0.375}
+
+
+def write_reports(root: str, variants: tuple[str, ...]) -> None:
+    reports = {
+        "prepare": {"rows": {"pins": 40, "edges": 300, "heldout": 30, "train_pairs": 20,
+                             "validation_pairs": 5, "test_pairs": 4}},
+        "neighbourhoods": {},
+    }  # fmt: skip
+    for i, name in enumerate(variants):
+        methods = {"embedding": {**METRICS, "hit_rate@10": 0.1 * (i + 1), "pairs": 4}}
+        if name == "pinsage":
+            methods |= {"content": {**METRICS, "pairs": 4}, "graph": {**METRICS, "mrr": 0.0625, "pairs": 4}}
+        reports[f"train-{name}"] = {
+            "epochs": [{"epoch": 1, "loss": 0.09, "hit_rate": 0.2, "hard_negatives": 0, "seconds": 3.0}],
+            "config": {
+                "pooling": "mean" if name == "mean" else "importance",
+                "hidden_dim": 8,
+                "embed_dim": 4,
+            },
+        }
+        reports[f"embed-{name}"] = {}
+        reports[f"evaluate-{name}"] = {
+            "methods": methods,
+            "similarity": {"embedding": {"pairs": 10, "mean": 0.1, "std": 0.2, "kurtosis": None}},
+            "params": {"k": [10, 100, 500]},
+        }
+    os.makedirs(f"{root}/reports", exist_ok=True)
+    for name, content in reports.items():
+        with open(f"{root}/reports/{name}.json", "w") as f:
+            json.dump(content, f)
+
+
+def test_resume_skips_finished_steps_and_the_report_carries_every_method(tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "gb")
+    write_reports(out, ("pinsage", "mean"))
+    ran = []
+    monkeypatch.setattr(job.subprocess, "run", lambda cmd, cwd: ran.append(cmd))
+    results = job.run(
+        job.parse_args(["--data-dir", "d", "--out", out, "--variants", "pinsage,mean", "--resume"])
+    )
+    assert ran == []
+    assert results["variants"]["mean"]["metrics"]["hit_rate@10"] == pytest.approx(0.2)
+    assert set(results["baselines"]) == {"content", "graph"}
+    report = open(f"{out}/report.md").read()
+    assert "| PinSage (importance pooling, hard-negative curriculum) | 0.1000 | 0.5000 | 0.7500 |" in report
+    assert (
+        "| graph only (random-walk visit counts) | 0.2500 | 0.5000 | 0.7500 | 0.0625 | 0.3750 | 4 |" in report
+    )
+    assert "| mean: mean pooling, hard-negative curriculum | 0.2000 |" in report
+    assert "| embedding | 10 | 0.100 | 0.200 | n/a |" in report
+
+
+def test_the_chain_runs_each_project_command_in_order_and_stops_at_a_failure(tmp_path, monkeypatch):
+    out = str(tmp_path / "gb")
+    ran = []
+
+    class Done:
+        def __init__(self, code):
+            self.returncode = code
+
+    def fake(cmd, cwd):
+        ran.append(cmd)
+        return Done(1 if "jobs/embed.py" in cmd else 0)
+
+    monkeypatch.setattr(job.subprocess, "run", fake)
+    argv = ["--data-dir", "data", "--out", out, "--variants", "pinsage", "--train-flags", "--epochs 2"]
+    with pytest.raises(SystemExit, match="step 'embed-pinsage' failed with exit status 1"):
+        job.run(job.parse_args(argv))
+    scripts = [cmd[1] if cmd[1] != "-m" else cmd[2] for cmd in ran]
+    assert scripts == [
+        "jobs/prepare_goodbooks.py",
+        "jobs/neighborhoods.py",
+        "pinsage_model.train",
+        "jobs/embed.py",
+    ]
+    train = ran[2]
+    assert train[-4:] == ["--epochs", "2", "--report-json", f"{out}/reports/train-pinsage.json"]
+    assert ["--pooling", "importance"] == train[train.index("--pooling") : train.index("--pooling") + 2]
+    assert all(cmd[-2] == "--report-json" for cmd in ran)
+
+
+def test_variants_must_include_pinsage_and_be_known():
+    with pytest.raises(SystemExit):
+        job.parse_args(["--data-dir", "d", "--out", "o", "--variants", "mean"])
+    with pytest.raises(SystemExit):
+        job.parse_args(["--data-dir", "d", "--out", "o", "--variants", "pinsage,median"])
