@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.lib import transforms as T
-from jobs.lib.cli import job_main, new_run_id
+from jobs.lib.cli import job_main, new_run_id, spark_conf
 from jobs.lib.inference import ModelRef
 from jobs.lib.io import (
     InputError,
@@ -99,12 +99,7 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
         "(0: never)",
     )  # fmt: skip
     a = p.parse_args(argv)
-    conf = {}
-    for item in a.conf:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--conf expects KEY=VALUE, got {item!r}")
-        conf[key] = value
+    conf = spark_conf(p, a.conf)
     return EmbedArgs(
         pins=a.pins, edges=a.edges, boards=a.boards, board_neighbors=a.board_neighbors,
         pin_neighbors=a.pin_neighbors, checkpoint=a.checkpoint, out=a.out.rstrip("/"),

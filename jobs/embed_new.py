@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 
 from jobs.lib import transforms as T
 from jobs.lib import walks as W
-from jobs.lib.cli import job_main, new_run_id
+from jobs.lib.cli import job_main, new_run_id, spark_conf
 from jobs.lib.inference import ModelRef
 from jobs.lib.io import (
     InputError,
@@ -78,12 +78,7 @@ def parse_args(argv: list[str] | None = None) -> EmbedNewArgs:
     a = p.parse_args(argv)
     if a.walks_per_batch < 1:
         p.error("--walks-per-batch must be at least 1")
-    conf = {}
-    for item in a.conf:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--conf expects KEY=VALUE, got {item!r}")
-        conf[key] = value
+    conf = spark_conf(p, a.conf)
     return EmbedNewArgs(
         a.new_pins, a.new_edges, a.base.rstrip("/"), a.checkpoint, a.checkpoint_sha256, a.edges,
         a.walks_per_batch, a.device, a.master, conf, a.keep_work, a.report_json,

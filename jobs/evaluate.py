@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 
 from jobs.lib import evaluation as E
 from jobs.lib import walks as W
-from jobs.lib.cli import job_main, new_run_id
+from jobs.lib.cli import job_main, new_run_id, spark_conf
 from jobs.lib.io import InputError, delete_path, read_table, write_delta
 from jobs.lib.session import get_spark
 from jobs.lib.validate import check_links, check_nodes, conform
@@ -115,12 +115,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
             p.error(f"{flag} must be at least {low}, got {value}")
     if not a.query_block_mb > 0:
         p.error(f"--query-block-mb must be positive, got {a.query_block_mb}")
-    conf = {}
-    for item in a.conf:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--conf expects KEY=VALUE, got {item!r}")
-        conf[key] = value
+    conf = spark_conf(p, a.conf)
     return EvaluateArgs(
         embeddings=a.embeddings, pairs=a.pairs, out=a.out.rstrip("/"), ks=a.k, candidates=a.candidates,
         seed=a.seed, pins=a.pins, edges=a.edges, labels=a.labels, walks=walks,

@@ -21,6 +21,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from jobs.lib.cli import spark_conf
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = ["--conf", "spark.ui.showConsoleProgress=false"]
 
@@ -78,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or "pinsage" not in variants:
         p.error(f"--variants: must include pinsage, each of {', '.join(VARIANTS)}; got {a.variants!r}")
-    conf = dict(item.split("=", 1) for item in a.conf if "=" in item)
+    conf = spark_conf(p, a.conf)
     return GoodbooksArgs(
         a.data_dir.rstrip("/"),
         a.out.rstrip("/"),

@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.lib import walks as W
-from jobs.lib.cli import job_main, new_run_id
+from jobs.lib.cli import job_main, new_run_id, spark_conf
 from jobs.lib.io import delete_path, read_table, snapshot, write_delta
 from jobs.lib.session import get_spark
 from jobs.lib.validate import check_links, check_nodes, conform
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> NeighbourhoodArgs:
         p.error(str(exc))
     if a.walks_per_batch < 1:
         p.error("--walks-per-batch must be at least 1")
-    conf = dict(item.split("=", 1) for item in a.conf if "=" in item)
+    conf = spark_conf(p, a.conf)
     return NeighbourhoodArgs(
         a.edges, a.out.rstrip("/"), a.pins, a.boards, params, a.walks_per_batch, a.master, conf,
         a.keep_work, a.report_json,

@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.lib import goodbooks as G
-from jobs.lib.cli import job_main, new_run_id
+from jobs.lib.cli import job_main, new_run_id, spark_conf
 from jobs.lib.io import InputError, path_exists, write_delta
 from jobs.lib.session import get_spark
 
@@ -89,12 +89,7 @@ def parse_args(argv: list[str] | None = None) -> PrepareArgs:
         p.error("--min-board-size must exceed --holdout-per-board: a query must stay in the list")
     if a.encode_batch < 1:
         p.error("--encode-batch must be at least 1")
-    conf = {}
-    for item in a.conf:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--conf expects KEY=VALUE, got {item!r}")
-        conf[key] = value
+    conf = spark_conf(p, a.conf)
     return PrepareArgs(
         a.data_dir.rstrip("/"), a.out.rstrip("/"), a.seed, a.holdout_per_board, a.min_board_size, a.split,
         a.device, a.encode_batch, a.master, conf, a.report_json,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import SparkSession
 from pyspark.sql.types import StructType
 
-from jobs.lib.cli import job_main
+from jobs.lib.cli import job_main, spark_conf
 from jobs.lib.io import InputError, is_delta, path_exists, write_delta
 from jobs.lib.session import get_spark
 from schemas.tables import BOARD_EMBEDDINGS, PIN_EMBEDDINGS
@@ -50,12 +50,7 @@ def parse_args(argv: list[str] | None = None) -> PublishArgs:
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
     p.add_argument("--report-json", help="also write the run report as JSON to this local file")
     a = p.parse_args(argv)
-    conf = {}
-    for item in a.conf:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--conf expects KEY=VALUE, got {item!r}")
-        conf[key] = value
+    conf = spark_conf(p, a.conf)
     source, target = a.source.rstrip("/"), a.target.rstrip("/")
     if source == target:
         p.error("--source and --target must differ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -13,6 +14,17 @@ from typing import Any
 
 from jobs.lib.io import InputError
 from pinsage_model.checkpoint import CheckpointError
+
+
+def spark_conf(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """--conf KEY=VALUE items as a dict; anything else is a usage error naming the item."""
+    conf = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--conf expects KEY=VALUE, got {item!r}")
+        conf[key] = value
+    return conf
 
 
 def new_run_id() -> str:

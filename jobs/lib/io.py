@@ -54,8 +54,16 @@ def read_table(spark: SparkSession, name: str, path: str, version: int | None = 
             reader = reader.option("versionAsOf", version)
         return reader.load(path)
     except Exception as exc:  # Spark's AnalysisException for unreadable or empty folders
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(name, None, f"cannot read {path} as {fmt}: {first}") from None
+        raise InputError(name, None, f"cannot read {path} as {fmt}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    """The line of a Spark error that says what went wrong. A failed job (reading a file footer whose
+    columns clash) comes as a Py4JJavaError, whose first line only names the JVM call; from the Java
+    exception's line only the innermost message is kept."""
+    lines = [line.lstrip(": ").strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("An error occurred while calling")]
+    return lines[0].rsplit("Exception: ", 1)[-1] if lines else type(exc).__name__
 
 
 def snapshot(spark: SparkSession, name: str, path: str) -> dict:

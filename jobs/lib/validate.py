@@ -47,7 +47,8 @@ def conform(df: DataFrame, table: str) -> DataFrame:
 
 
 def _count(cond: Column) -> Column:
-    return F.sum(F.when(cond, 1).otherwise(0))
+    # count, not sum: a sum over no rows is NULL, and an empty neighbour table is valid input
+    return F.count(F.when(cond, 1))
 
 
 def _non_finite(x: Column) -> Column:
@@ -69,7 +70,9 @@ def _feature_stats(batches, id_col: str, dim: int | None):
     """One row of problem counts per Arrow batch, computed with numpy instead of per-element SQL."""
     for batch in batches:
         ids = batch.column(id_col)
-        id_values = ids.to_numpy(zero_copy_only=False)
+        # Filled, because a column with NULLs would convert to float64 and round large ids (2**63 - 1
+        # to 2**63, which no longer fits the stats' bigint); NULL-id rows are never shown as examples.
+        id_values = pc.fill_null(ids, 0).to_numpy(zero_copy_only=False)
         flags = {"null_ids": ~ids.is_valid().to_numpy(zero_copy_only=False)}
         row = {"rows": batch.num_rows, "min_len": None, "max_len": None}
         if dim is not None:
@@ -82,7 +85,7 @@ def _feature_stats(batches, id_col: str, dim: int | None):
             finite = np.isfinite(values.to_numpy(zero_copy_only=False))  # NULLs come back as NaN
             flags["null_features"] = ~present
             flags["null_elements"] = np.bincount(owner[null_values], minlength=batch.num_rows) > 0
-            flags["wrong_length"] = present & (lengths != dim)
+            flags["wrong_length"] = present & (lengths > dim)
             flags["non_finite"] = np.bincount(owner[~finite & ~null_values], minlength=batch.num_rows) > 0
             if present.any():
                 row["min_len"], row["max_len"] = int(lengths[present].min()), int(lengths[present].max())
