@@ -85,7 +85,7 @@ def _feature_stats(batches, id_col: str, dim: int | None):
             finite = np.isfinite(values.to_numpy(zero_copy_only=False))  # NULLs come back as NaN
             flags["null_features"] = ~present
             flags["null_elements"] = np.bincount(owner[null_values], minlength=batch.num_rows) > 0
-            flags["wrong_length"] = present & (lengths > dim)
+            flags["wrong_length"] = present & (lengths != dim)
             flags["non_finite"] = np.bincount(owner[~finite & ~null_values], minlength=batch.num_rows) > 0
             if present.any():
                 row["min_len"], row["max_len"] = int(lengths[present].min()), int(lengths[present].max())
