@@ -189,9 +189,9 @@ def collect(args: GoodbooksArgs, seconds: dict[str, float]) -> dict:
 
 
 METRICS = (
-    ("hit_rate@10", "hit@10"),
-    ("hit_rate@100", "hit@100"),
-    ("hit_rate@500", "hit@500"),
+    ("hit@10", "hit@10"),
+    ("hit@100", "hit@100"),
+    ("hit@500", "hit@500"),
     ("mrr", "MRR"),
     ("scaled_mrr", "scaled MRR"),
 )

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pinsage_model.config import LayerDims
-from pinsage_model.pooling import pool
+from pinsage_model.pooling import pool, pool_projected
 
 NORMALIZE_EPS = 1e-12
 
@@ -57,8 +57,12 @@ class PinSageConv(nn.Module):
 
         nbr_src indexes rows of h_src, nbr_dst rows of h_self (the targets), nbr_weight is [rows].
         """
-        messages = self.project(h_src)[nbr_src]
-        pooled = pool(messages, nbr_dst, nbr_weight, h_self.shape[0], self.pooling)
+        projected = self.project(h_src)
+        if torch.is_grad_enabled() and self.pooling != "max":
+            # Training: the same weighted mean as one sparse product, without per-row messages.
+            pooled = pool_projected(projected, nbr_src, nbr_dst, nbr_weight, h_self.shape[0], self.pooling)
+        else:
+            pooled = pool(projected[nbr_src], nbr_dst, nbr_weight, h_self.shape[0], self.pooling)
         return self.combine(h_self, pooled)
 
 

@@ -82,6 +82,37 @@ def finalize(state: PoolState, mode: str) -> torch.Tensor:
     return pooled.to(torch.float32)
 
 
+def pool_projected(
+    projected: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    weights: torch.Tensor | None,
+    num_segments: int,
+    mode: str,
+) -> torch.Tensor:
+    """Importance or mean pooling straight from the projected sources, as one sparse product.
+
+    The same weighted mean as `pool(projected[src], dst, weights, ...)`, written as A @ projected
+    with A[u, v] = w_v / sum w (importance) or 1 / rows (mean), accumulated in the projections'
+    dtype. It never builds the [rows, hidden] message matrix, nor its float64 copy, so a training
+    step (whose backward is A^T @ grad) moves a fraction of the memory; the Spark executors and
+    inference keep the float64 partial states. [sources, hidden] -> [num_segments, hidden]."""
+    if mode not in ("importance", "mean"):
+        raise ValueError(f"pool_projected is linear pooling only, not {mode!r}")
+    if mode == "importance":
+        if weights is None:
+            raise ValueError("importance pooling needs weights")
+        w = weights.to(torch.float64)
+    else:
+        w = torch.ones(dst.shape[0], dtype=torch.float64, device=dst.device)
+    total = torch.zeros(num_segments, dtype=torch.float64, device=dst.device).index_add_(0, dst, w)
+    coeff = (w / total[dst].clamp(min=torch.finfo(torch.float64).tiny)).to(projected.dtype)
+    matrix = torch.sparse_coo_tensor(
+        torch.stack([dst, src]), coeff, (num_segments, projected.shape[0]), device=projected.device
+    )
+    return torch.sparse.mm(matrix, projected)
+
+
 def pool(
     messages: torch.Tensor,
     segment: torch.Tensor,

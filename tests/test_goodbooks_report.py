@@ -10,7 +10,7 @@ import pytest
 
 from jobs import goodbooks as job
 
-METRICS = {"hit_rate@10": 0.25, "hit_rate@100": 0.5, "hit_rate@500": 0.75, "mrr": 0.125, "scaled_mrr": 0.375}
+METRICS = {"hit@10": 0.25, "hit@100": 0.5, "hit@500": 0.75, "mrr": 0.125, "scaled_mrr": 0.375}
 
 
 def write_reports(root: str, variants: tuple[str, ...]) -> None:
@@ -20,7 +20,7 @@ def write_reports(root: str, variants: tuple[str, ...]) -> None:
         "neighbourhoods": {},
     }  # fmt: skip
     for i, name in enumerate(variants):
-        methods = {"embedding": {**METRICS, "hit_rate@10": 0.1 * (i + 1), "pairs": 4}}
+        methods = {"embedding": {**METRICS, "hit@10": 0.1 * (i + 1), "pairs": 4}}
         if name == "pinsage":
             methods |= {"content": {**METRICS, "pairs": 4}, "graph": {**METRICS, "mrr": 0.0625, "pairs": 4}}
         reports[f"train-{name}"] = {
@@ -52,7 +52,7 @@ def test_resume_skips_finished_steps_and_the_report_carries_every_method(tmp_pat
         job.parse_args(["--data-dir", "d", "--out", out, "--variants", "pinsage,mean", "--resume"])
     )
     assert ran == []
-    assert results["variants"]["mean"]["metrics"]["hit_rate@10"] == pytest.approx(0.2)
+    assert results["variants"]["mean"]["metrics"]["hit@10"] == pytest.approx(0.2)
     assert set(results["baselines"]) == {"content", "graph"}
     report = open(f"{out}/report.md").read()
     assert "| PinSage (importance pooling, hard-negative curriculum) | 0.1000 | 0.5000 | 0.7500 |" in report

@@ -20,6 +20,7 @@ from pinsage_model.checkpoint import build_model, checkpoint_bytes, read_checkpo
 from pinsage_model.config import ModelConfig
 from pinsage_model.graph import build_graph
 from pinsage_model.model import PinSage
+from pinsage_model.pooling import pool
 from pinsage_model.sampling import (
     EpochBatches,
     HardNegatives,
@@ -380,3 +381,31 @@ def test_checkpoint_is_format_version_1_that_torch_loads_weights_only(tmp_path):
     model, _ = train(graph, pairs, TrainOptions(**{**QUICK, "epochs": 1}))
     raw = torch.load(io.BytesIO(checkpoint_bytes(model)), weights_only=True)
     assert raw["format_version"] == 1 and raw["config"]["pin_feature_dim"] == 8
+
+
+@pytest.mark.parametrize("mode", ["importance", "mean"])
+def test_training_pooling_by_sparse_product_equals_the_reference_pooling_and_its_gradient(mode):
+    from pinsage_model.pooling import pool_projected
+
+    gen = torch.Generator().manual_seed(3)
+    sources, targets, rows = 9, 5, 30
+    projected = torch.rand((sources, 4), generator=gen, dtype=torch.float32, requires_grad=True)
+    src = torch.randint(0, sources, (rows,), generator=gen)
+    dst = torch.randint(0, targets - 1, (rows,), generator=gen)  # the last target has no rows
+    weight = torch.rand(rows, generator=gen) + 0.1
+    upstream = torch.rand((targets, 4), generator=gen)
+
+    # Reference: the plain weighted mean per target, in float64, written out row by row.
+    expected = torch.zeros((targets, 4), dtype=torch.float64)
+    for u in range(targets):
+        mine = (dst == u).nonzero().squeeze(1)
+        w = weight[mine].double() if mode == "importance" else torch.ones(len(mine), dtype=torch.float64)
+        if len(mine):
+            expected[u] = (w[:, None] * projected.detach()[src[mine]].double()).sum(0) / w.sum()
+    fast = pool_projected(projected, src, dst, weight, targets, mode)
+    torch.testing.assert_close(fast.double(), expected, rtol=0, atol=1e-6)
+    assert torch.equal(fast[targets - 1], torch.zeros(4))
+    (fast * upstream).sum().backward()
+    fast_grad, projected.grad = projected.grad.clone(), None
+    (pool(projected[src], dst, weight, targets, mode) * upstream).sum().backward()
+    torch.testing.assert_close(fast_grad, projected.grad, rtol=0, atol=1e-6)

@@ -37,7 +37,7 @@ def conform(df: DataFrame, table: str) -> DataFrame:
             raise InputError(table, field.name, f"missing column (found: {', '.join(present) or 'none'})")
         stored = present[field.name]
         if stored not in accepted(field):
-            want = " or ".join(t.simpleString() for t in dict.fromkeys(accepted(field)))
+            want = " or ".join(dict.fromkeys(t.simpleString() for t in accepted(field)))
             raise InputError(table, field.name, f"has type {stored.simpleString()}, expected {want}")
         target = field.dataType
         if isinstance(target, ArrayType):  # NULL elements are reported by check_nodes, not by a cast
