@@ -27,11 +27,11 @@ from jobs.lib.cli import job_main, new_run_id, spark_conf
 from jobs.lib.inference import ModelRef
 from jobs.lib.io import (
     InputError,
-    delete_if_empty,
     delete_path,
+    delete_work,
     is_delta,
     last_commit,
-    read_table,
+    read_snapshot,
     snapshot,
     write_delta,
 )
@@ -124,7 +124,7 @@ def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inpu
     spark.sparkContext.setJobDescription("validate inputs")
 
     def read(name: str) -> DataFrame:
-        return conform(read_table(spark, name, inputs[name]["path"], inputs[name].get("version")), name)
+        return conform(read_snapshot(spark, name, inputs[name]), name)
 
     pins, edges = read("pins"), read("edges")
     links = {name: read(name) for name in ("board_neighbors", "pin_neighbors")}
@@ -306,8 +306,7 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
     publish(spark, layers, ref, config, args.out, report, metadata)
     report.seconds["publish"] = round(time.perf_counter() - clock, 3)
     if not args.keep_work:
-        delete_path(spark, work)
-        delete_if_empty(spark, f"{args.out}/_work")
+        delete_work(spark, work)
     return report
 
 

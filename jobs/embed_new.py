@@ -26,16 +26,7 @@ from jobs.lib import transforms as T
 from jobs.lib import walks as W
 from jobs.lib.cli import job_main, new_run_id, spark_conf
 from jobs.lib.inference import ModelRef
-from jobs.lib.io import (
-    InputError,
-    delete_if_empty,
-    delete_path,
-    is_delta,
-    last_commit,
-    read_table,
-    snapshot,
-    write_delta,
-)
+from jobs.lib.io import InputError, delete_work, is_delta, last_commit, read_snapshot, snapshot, write_delta
 from jobs.lib.session import get_spark
 from jobs.lib.validate import check_links, check_nodes, conform
 from jobs.neighborhoods import neighbour_tables, walk, walk_graph
@@ -158,9 +149,8 @@ def walk_edges(spark: SparkSession, base_edges: dict, new_edges: DataFrame) -> D
     """The base graph's memberships (at the recorded version) plus the new ones, as the neighbourhood
     job builds its graph: NULL ids dropped, a membership listed twice kept once with its largest
     weight."""
-    edges = conform(read_table(spark, "edges", base_edges["path"], base_edges.get("version")), "edges")
-    both = edges.unionByName(new_edges).where(F.col("pin_id").isNotNull() & F.col("board_id").isNotNull())
-    return both.groupBy("pin_id", "board_id").agg(F.max("weight").alias("weight"))
+    edges = conform(read_snapshot(spark, "edges", base_edges), "edges")
+    return W.memberships(edges.unionByName(new_edges))
 
 
 def board_layer(spark: SparkSession, path: str) -> DataFrame:
@@ -207,10 +197,8 @@ def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> Embe
     sc.setJobDescription("validate new pins and edges")
     inputs = {"new_pins": snapshot(spark, "new_pins", args.new_pins)}
     inputs["new_edges"] = snapshot(spark, "new_edges", args.new_edges)
-    pins = conform(read_table(spark, "new_pins", args.new_pins, inputs["new_pins"].get("version")), "pins")
-    new_edges = conform(
-        read_table(spark, "new_edges", args.new_edges, inputs["new_edges"].get("version")), "edges"
-    )
+    pins = conform(read_snapshot(spark, "new_pins", inputs["new_pins"]), "pins")
+    new_edges = conform(read_snapshot(spark, "new_edges", inputs["new_edges"]), "edges")
     note = f"the checkpoint's pin_feature_dim is {config.pin_feature_dim}"
     report.counts["new pins"] = check_nodes(pins, "new_pins", "pin_id", config.pin_feature_dim, note)
     report.counts["new edges"] = check_links(new_edges, "new_edges", ("pin_id", "board_id")).rows
@@ -263,8 +251,7 @@ def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> Embe
     report.output = merge_pins(spark, f"{args.base}/pin_embeddings", T.embed_pins(current, ref), metadata)
     report.seconds["merge"] = round(time.perf_counter() - clock, 3)
     if not args.keep_work:
-        delete_path(spark, work)
-        delete_if_empty(spark, f"{args.base}/_work")
+        delete_work(spark, work)
     return report
 
 

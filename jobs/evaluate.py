@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 from jobs.lib import evaluation as E
 from jobs.lib import walks as W
 from jobs.lib.cli import job_main, new_run_id, spark_conf
-from jobs.lib.io import InputError, delete_if_empty, delete_path, read_table, write_delta
+from jobs.lib.io import InputError, delete_work, read_table, write_delta
 from jobs.lib.session import get_spark
 from jobs.lib.validate import check_links, check_nodes, conform
 from jobs.lib.vectors import to_matrix
@@ -408,8 +408,7 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
     report.seconds["health"] = round(time.perf_counter() - clock, 3)
     inputs.pairs.unpersist()
     if not args.keep_work:
-        delete_path(spark, work)
-        delete_if_empty(spark, f"{args.out}/_work")
+        delete_work(spark, work)
     return report
 
 

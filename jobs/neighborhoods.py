@@ -110,8 +110,7 @@ def clean_edges(spark: SparkSession, args: NeighbourhoodArgs, report: Neighbourh
     if args.pins or args.boards:
         known = kept.count()
     report.counts["edges naming unknown nodes (dropped)"] = stats.rows - stats.null_ids - known
-    # A membership listed twice is one membership; its weight is the largest listed.
-    return kept.groupBy("pin_id", "board_id").agg(F.max("weight").alias("weight"))
+    return W.memberships(kept)
 
 
 def walk_graph(spark: SparkSession, edges: DataFrame, work: str) -> tuple[DataFrame, DataFrame]:

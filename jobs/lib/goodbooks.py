@@ -27,6 +27,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.lib.io import InputError
+from jobs.lib.vectors import to_list
 from jobs.lib.walks import uniform
 
 SPLITS = ("train", "validation", "test")
@@ -219,7 +220,7 @@ def encode_batches(
     The encoder is loaded at the first non-empty batch, so an empty partition costs nothing."""
     import torch
 
-    from jobs.lib.inference import _set_threads, task_device
+    from jobs.lib.inference import set_task_threads, task_device
 
     encoder = None
     for batch in batches:
@@ -227,15 +228,10 @@ def encode_batches(
             continue
         if encoder is None:
             encoder = load_encoder(str(task_device(device)))
-            _set_threads()
+            set_task_threads()
         texts = batch.column("text").to_pylist()
         with torch.inference_mode():
             vectors = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True)
         degree = batch.column("log_degree").to_numpy(zero_copy_only=False).astype(np.float32)
         features = np.concatenate([vectors.astype(np.float32), degree[:, None]], axis=1)
-        dim = features.shape[1]
-        values = pa.array(features.reshape(-1), pa.float32())
-        offsets = pa.array(np.arange(0, (len(texts) + 1) * dim, dim, dtype=np.int32))
-        yield pa.RecordBatch.from_arrays(
-            [batch.column("pin_id"), pa.ListArray.from_arrays(offsets, values)], ["pin_id", "features"]
-        )
+        yield pa.RecordBatch.from_arrays([batch.column("pin_id"), to_list(features)], ["pin_id", "features"])

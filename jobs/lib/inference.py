@@ -56,7 +56,7 @@ def task_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _set_threads() -> None:
+def set_task_threads() -> None:
     """One torch thread per core Spark gave the task, so concurrent tasks do not oversubscribe."""
     from pyspark import TaskContext
 
@@ -74,7 +74,7 @@ def get_model(ref: ModelRef) -> tuple[PinSage, torch.device]:
             if checkpoint.sha256 != ref.sha256:
                 raise RuntimeError("checkpoint bytes on the executor differ from the driver's")
             _MODELS[key] = build_model(checkpoint, device)
-    _set_threads()
+    set_task_threads()
     return _MODELS[key], device
 
 

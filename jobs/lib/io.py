@@ -37,10 +37,12 @@ def delete_path(spark: SparkSession, path: str) -> None:
         fs.delete(hpath, True)
 
 
-def delete_if_empty(spark: SparkSession, path: str) -> None:
-    fs, hpath = _fs_path(spark, path)
-    if fs.exists(hpath) and fs.getContentSummary(hpath).getFileCount() == 0:
-        fs.delete(hpath, True)
+def delete_work(spark: SparkSession, work: str) -> None:
+    """Delete a run's work folder (ROOT/_work/<id>), and ROOT/_work too once no other run's is left."""
+    delete_path(spark, work)
+    fs, parent = _fs_path(spark, work.rstrip("/").rsplit("/", 1)[0])
+    if fs.exists(parent) and fs.getContentSummary(parent).getFileCount() == 0:
+        fs.delete(parent, True)
 
 
 def read_table(spark: SparkSession, name: str, path: str, version: int | None = None) -> DataFrame:
@@ -55,6 +57,11 @@ def read_table(spark: SparkSession, name: str, path: str, version: int | None = 
         return reader.load(path)
     except Exception as exc:  # Spark's AnalysisException for unreadable or empty folders
         raise InputError(name, None, f"cannot read {path} as {fmt}: {_first_line(exc)}") from None
+
+
+def read_snapshot(spark: SparkSession, name: str, snap: dict) -> DataFrame:
+    """The data `snapshot` recorded: a Delta table at the recorded version, Parquet as it is."""
+    return read_table(spark, name, snap["path"], snap.get("version"))
 
 
 def _first_line(exc: Exception) -> str:

@@ -49,6 +49,13 @@ def uniform(seed: int, *keys: Column | int) -> Column:
     return (F.xxhash64(*parts).bitwiseAND(F.lit(_MANTISSA))).cast("double") / float(1 << 53)
 
 
+def memberships(edges: DataFrame) -> DataFrame:
+    """(pin_id, board_id, weight) as the walk's graph: rows with a NULL id dropped, and a membership
+    listed twice kept once, with the largest weight listed."""
+    known = edges.where(F.col("pin_id").isNotNull() & F.col("board_id").isNotNull())
+    return known.groupBy("pin_id", "board_id").agg(F.max("weight").alias("weight"))
+
+
 def undirected(edges: DataFrame) -> DataFrame:
     """(node_t, node, nbr_t, nbr, weight) in both directions from deduplicated memberships."""
     pins_side = edges.select(
