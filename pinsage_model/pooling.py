@@ -108,7 +108,11 @@ def pool_projected(
     total = torch.zeros(num_segments, dtype=torch.float64, device=dst.device).index_add_(0, dst, w)
     coeff = (w / total[dst].clamp(min=torch.finfo(torch.float64).tiny)).to(projected.dtype)
     matrix = torch.sparse_coo_tensor(
-        torch.stack([dst, src]), coeff, (num_segments, projected.shape[0]), device=projected.device
+        torch.stack([dst, src]),
+        coeff,
+        (num_segments, projected.shape[0]),
+        device=projected.device,
+        check_invariants=False,  # dst and src index the segments and sources by construction
     )
     return torch.sparse.mm(matrix, projected)
 

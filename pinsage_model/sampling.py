@@ -9,6 +9,7 @@ is the same whichever worker builds it and however many workers there are.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,11 +55,12 @@ def transition_matrices(graph: TrainGraph, device: torch.device | str = "cpu") -
         torch.stack([p, b]), w / board_total[b], (pins, boards), check_invariants=True
     )
     dangling = torch.nonzero(pin_total == 0).squeeze(1)
-    return (
-        p2b_t.coalesce().to(PPR_DTYPE).to(device),
-        b2p_t.coalesce().to(PPR_DTYPE).to(device),
-        dangling.to(device),
-    )
+    # CSR: the power iteration's sparse x dense products run about a fifth faster than on COO.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        p2b_csr = p2b_t.coalesce().to(PPR_DTYPE).to_sparse_csr().to(device)
+        b2p_csr = b2p_t.coalesce().to(PPR_DTYPE).to_sparse_csr().to(device)
+    return p2b_csr, b2p_csr, dangling.to(device)
 
 
 def ppr_iterations(restart: float, tolerance: float = PPR_TOLERANCE) -> int:
@@ -198,6 +200,57 @@ def hard_negative_pools(
     distinct = np.unique(queries)
     pools = rank_window_pins(graph, distinct, window, restart, device).astype(np.int32)
     return HardNegatives(distinct, pools)
+
+
+# ---- co-membership pairs -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CoMembership:
+    """Positive pairs drawn from the memberships themselves, by one pin -> board -> pin step.
+
+    A draw picks a membership (q, b) with probability proportional to its weight, then a membership
+    (p, b) of the same board the same way; draws with p = q are dropped. So a pair is two pins saved
+    to one board, and two pins that share many boards are drawn often, as in a random walk's first
+    return to the pins. These are the pairs the graph itself vouches for: on a catalogue whose
+    engagement pairs are few, they are most of what the loss learns from."""
+
+    pins: np.ndarray  # [memberships] int64 pin positions, grouped by board
+    boards: np.ndarray  # [memberships] int64 board positions, in the same order
+    cumulative: np.ndarray  # [memberships] float64 running sum of the weights in that order
+    board_end: np.ndarray  # [boards] float64 running sum at each board's last membership
+
+    @classmethod
+    def of(cls, graph: TrainGraph) -> CoMembership:
+        order = np.argsort(graph.edge_board, kind="stable")
+        boards = graph.edge_board[order]
+        cumulative = np.cumsum(graph.edge_weight[order].astype(np.float64))
+        totals = np.bincount(boards, weights=graph.edge_weight[order], minlength=graph.num_boards)
+        return cls(graph.edge_pin[order], boards, cumulative, np.cumsum(totals.astype(np.float64)))
+
+    @property
+    def queries(self) -> np.ndarray:
+        """Every pin that can be drawn as a query, sorted."""
+        return np.unique(self.pins)
+
+    def draw(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """`count` draws as (query, pos) pin positions, self-pairs removed (so at most `count`)."""
+        if not len(self.pins) or count <= 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        last = len(self.pins) - 1
+        first = np.searchsorted(self.cumulative, rng.random(count) * self.cumulative[-1], side="right")
+        first = first.clip(max=last)
+        board = self.boards[first]
+        start = np.where(board > 0, self.board_end[board - 1], 0.0)
+        u = start + rng.random(count) * (self.board_end[board] - start)
+        second = np.searchsorted(self.cumulative, u, side="right").clip(max=last)
+        # Float rounding at a board's upper edge can step past it: stay on the board.
+        while np.any(over := self.boards[second] != board):
+            second[over] -= 1
+        query, pos = self.pins[first], self.pins[second]
+        keep = query != pos
+        return query[keep], pos[keep]
 
 
 # ---- minibatches -------------------------------------------------------------------------------

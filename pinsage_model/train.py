@@ -34,6 +34,7 @@ from pinsage_model.model import PinSage
 from pinsage_model.sampling import (
     PPR_RESTART,
     Batch,
+    CoMembership,
     EpochBatches,
     HardNegatives,
     RankWindow,
@@ -60,6 +61,7 @@ class TrainOptions:
     pooling: str = "importance"
     epochs: int = 10
     batch_size: int = 512
+    co_membership_pairs: int = 0  # per epoch, drawn from the memberships and added to the pairs
     lr: float = 1e-3
     margin: float = 0.1
     negatives: int = 500
@@ -133,6 +135,11 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     p.add_argument("--pooling", choices=POOLINGS, default=d.pooling)
     p.add_argument("--epochs", type=_at_least(1), default=d.epochs)
     p.add_argument("--batch-size", type=_at_least(1), default=d.batch_size, help="queries per step")
+    p.add_argument(
+        "--co-membership-pairs", type=_at_least(0), default=d.co_membership_pairs, metavar="N",
+        help="each epoch, also train on N fresh pairs of pins that share a board (a pin -> board -> "
+        "pin step over the memberships, by weight); 0: PAIRS only",
+    )  # fmt: skip
     p.add_argument("--lr", type=_positive, default=d.lr, help="peak learning rate (Adam)")
     p.add_argument("--margin", type=_at_least(0.0, float), default=d.margin, help="the loss's margin")
     p.add_argument("--negatives", type=_at_least(1), default=d.negatives, help="shared per minibatch")
@@ -170,7 +177,8 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         p.error("--device cuda: no CUDA device is visible to torch")
     options = TrainOptions(
         num_layers=a.num_layers, hidden_dim=a.hidden_dim, embed_dim=a.embed_dim, pooling=a.pooling,
-        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, margin=a.margin, negatives=a.negatives,
+        epochs=a.epochs, batch_size=a.batch_size, co_membership_pairs=a.co_membership_pairs, lr=a.lr,
+        margin=a.margin, negatives=a.negatives,
         hard_negatives=a.hard_negatives, hard_window=a.hard_window, ppr_restart=a.ppr_restart,
         warmup_steps=a.warmup_steps, lr_decay=a.lr_decay, seed=a.seed, workers=a.workers,
     )  # fmt: skip
@@ -286,17 +294,19 @@ def train(
     torch.manual_seed(options.seed)
     model = PinSage(config).to(device)
 
+    co_membership = CoMembership.of(graph) if options.co_membership_pairs else None
     hard_pools: HardNegatives | None = None
     if hard_negative_count(options.epochs, options.hard_negatives) > 0:
         window = window_for(options, graph.num_pins)
         clock = time.perf_counter()
-        hard_pools = hard_negative_pools(graph, pairs[0], window, options.ppr_restart, device)
+        queries = pairs[0] if co_membership is None else np.concatenate([pairs[0], co_membership.queries])
+        hard_pools = hard_negative_pools(graph, queries, window, options.ppr_restart, device)
         log.info(
             "hard negatives: PPR ranks %d..%d of %d other pins, for %d distinct queries (%.1fs)",
             window.lo, window.hi, graph.num_pins - 1, len(hard_pools.queries), time.perf_counter() - clock,
         )  # fmt: skip
 
-    steps_per_epoch = math.ceil(len(pairs[0]) / options.batch_size)
+    steps_per_epoch = math.ceil((len(pairs[0]) + options.co_membership_pairs) / options.batch_size)
     warmup = steps_per_epoch if options.warmup_steps is None else options.warmup_steps
     optimiser = torch.optim.Adam(model.parameters(), lr=options.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -306,10 +316,17 @@ def train(
     for epoch in range(1, options.epochs + 1):
         clock = time.perf_counter()
         hard = hard_negative_count(epoch, options.hard_negatives)
+        epoch_pairs = pairs
+        if co_membership is not None:
+            # Seeded by (seed, epoch) apart from the batches' (seed, epoch) and (seed, epoch, i).
+            rng = np.random.default_rng([options.seed, epoch, 0, 1])
+            drawn = co_membership.draw(options.co_membership_pairs, rng)
+            epoch_pairs = (np.concatenate([pairs[0], drawn[0]]), np.concatenate([pairs[1], drawn[1]]))
         batches = EpochBatches(
-            graph, config.num_layers, pairs, options.batch_size, options.negatives, hard, hard_pools,
+            graph, config.num_layers, epoch_pairs, options.batch_size, options.negatives, hard, hard_pools,
             options.seed, epoch,
         )  # fmt: skip
+        steps = len(batches)
         loader = DataLoader(
             batches,
             batch_size=None,
@@ -321,7 +338,7 @@ def train(
         )
         model.train()
         total, lr = 0.0, optimiser.param_groups[0]["lr"]
-        report_every = max(1, steps_per_epoch // 10)
+        report_every = max(1, steps // 10)
         for step, batch in enumerate(loader, start=1):
             batch = batch.to(device)
             loss = max_margin_loss(embed(model, batch.graph), batch, options.margin)
@@ -331,16 +348,16 @@ def train(
             lr = optimiser.param_groups[0]["lr"]
             schedule.step()
             total += float(loss.detach())
-            if step % report_every == 0 or step == steps_per_epoch:
+            if step % report_every == 0 or step == steps:
                 log.info(
                     "epoch %d/%d step %d/%d (%3.0f%%) loss %.4f",
-                    epoch, options.epochs, step, steps_per_epoch, 100 * step / steps_per_epoch, total / step,
+                    epoch, options.epochs, step, steps, 100 * step / steps, total / step,
                 )  # fmt: skip
         hits = None
         if validation is not None:
             hits = hit_rate(embed_pins(model, graph, device), *validation)
         entry = EpochLog(
-            epoch, total / steps_per_epoch, hits, hard, lr, steps_per_epoch,
+            epoch, total / steps, hits, hard, lr, steps,
             round(time.perf_counter() - clock, 3),
         )  # fmt: skip
         history.append(entry)
@@ -416,6 +433,8 @@ def fit(args: TrainArgs, inputs: TrainInputs) -> TrainReport:
     seconds = {"training": time.perf_counter() - clock}
     sha = save_checkpoint(model, args.out)
     counts = {"pins": graph.num_pins, "boards": graph.num_boards, "pairs": len(inputs.pairs[0])}
+    if args.options.co_membership_pairs:
+        counts["co-membership draws per epoch"] = args.options.co_membership_pairs
     if inputs.validation is not None:
         counts["validation pairs"] = len(inputs.validation[0])
     return TrainReport(

@@ -22,6 +22,7 @@ from pinsage_model.graph import build_graph
 from pinsage_model.model import PinSage
 from pinsage_model.pooling import pool
 from pinsage_model.sampling import (
+    CoMembership,
     EpochBatches,
     HardNegatives,
     RankWindow,
@@ -258,6 +259,64 @@ def test_curriculum_adds_one_hard_negative_per_epoch_up_to_the_cap():
     assert [e.hard_negatives for e in history] == [0, 1, 2, 3, 3]
 
 
+# ---- co-membership pairs ------------------------------------------------------------------------
+
+
+def co_membership_distribution(edges) -> dict[tuple[int, int], float]:
+    """P(query, pos) of one pin -> board -> pin step by weight, self-pairs removed and the rest
+    renormalised, summed in plain Python over (pin, board, weight) rows."""
+    total = sum(w for _, _, w in edges)
+    board_total: dict[int, float] = {}
+    for _, b, w in edges:
+        board_total[b] = board_total.get(b, 0.0) + w
+    prob: dict[tuple[int, int], float] = {}
+    for q, b, wq in edges:
+        for p, b2, wp in edges:
+            if b2 == b and p != q:
+                prob[(q, p)] = prob.get((q, p), 0.0) + (wq / total) * (wp / board_total[b])
+    kept = sum(prob.values())
+    return {k: v / kept for k, v in prob.items()}
+
+
+def test_co_membership_pairs_follow_the_weighted_pin_board_pin_step():
+    data = clustered(seed=11)
+    graph, _ = in_memory(data)
+    edges = list(
+        zip(graph.edge_pin.tolist(), graph.edge_board.tolist(), graph.edge_weight.tolist(), strict=True)
+    )
+    expected = co_membership_distribution(edges)
+    sampler = CoMembership.of(graph)
+    query, pos = sampler.draw(200_000, np.random.default_rng(3))
+    assert 0.7 * 200_000 < len(query) < 200_000, "only self-pairs are dropped"
+    assert np.all(query != pos)
+    counts: dict[tuple[int, int], int] = {}
+    for pair in zip(query.tolist(), pos.tolist(), strict=True):
+        counts[pair] = counts.get(pair, 0) + 1
+    assert set(counts) <= set(expected), "every pair shares a board"
+    total_variation = 0.5 * sum(abs(counts.get(k, 0) / len(query) - v) for k, v in expected.items())
+    assert total_variation < 0.02, total_variation
+    again = sampler.draw(200_000, np.random.default_rng(3))
+    assert np.array_equal(again[0], query) and np.array_equal(again[1], pos)
+    assert set(sampler.queries.tolist()) == set(graph.edge_pin.tolist())
+
+
+def test_co_membership_pairs_teach_the_boards_when_given_pairs_are_few():
+    data = clustered(seed=12)
+    graph, pairs = in_memory(data)
+    few = (pairs[0][:8], pairs[1][:8])
+    options = TrainOptions(
+        **{**QUICK, "epochs": 4, "hard_negatives": 2, "hard_window": "2:6", "warmup_steps": 2}
+    )
+    _, alone = train(graph, few, options, validation=pairs)
+    model, helped = train(graph, few, replace(options, co_membership_pairs=600), validation=pairs)
+    assert helped[-1].hit_rate > alone[-1].hit_rate + 0.1, (alone[-1].hit_rate, helped[-1].hit_rate)
+    # Each epoch trains on the given pairs plus fresh draws (self-pairs dropped), in full batches.
+    for entry in helped:
+        assert np.ceil((8 + 400) / 64) <= entry.steps <= np.ceil((8 + 600) / 64)
+    again, _ = train(graph, few, replace(options, co_membership_pairs=600), validation=pairs)
+    assert checkpoint_bytes(again) == checkpoint_bytes(model)
+
+
 # ---- training --------------------------------------------------------------------------------
 
 
@@ -314,12 +373,13 @@ def test_trainer_embeddings_equal_the_spark_pipeline_for_the_saved_checkpoint(sp
         "--pin-neighbors", paths["pin_neighbors"], "--pairs", pairs, "--validation-pairs", pairs,
         "--out", ckpt, "--num-layers", str(num_layers), "--pooling", pooling, "--hidden-dim", "8",
         "--embed-dim", "4", "--epochs", "2", "--batch-size", "16", "--negatives", "10",
-        "--hard-negatives", "1", "--workers", "0", "--lr", "0.05",
+        "--hard-negatives", "1", "--workers", "0", "--lr", "0.05", "--co-membership-pairs", "40",
     ] + (["--boards", paths["boards"]] if board_dim else [])  # fmt: skip
     train_args = parse_args(argv)
     inputs = read_inputs(train_args)
     report = fit(train_args, inputs)
     assert [e["epoch"] for e in report.epochs] == [1, 2] and f"wrote {ckpt}" in report.render()
+    assert report.inputs["co-membership draws per epoch"] == 40
     checkpoint = read_checkpoint(ckpt)
     assert checkpoint.sha256 == report.sha256
     assert checkpoint.config.board_feature_dim == board_dim and checkpoint.config.pin_feature_dim == 6
