@@ -58,8 +58,8 @@ class PinSageConv(nn.Module):
         nbr_src indexes rows of h_src, nbr_dst rows of h_self (the targets), nbr_weight is [rows].
         """
         projected = self.project(h_src)
-        if torch.is_grad_enabled() and self.pooling != "max":
-            # Training: the same weighted mean as one sparse product, without per-row messages.
+        if torch.is_grad_enabled():
+            # Training: the same pooling in the projections' dtype (a sparse product for the means).
             pooled = pool_projected(projected, nbr_src, nbr_dst, nbr_weight, h_self.shape[0], self.pooling)
         else:
             pooled = pool(projected[nbr_src], nbr_dst, nbr_weight, h_self.shape[0], self.pooling)

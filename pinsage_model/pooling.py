@@ -90,15 +90,22 @@ def pool_projected(
     num_segments: int,
     mode: str,
 ) -> torch.Tensor:
-    """Importance or mean pooling straight from the projected sources, as one sparse product.
+    """Pooling straight from the projected sources, in their dtype, for training steps.
 
-    The same weighted mean as `pool(projected[src], dst, weights, ...)`, written as A @ projected
-    with A[u, v] = w_v / sum w (importance) or 1 / rows (mean), accumulated in the projections'
-    dtype. It never builds the [rows, hidden] message matrix, nor its float64 copy, so a training
-    step (whose backward is A^T @ grad) moves a fraction of the memory; the Spark executors and
-    inference keep the float64 partial states. [sources, hidden] -> [num_segments, hidden]."""
-    if mode not in ("importance", "mean"):
-        raise ValueError(f"pool_projected is linear pooling only, not {mode!r}")
+    Importance and mean pooling are the same weighted mean as `pool(projected[src], dst, weights,
+    ...)`, written as one sparse product A @ projected with A[u, v] = w_v / sum w (importance) or
+    1 / rows (mean): it never builds the [rows, hidden] message matrix, nor its float64 copy, and its
+    backward is A^T @ grad. Max pooling gathers the rows in the projections' dtype (the maximum of
+    float32 values is exact, so no float64 copy is needed) and reduces them in one scatter; a
+    segment without rows pools to 0 as in `finalize`. The Spark executors and inference keep the
+    float64 partial states. [sources, hidden] -> [num_segments, hidden]."""
+    if mode not in POOLINGS:
+        raise ValueError(f"unknown pooling {mode!r}")
+    if mode == "max":
+        hidden = projected.shape[1]
+        out = torch.zeros((num_segments, hidden), dtype=projected.dtype, device=projected.device)
+        index = dst.unsqueeze(1).expand(-1, hidden)
+        return out.scatter_reduce(0, index, projected[src], reduce="amax", include_self=False)
     if mode == "importance":
         if weights is None:
             raise ValueError("importance pooling needs weights")
@@ -108,12 +115,9 @@ def pool_projected(
     total = torch.zeros(num_segments, dtype=torch.float64, device=dst.device).index_add_(0, dst, w)
     coeff = (w / total[dst].clamp(min=torch.finfo(torch.float64).tiny)).to(projected.dtype)
     matrix = torch.sparse_coo_tensor(
-        torch.stack([dst, src]),
-        coeff,
-        (num_segments, projected.shape[0]),
-        device=projected.device,
+        torch.stack([dst, src]), coeff, (num_segments, projected.shape[0]), device=projected.device,
         check_invariants=False,  # dst and src index the segments and sources by construction
-    )
+    )  # fmt: skip
     return torch.sparse.mm(matrix, projected)
 
 

@@ -443,8 +443,8 @@ def test_checkpoint_is_format_version_1_that_torch_loads_weights_only(tmp_path):
     assert raw["format_version"] == 1 and raw["config"]["pin_feature_dim"] == 8
 
 
-@pytest.mark.parametrize("mode", ["importance", "mean"])
-def test_training_pooling_by_sparse_product_equals_the_reference_pooling_and_its_gradient(mode):
+@pytest.mark.parametrize("mode", ["importance", "mean", "max"])
+def test_training_pooling_equals_the_reference_pooling_and_its_gradient(mode):
     from pinsage_model.pooling import pool_projected
 
     gen = torch.Generator().manual_seed(3)
@@ -455,13 +455,14 @@ def test_training_pooling_by_sparse_product_equals_the_reference_pooling_and_its
     weight = torch.rand(rows, generator=gen) + 0.1
     upstream = torch.rand((targets, 4), generator=gen)
 
-    # Reference: the plain weighted mean per target, in float64, written out row by row.
+    # Reference: the plain weighted mean (or the maximum) per target, in float64, row by row.
     expected = torch.zeros((targets, 4), dtype=torch.float64)
     for u in range(targets):
         mine = (dst == u).nonzero().squeeze(1)
+        rows_of_u = projected.detach()[src[mine]].double()
         w = weight[mine].double() if mode == "importance" else torch.ones(len(mine), dtype=torch.float64)
         if len(mine):
-            expected[u] = (w[:, None] * projected.detach()[src[mine]].double()).sum(0) / w.sum()
+            expected[u] = rows_of_u.max(0).values if mode == "max" else (w[:, None] * rows_of_u).sum(0) / w.sum()
     fast = pool_projected(projected, src, dst, weight, targets, mode)
     torch.testing.assert_close(fast.double(), expected, rtol=0, atol=1e-6)
     assert torch.equal(fast[targets - 1], torch.zeros(4))
