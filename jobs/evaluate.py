@@ -132,6 +132,9 @@ class EvaluationReport:
     inputs: dict[str, int] = field(default_factory=dict)
     methods: dict[str, dict[str, float]] = field(default_factory=dict)
     similarity: dict[str, dict] = field(default_factory=dict)
+    # Per baseline method, per "hit@k": pairs only the embedding hits, only the baseline hits, and
+    # the exact sign test's two-sided p-value.
+    paired: dict[str, dict[str, dict]] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -147,6 +150,12 @@ class EvaluationReport:
                 f"{method:<11}{m['pairs']:>9,}{m['mean_candidates']:>12,.1f}"
                 + "".join(f"{m[n]:>12.4f}" for n in names)
             )
+        for method, by_k in self.paired.items():
+            for name, c in by_k.items():
+                lines.append(
+                    f"embedding vs {method} at {name}: {c['embedding_only']:,} pairs only embedding, "
+                    f"{c['baseline_only']:,} only {method}; sign test p = {c['p_value']:.2g}"
+                )
         for method, s in self.similarity.items():
             shown = {k: "n/a" if s.get(k) is None else f"{s[k]:.3f}" for k in ("mean", "std", "kurtosis")}
             lines.append(
@@ -396,6 +405,11 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
     order = {m: i for i, m in enumerate(["embedding", "content", "graph"])}
     rows = sorted(E.metrics(published, args.ks).collect(), key=lambda r: order[r["method"]])
     report.methods = {r["method"]: {k: v for k, v in r.asDict().items() if k != "method"} for r in rows}
+    for r in sorted(E.paired_hits(published, args.ks).collect(), key=lambda r: (order[r["method"]], r["k"])):
+        wins, losses = r["reference_only"], r["method_only"]
+        report.paired.setdefault(r["method"], {})[f"hit@{r['k']}"] = {
+            "embedding_only": wins, "baseline_only": losses, "p_value": E.sign_test_p(wins, losses),
+        }  # fmt: skip
     report.outputs["pair_ranks"] = f"{path} (Delta version {version})"
     report.seconds["publish"] = round(time.perf_counter() - clock, 3)
 

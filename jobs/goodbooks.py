@@ -184,6 +184,7 @@ def collect(args: GoodbooksArgs, seconds: dict[str, float]) -> dict:
         if name == "pinsage":
             results["baselines"] = {m: v for m, v in evaluation["methods"].items() if m != "embedding"}
             results["similarity"] = evaluation["similarity"]
+            results["paired"] = evaluation.get("paired", {})
             results["params"] = evaluation["params"]
     return results
 
@@ -231,6 +232,21 @@ def render(results: dict) -> str:
         "graph": "graph only (random-walk visit counts)",
     }
     lines += [_row(names.get(m, m), v) for m, v in results["baselines"].items()]
+    if results.get("paired"):
+        lines += [
+            "",
+            "Paired on the same test pairs: the pairs only one method ranks within the top k, and the "
+            "exact two-sided sign test (McNemar) of those counts.",
+            "",
+            "| against | k | only PinSage | only the baseline | p-value |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for method, by_k in results["paired"].items():
+            lines += [
+                f"| {method} | {k.split('@')[1]} | {c['embedding_only']:,} | {c['baseline_only']:,} | "
+                f"{c['p_value']:.2g} |"
+                for k, c in by_k.items()
+            ]
     if len(results["variants"]) > 1:
         lines += ["", "## Ablations", "", head]
         lines += [_row(f"{name}: {v['title']}", v["metrics"]) for name, v in results["variants"].items()]

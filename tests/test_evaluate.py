@@ -109,6 +109,29 @@ def test_metrics_follow_their_definitions_on_hand_built_ranks(spark):
     assert got["scaled_mrr"] == pytest.approx((1 + 1 + 1 + 1 / 2 + 1 / 3) / 5)
 
 
+def test_paired_hits_count_the_pairs_only_one_method_ranks_in_the_top_k(spark):
+    embedding, graph = [1, 3, 12, 40, 2, 700], [5, 20, 1, 41, 2, 900]
+    rows = [("embedding", i, i + 100, r, r - 1, 0, 1000) for i, r in enumerate(embedding)]
+    rows += [("graph", i, i + 100, r, r - 1, 0, 1000) for i, r in enumerate(graph)]
+    ranks = spark.createDataFrame(
+        rows,
+        "method string, query_pin bigint, pos_pin bigint, rank bigint, higher bigint, ties bigint, candidates bigint",
+    )
+    got = {(r.method, r.k): (r.reference_only, r.method_only) for r in E.paired_hits(ranks, (1, 10, 40)).collect()}
+    # k=1: embedding hits pair 0, graph pair 2. k=10: embedding 0, 1, 4; graph 0, 2, 4.
+    # k=40: embedding 0, 1, 2, 3, 4; graph 0, 1, 2, 4.
+    assert got == {("graph", 1): (1, 1), ("graph", 10): (1, 1), ("graph", 40): (1, 0)}
+
+
+def test_sign_test_is_the_exact_two_sided_binomial_tail():
+    assert E.sign_test_p(0, 0) == 1.0
+    assert E.sign_test_p(5, 0) == pytest.approx(2 * 0.5**5)
+    assert E.sign_test_p(1, 3) == pytest.approx(2 * (1 + 4) / 16)
+    assert E.sign_test_p(4, 4) == 1.0, "capped at 1"
+    # 60 against 40 of 100: the exact tail 2 * sum_{i<=40} C(100, i) / 2^100.
+    assert E.sign_test_p(60, 40) == pytest.approx(0.056887, abs=1e-6)
+
+
 def test_random_pair_similarity_statistics_match_numpy(spark):
     rng = np.random.default_rng(5)
     vectors = {i: (rng.normal(size=4) + [1.0, 0, 0, 0]).tolist() for i in range(60)}
@@ -226,6 +249,10 @@ def test_the_job_reports_every_method_and_writes_ranks_and_plots(spark, tmp_path
     assert embedding["hit@3"] == pytest.approx(np.mean([r <= 3 for r in naive]))
     assert embedding["mrr"] == pytest.approx(np.mean([1 / r for r in naive]))
     assert set(report["similarity"]) == {"embedding", "content"}
+    naive_graph = {(r.query_pin, r.pos_pin): r["rank"] for r in rows if r.method == "graph"}
+    wins = sum(1 for (q, p), r in zip(set(PAIRS), naive, strict=True) if r <= 3 < naive_graph[(q, p)])
+    assert report["paired"]["graph"]["hit@3"]["embedding_only"] == wins
+    assert set(report["paired"]) == {"content", "graph"}
     for name in ("similarity_histogram.png", "pca_map.png"):
         with open(f"{out}/{name}", "rb") as f:
             data = f.read()

@@ -37,6 +37,10 @@ def write_reports(root: str, variants: tuple[str, ...]) -> None:
             "similarity": {"embedding": {"pairs": 10, "mean": 0.1, "std": 0.2, "kurtosis": None}},
             "params": {"k": [10, 100, 500]},
         }
+        if name == "pinsage":
+            reports[f"evaluate-{name}"]["paired"] = {
+                "graph": {"hit@10": {"embedding_only": 1234, "baseline_only": 56, "p_value": 0.00042}}
+            }
     os.makedirs(f"{root}/reports", exist_ok=True)
     for name, content in reports.items():
         with open(f"{root}/reports/{name}.json", "w") as f:
@@ -61,6 +65,7 @@ def test_resume_skips_finished_steps_and_the_report_carries_every_method(tmp_pat
     )
     assert "| mean: mean pooling, hard-negative curriculum | 0.2000 |" in report
     assert "| embedding | 10 | 0.100 | 0.200 | n/a |" in report
+    assert "| graph | 10 | 1,234 | 56 | 0.00042 |" in report
 
 
 def test_the_chain_runs_each_project_command_in_order_and_stops_at_a_failure(tmp_path, monkeypatch):

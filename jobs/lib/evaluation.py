@@ -342,6 +342,36 @@ def metrics(ranks: DataFrame, ks: Sequence[int]) -> DataFrame:
     )
 
 
+def paired_hits(ranks: DataFrame, ks: Sequence[int], reference: str = "embedding") -> DataFrame:
+    """Per other method and k, the pairs only one side ranks within the top k: one row (method,
+    k, reference_only, method_only). The pairs both or neither hit carry no evidence of which
+    method is better; these two counts are what a paired (McNemar) test weighs."""
+    ref = ranks.where(F.col("method") == reference).select("query_pin", "pos_pin", F.col("rank").alias("ref"))
+    other = ranks.where(F.col("method") != reference).select("method", "query_pin", "pos_pin", "rank")
+    both = other.join(ref, ["query_pin", "pos_pin"])
+    per_k = [
+        F.struct(
+            F.lit(k).alias("k"),
+            F.sum(((F.col("ref") <= k) & (F.col("rank") > k)).cast("long")).alias("reference_only"),
+            F.sum(((F.col("rank") <= k) & (F.col("ref") > k)).cast("long")).alias("method_only"),
+        )
+        for k in ks
+    ]
+    return both.groupBy("method").agg(F.array(*per_k).alias("k")).select("method", F.inline("k"))
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Exact two-sided sign test (McNemar's exact test) of `wins` against `losses` discordant
+    pairs: 2 P(X <= min) for X ~ Binomial(wins + losses, 1/2), at most 1; 1.0 when there are none."""
+    n, low = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    log_half_n = n * math.log(0.5)
+    tail = sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n)
+               for i in range(low + 1))  # fmt: skip
+    return min(1.0, 2.0 * tail)
+
+
 # ---- embedding-space health (Figure 4) ----------------------------------------------------------
 
 
