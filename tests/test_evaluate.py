@@ -117,7 +117,10 @@ def test_paired_hits_count_the_pairs_only_one_method_ranks_in_the_top_k(spark):
         rows,
         "method string, query_pin bigint, pos_pin bigint, rank bigint, higher bigint, ties bigint, candidates bigint",
     )
-    got = {(r.method, r.k): (r.reference_only, r.method_only) for r in E.paired_hits(ranks, (1, 10, 40)).collect()}
+    got = {
+        (r.method, r.k): (r.reference_only, r.method_only)
+        for r in E.paired_hits(ranks, (1, 10, 40)).collect()
+    }
     # k=1: embedding hits pair 0, graph pair 2. k=10: embedding 0, 1, 4; graph 0, 2, 4.
     # k=40: embedding 0, 1, 2, 3, 4; graph 0, 1, 2, 4.
     assert got == {("graph", 1): (1, 1), ("graph", 10): (1, 1), ("graph", 40): (1, 0)}

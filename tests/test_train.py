@@ -462,7 +462,9 @@ def test_training_pooling_equals_the_reference_pooling_and_its_gradient(mode):
         rows_of_u = projected.detach()[src[mine]].double()
         w = weight[mine].double() if mode == "importance" else torch.ones(len(mine), dtype=torch.float64)
         if len(mine):
-            expected[u] = rows_of_u.max(0).values if mode == "max" else (w[:, None] * rows_of_u).sum(0) / w.sum()
+            expected[u] = (
+                rows_of_u.max(0).values if mode == "max" else (w[:, None] * rows_of_u).sum(0) / w.sum()
+            )
     fast = pool_projected(projected, src, dst, weight, targets, mode)
     torch.testing.assert_close(fast.double(), expected, rtol=0, atol=1e-6)
     assert torch.equal(fast[targets - 1], torch.zeros(4))
