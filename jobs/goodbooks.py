@@ -27,6 +27,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = ["--conf", "spark.ui.showConsoleProgress=false"]
 
 
+# Training flags of every variant, before the variant's own and the user's --train-flags (the last
+# of a repeated flag wins). Besides the training pairs, each epoch draws a million fresh pairs of
+# books that share a list: the held-out pairs alone are too few to learn the top of the ranking.
+TRAIN_DEFAULTS = (
+    "--epochs", "6", "--batch-size", "8192", "--lr", "0.005", "--embed-dim", "64",
+    "--co-membership-pairs", "1000000",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Variant:
     title: str
@@ -64,7 +73,13 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
         "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the walks and training")
-    p.add_argument("--train-flags", default="", help="extra flags for pinsage_model.train, e.g. '--epochs 5'")
+    p.add_argument(
+        "--train-flags",
+        default="",
+        help="flags for pinsage_model.train after the defaults ("
+        + " ".join(TRAIN_DEFAULTS)
+        + "), which they override",
+    )
     p.add_argument("--walk-flags", default="", help="extra flags for jobs/neighborhoods.py")
     p.add_argument("--candidates", type=int, help="rank among a sample of this many pins (default: all)")
     p.add_argument(
@@ -142,8 +157,8 @@ def run(args: GoodbooksArgs) -> dict:
         ckpt, embeddings = f"{out}/models/{name}.pt", f"{out}/runs/{name}"
         step(
             f"train-{name}",
-            ["-m", "pinsage_model.train", *graph, *pairs, "--out", ckpt, *seed, *VARIANTS[name].train_flags,
-             *args.train_flags],
+            ["-m", "pinsage_model.train", *graph, *pairs, "--out", ckpt, *seed, *TRAIN_DEFAULTS,
+             *VARIANTS[name].train_flags, *args.train_flags],
         )  # fmt: skip
         step(
             f"embed-{name}",

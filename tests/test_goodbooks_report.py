@@ -94,6 +94,11 @@ def test_the_chain_runs_each_project_command_in_order_and_stops_at_a_failure(tmp
     train = ran[2]
     assert train[-4:] == ["--epochs", "2", "--report-json", f"{out}/reports/train-pinsage.json"]
     assert ["--pooling", "importance"] == train[train.index("--pooling") : train.index("--pooling") + 2]
+    # The chain's training defaults come first, so the user's flags (the last of a repeated flag
+    # wins in argparse) override them.
+    defaults = train.index(job.TRAIN_DEFAULTS[0])
+    assert train[defaults : defaults + len(job.TRAIN_DEFAULTS)] == list(job.TRAIN_DEFAULTS)
+    assert defaults < len(train) - 4
     assert all(cmd[-2] == "--report-json" for cmd in ran)
 
 
