@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 QUIET := --conf spark.ui.showConsoleProgress=false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint format bench bench-walks goodbooks package clean
+.PHONY: help setup demo test lint format bench bench-walks bench-hub goodbooks package clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ bench: $(STAMP) ## Embedding benchmark: Spark vs in-process limit vs per-target 
 
 bench-walks: $(STAMP) ## Random-walk neighbourhood benchmark: walks/s at 0.25M-2M edges
 	$(PY) benchmarks/walks.py $(BENCH_ARGS)
+
+bench-hub: $(STAMP) ## Hub-board benchmark: top-T bound and pooling-stage task skew with a 1M-member board
+	$(PY) benchmarks/hub.py $(BENCH_ARGS)
 
 goodbooks: $(STAMP) $(TEXT_STAMP) ## goodbooks-10k end to end (DATA=dir): prepare, walk, train, embed, evaluate; report.md
 	$(PY) jobs/goodbooks.py --data-dir $(DATA) --out $(GOODBOOKS_DIR) $(GOODBOOKS_ARGS)
