@@ -45,6 +45,7 @@ class EmbedNewArgs:
     checkpoint_sha256: str | None = None
     edges: str | None = None  # the base graph's edges; default: what the base run recorded
     walks_per_batch: int = 25
+    broadcast_mb: int = 512
     device: str = "auto"
     master: str | None = None
     conf: dict[str, str] = field(default_factory=dict)
@@ -61,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> EmbedNewArgs:
     p.add_argument("--checkpoint-sha256", metavar="HEX", help="refuse the checkpoint unless it has this hash")
     p.add_argument("--edges", help="the base graph's edges (default: the table the base run recorded)")
     p.add_argument("--walks-per-batch", type=int, default=25, help="walk indices simulated per Spark job")
+    p.add_argument(
+        "--broadcast-projections-mb", type=int, default=512, metavar="MB",
+        help="broadcast the projected boards instead of shuffling them when they are at most this big "
+        "(rows x hidden_dim x 4 bytes); 0 always shuffles",
+    )  # fmt: skip
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--master", help="Spark master when run with python (default local[*])")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
@@ -69,10 +75,12 @@ def parse_args(argv: list[str] | None = None) -> EmbedNewArgs:
     a = p.parse_args(argv)
     if a.walks_per_batch < 1:
         p.error("--walks-per-batch must be at least 1")
+    if a.broadcast_projections_mb < 0:
+        p.error("--broadcast-projections-mb must be at least 0")
     conf = spark_conf(p, a.conf)
     return EmbedNewArgs(
         a.new_pins, a.new_edges, a.base.rstrip("/"), a.checkpoint, a.checkpoint_sha256, a.edges,
-        a.walks_per_batch, a.device, a.master, conf, a.keep_work, a.report_json,
+        a.walks_per_batch, a.broadcast_projections_mb, a.device, a.master, conf, a.keep_work, a.report_json,
     )  # fmt: skip
 
 
@@ -229,11 +237,20 @@ def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> Embe
             neighbours.select(F.col("src").alias("node_id")).distinct(), "node_id", "left_semi"
         )
         projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
-        lookup = sc.broadcast(T.collect_projections(T.project(boards, ref, k, projected), config.hidden_dim))
-        gathered = T.gather(current, neighbours, None)
+        projections = T.project(boards, ref, k, projected)
+        # As in jobs/embed.py: broadcast the projections when they fit the bound, else shuffle them.
+        size_mb = boards.count() * config.hidden_dim * 4 / 2**20
+        lookup = None
+        if size_mb <= args.broadcast_mb:
+            lookup = sc.broadcast(T.collect_projections(projections, config.hidden_dim))
+            projections = None
+        log.info("layer %d/%d: projections of stored boards %.0f MB, %s", k, config.num_layers, size_mb,
+                 "broadcast" if lookup is not None else "shuffled")  # fmt: skip
+        gathered = T.gather(current, neighbours, projections)
         path = f"{work}/layer_{k}_pins"
         write_delta(T.pool_and_combine(gathered, ref, k, written, pooled, lookup), path)
-        lookup.destroy()
+        if lookup is not None:
+            lookup.destroy()
         current = spark.read.format("delta").load(path)
         report.counts[f"layer {k}: stored boards projected"] = projected.value
         # A board that only the new edges create has no stored representation until the next full run.

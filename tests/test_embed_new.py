@@ -105,6 +105,20 @@ def test_new_pins_equal_a_full_rerun_where_their_boards_did_not_change(spark, ba
         == last_commit(spark, f"{out}/board_embeddings")["metadata"]["run_id"]
     )
 
+    # The same pins again with the board projections shuffled instead of broadcast: updated in
+    # place, to the same numbers.
+    shuffled = embed_new.run(
+        spark, embed_new.parse_args([*args, "--broadcast-projections-mb", "0"]), read_checkpoint(ckpt)
+    )
+    again = embeddings(spark, f"{out}/pin_embeddings")
+    assert (shuffled.output["inserted"], shuffled.output["updated"]) == (0, 3)
+    assert (
+        shuffled.counts["layer 2: stored boards projected"]
+        == report.counts["layer 2: stored boards projected"]
+    )
+    for pin in new:
+        np.testing.assert_allclose(again[pin], merged[pin], rtol=0, atol=1e-7)
+
 
 def test_an_existing_pin_listed_again_is_updated_in_place(spark, base, tmp_path):
     graph, _, ckpt, out, _ = base
