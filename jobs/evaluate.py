@@ -7,7 +7,8 @@ For every distinct (query_pin, pos_pin) pair, the exact rank of the positive amo
 (every pin of T, or a seeded sample of N of them, plus the positive; never the query) by cosine
 similarity of the embeddings, computed on the executors one broadcast block of queries at a time.
 With --pins the same ranking runs on the raw features (content-only baseline); with --edges the
-candidates are ranked by random-walk visit counts from the query (graph-only, Pixie-style). Reports
+candidates are ranked by random-walk visit counts from the query (graph-only, Pixie-style) and, for
+scale, by their number of boards alone, the same order for every query (popularity). Reports
 hit-rate@k, MRR and scaled MRR per method; writes O/pair_ranks (Delta), the histogram of random-pair
 cosine similarities O/similarity_histogram.png and, with --labels, a 2-D PCA map O/pca_map.png.
 Rank and tie definitions: jobs/lib/evaluation.py.
@@ -86,7 +87,9 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
                    help="rank among a seeded sample of N pins plus the positive (default: all)")  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every sample and walk")
     p.add_argument("--pins", help="pins table (pin_id, features): content-only baseline")
-    p.add_argument("--edges", help="memberships (pin_id, board_id[, weight]): graph-only baseline")
+    p.add_argument(
+        "--edges", help="memberships (pin_id, board_id[, weight]): graph-only and popularity baselines"
+    )
     p.add_argument("--labels", help="labels (pin_id, label): colours the PCA map")
     p.add_argument("--walks-per-query", type=int, default=d.walks.walks_per_node)
     p.add_argument("--walk-length", type=int, default=d.walks.walk_length)
@@ -394,6 +397,8 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
         ranks.append(rank_by_walks(spark, inputs, args, work))
         report.seconds["graph"] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
+        sc.setJobDescription("popularity: rank by boards per pin")
+        ranks.append(E.popularity_ranks(inputs.pairs, inputs.edges, inputs.pool))
 
     sc.setJobDescription("publish pair_ranks")
     union = ranks[0]
@@ -402,7 +407,7 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
     path = f"{args.out}/pair_ranks"
     version = write_delta(union, path, {"run_id": run_id, **{k: str(v) for k, v in params.items()}})
     published = spark.read.format("delta").load(path)
-    order = {m: i for i, m in enumerate(["embedding", "content", "graph"])}
+    order = {m: i for i, m in enumerate(["embedding", "content", "graph", "popularity"])}
     rows = sorted(E.metrics(published, args.ks).collect(), key=lambda r: order[r["method"]])
     report.methods = {r["method"]: {k: v for k, v in r.asDict().items() if k != "method"} for r in rows}
     for r in sorted(E.paired_hits(published, args.ks).collect(), key=lambda r: (order[r["method"]], r["k"])):

@@ -245,6 +245,7 @@ def render(results: dict) -> str:
     names = {
         "content": "content only (cosine of the text vectors)",
         "graph": "graph only (random-walk visit counts)",
+        "popularity": "popularity only (books ranked by their number of lists)",
     }
     lines += [_row(names.get(m, m), v) for m, v in results["baselines"].items()]
     if results.get("paired"):

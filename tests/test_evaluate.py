@@ -169,6 +169,21 @@ def test_graph_ranks_put_unvisited_candidates_after_visited_ones(spark):
     assert got[(5, 2)] == (5, 0, 4, 5)  # a query with no walks at all: every candidate ties
 
 
+def test_popularity_ranks_order_candidates_by_their_boards(spark):
+    # Boards per pin: 0 -> 3 (one membership listed twice), 1 -> 2, 2 -> 2, 3 -> 1, 4 -> none,
+    # 5 -> 4; pin 6 has 5 boards but is not a candidate.
+    memberships = [(0, 10), (0, 10), (0, 11), (0, 12), (1, 10), (1, 11), (2, 12), (2, 13), (3, 10)]
+    memberships += [(5, b) for b in (10, 11, 12, 13)] + [(6, b) for b in (10, 11, 12, 13, 14)]
+    edges = spark.createDataFrame(memberships, "pin_id bigint, board_id bigint")
+    pool = spark.createDataFrame([(i,) for i in range(6)], "pin_id bigint")
+    pairs = pairs_df(spark, [(0, 1), (5, 4), (6, 3), (2, 6)])
+    got = ranks_by_pair(E.popularity_ranks(pairs, edges, pool))
+    assert got[(0, 1)] == (3, 1, 1, 5)  # pin 5 above, pin 2 level (a tie, against it); query 0 skipped
+    assert got[(5, 4)] == (5, 4, 0, 5)  # no boards: after every other candidate
+    assert got[(6, 3)] == (5, 4, 0, 6)  # a query outside the pool takes no candidate's place
+    assert got[(2, 6)] == (1, 0, 0, 6)  # a positive outside the pool is ranked against the pool
+
+
 def exact_same_type_visits(edges, source: int, walks: int, length: int, restart: float) -> dict[int, float]:
     """Expected visits of pins other than `source` from pin `source`, by powers of the transition
     matrix of the walk with restart."""
@@ -238,8 +253,8 @@ def test_the_job_reports_every_method_and_writes_ranks_and_plots(spark, tmp_path
     published = spark.read.format("delta").load(f"{out}/pair_ranks")
     assert [(f.name, f.dataType) for f in published.schema] == [(f.name, f.dataType) for f in PAIR_RANKS]
     rows = published.collect()
-    assert sorted({r.method for r in rows}) == ["content", "embedding", "graph"]
-    assert len(rows) == 3 * len(set(PAIRS))
+    assert sorted({r.method for r in rows}) == ["content", "embedding", "graph", "popularity"]
+    assert len(rows) == 4 * len(set(PAIRS))
     graph = {(r.query_pin, r.pos_pin): r for r in rows if r.method == "graph"}
     assert graph[(0, 1)]["rank"] == 1, "pin 1 shares a board with the query"
     assert graph[(0, 3)]["rank"] == graph[(0, 3)].candidates == len(EMB) - 1, "pin 3 is unreachable from 0"
@@ -255,7 +270,7 @@ def test_the_job_reports_every_method_and_writes_ranks_and_plots(spark, tmp_path
     naive_graph = {(r.query_pin, r.pos_pin): r["rank"] for r in rows if r.method == "graph"}
     wins = sum(1 for (q, p), r in zip(set(PAIRS), naive, strict=True) if r <= 3 < naive_graph[(q, p)])
     assert report["paired"]["graph"]["hit@3"]["embedding_only"] == wins
-    assert set(report["paired"]) == {"content", "graph"}
+    assert set(report["paired"]) == {"content", "graph", "popularity"}
     for name in ("similarity_histogram.png", "pca_map.png"):
         with open(f"{out}/{name}", "rb") as f:
             data = f.read()

@@ -316,6 +316,53 @@ def graph_ranks(pairs: DataFrame, visits: DataFrame, pool: DataFrame, method: st
     return _pair_ranks(method, higher, ties, F.col("others") + 1, joined)
 
 
+def popularity_ranks(
+    pairs: DataFrame, edges: DataFrame, pool: DataFrame, method: str = "popularity"
+) -> DataFrame:
+    """PAIR_RANKS rows ranking candidates by their number of distinct boards, the same order for
+    every query: how far popularity alone goes. Ties (same count) are counted against the positive.
+
+    Per pair: higher = pool pins other than the query with more boards than the positive; ties =
+    those with as many, the positive itself excluded. Only the pool's degree histogram and the
+    pairs' distinct degrees meet, so nothing grows with pins x queries."""
+    pool = pool.select("pin_id")
+    degrees = (
+        edges.select("pin_id", "board_id").distinct().groupBy("pin_id").agg(F.count(F.lit(1)).alias("deg"))
+    )
+    in_pool = pool.join(degrees, "pin_id", "left").select("pin_id", F.coalesce("deg", F.lit(0)).alias("deg"))
+    histogram = in_pool.groupBy("deg").agg(F.count(F.lit(1)).alias("n"))
+    pool_size = pool.agg(F.count(F.lit(1)).alias("pool_size"))
+
+    def with_degree(df: DataFrame, col: str, prefix: str) -> DataFrame:
+        """Adds <prefix>_d, the pin's boards (0 when it has none), and <prefix>_i, 1 when it is in
+        the pool."""
+        deg = degrees.select(F.col("pin_id").alias(col), F.col("deg").alias(f"{prefix}_deg"))
+        member = pool.select(F.col("pin_id").alias(col), F.lit(1).alias(f"{prefix}_in"))
+        df = df.join(deg, col, "left").join(member, col, "left")
+        return df.select(
+            *df.columns[:-2],
+            F.coalesce(f"{prefix}_deg", F.lit(0)).alias(f"{prefix}_d"),
+            F.coalesce(f"{prefix}_in", F.lit(0)).alias(f"{prefix}_i"),
+        )
+
+    flags = with_degree(with_degree(distinct_pairs(pairs), "query_pin", "q"), "pos_pin", "p")
+    levels = flags.select(F.col("p_d").alias("d")).distinct()
+    counted = (
+        levels.join(histogram, histogram["deg"] >= levels["d"])
+        .groupBy("d")
+        .agg(
+            F.sum(F.when(F.col("deg") > F.col("d"), F.col("n")).otherwise(0)).alias("more"),
+            F.sum(F.when(F.col("deg") == F.col("d"), F.col("n")).otherwise(0)).alias("same"),
+        )
+    )
+    joined = flags.join(counted, flags["p_d"] == counted["d"], "left").crossJoin(pool_size)
+    more, same = F.coalesce("more", F.lit(0)), F.coalesce("same", F.lit(0))
+    q_in = F.col("q_i") == 1
+    higher = more - F.when(q_in & (F.col("q_d") > F.col("p_d")), 1).otherwise(0)
+    ties = same - F.col("p_i") - F.when(q_in & (F.col("q_d") == F.col("p_d")), 1).otherwise(0)
+    return _pair_ranks(method, higher, ties, F.col("pool_size") - F.col("q_i") - F.col("p_i") + 1, joined)
+
+
 def same_type_visits(counts: DataFrame, pin_type: int) -> DataFrame:
     """(query_pin, visited, count) from walks.visit_counts rows of walks started at pins."""
     return counts.where(F.col("src_t") == pin_type).select(
