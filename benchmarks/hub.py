@@ -12,8 +12,9 @@ benchmarks/embed.py) plus one hub board holding `--hub` distinct pins, and write
 2. embeds every pin twice with jobs/embed.py on those tables, once with projections broadcast
    (`--broadcast-projections-mb 512`, the default) and once with the shuffle join (`0`), and reads
    every task's duration from the Spark UI's REST API. Per layer it reports the stage that pools and
-   writes the layer (the stage with output records) and, with the shuffle join, the stage that joins
-   projections to neighbour rows (reads and writes a shuffle); for each: tasks, median and max task
+   writes the layer (the stage with output records) and any stage that reads one shuffle and writes
+   the next ("regroup": with the shuffle join, the join of projections to neighbour rows on the
+   source; in layer 1 also the distinct board ids); for each: tasks, median and max task
    seconds, max/median, and which task holds the hub's rows (found by matching each task's shuffle
    records against the hub's hash partition).
 
@@ -126,12 +127,13 @@ def layer_stages(spark: SparkSession, before: set[int], k: int) -> list[dict]:
 
 
 def role(stage: dict) -> str | None:
-    """pool: runs the pooling map and writes the layer table; join: joins projections to neighbour
-    rows (shuffle join only: reads a shuffle and writes the gather's shuffle)."""
+    """pool: runs the pooling map and writes the layer table; regroup: reads a shuffle and writes the
+    gather's (the join of projections to neighbour rows on the source, with shuffled projections;
+    the distinct board ids of layer 1)."""
     if stage["outputRecords"] > 0:
         return "pool"
     if stage["shuffleReadRecords"] > 0 and stage["shuffleWriteRecords"] > 0:
-        return "join"
+        return "regroup"
     return None
 
 
@@ -179,7 +181,7 @@ def stage_rows(spark: SparkSession, inputs: dict, hub_id: int, k: int, stages: l
         (1, "pool"): boards.select(F.col("board_id").alias("k")).union(
             bn.select(F.col("board_id").alias("k"))
         ),
-        (2, "join"): boards.select(F.col("board_id").alias("k")).union(
+        (2, "regroup"): boards.select(F.col("board_id").alias("k")).union(
             pn.select(F.col("board_id").alias("k"))
         ),
     }
