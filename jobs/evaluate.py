@@ -157,7 +157,7 @@ class EvaluationReport:
             for name, c in by_k.items():
                 lines.append(
                     f"embedding vs {method} at {name}: {c['embedding_only']:,} pairs only embedding, "
-                    f"{c['baseline_only']:,} only {method}; sign test p = {c['p_value']:.2g}"
+                    f"{c['baseline_only']:,} only {method}; sign test p = {E.format_p(c['p_value'])}"
                 )
         for method, s in self.similarity.items():
             shown = {k: "n/a" if s.get(k) is None else f"{s[k]:.3f}" for k in ("mean", "std", "kurtosis")}

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from jobs.lib.cli import spark_conf
+from jobs.lib.evaluation import format_p
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = ["--conf", "spark.ui.showConsoleProgress=false"]
@@ -260,7 +261,7 @@ def render(results: dict) -> str:
         for method, by_k in results["paired"].items():
             lines += [
                 f"| {method} | {k.split('@')[1]} | {c['embedding_only']:,} | {c['baseline_only']:,} | "
-                f"{c['p_value']:.2g} |"
+                f"{format_p(c['p_value'])} |"
                 for k, c in by_k.items()
             ]
     if len(results["variants"]) > 1:

@@ -126,6 +126,12 @@ def test_paired_hits_count_the_pairs_only_one_method_ranks_in_the_top_k(spark):
     assert got == {("graph", 1): (1, 1), ("graph", 10): (1, 1), ("graph", 40): (1, 0)}
 
 
+def test_p_values_that_underflow_are_reported_as_a_bound():
+    assert E.sign_test_p(3000, 200) == 0.0
+    assert E.format_p(E.sign_test_p(3000, 200)) == "< 1e-300"
+    assert E.format_p(0.00042) == "0.00042"
+
+
 def test_sign_test_is_the_exact_two_sided_binomial_tail():
     assert E.sign_test_p(0, 0) == 1.0
     assert E.sign_test_p(5, 0) == pytest.approx(2 * 0.5**5)

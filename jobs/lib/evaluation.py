@@ -422,6 +422,11 @@ def sign_test_p(wins: int, losses: int) -> float:
 # ---- embedding-space health (Figure 4) ----------------------------------------------------------
 
 
+def format_p(p: float) -> str:
+    """A p-value for reports: two significant digits; one that underflowed to 0 as '< 1e-300'."""
+    return f"{p:.2g}" if p > 0 else "< 1e-300"
+
+
 def random_pairs(ids: DataFrame, count: int, seed: int) -> DataFrame:
     """(pin_a, pin_b): up to `count` seeded random pairs of distinct pins. Two independent seeded
     orders of the ids each give their first `count` pins; the i-th of one is paired with the i-th of
