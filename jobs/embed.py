@@ -221,15 +221,12 @@ def run_layers(
         sc.setJobDescription(
             f"layer {k}/{config.num_layers}: project {source}s with Q_{k}, pool into {target}s, apply W_{k}"
         )
-        projections = T.project(current[source], ref, k, projected)
-        size_mb = (counts[source] or 0) * config.hidden_dim * 4 / 2**20
-        broadcast = counts[source] is not None and size_mb <= broadcast_mb
+        lookup, projections, size_mb = T.broadcast_if_small(
+            sc, T.project(current[source], ref, k, projected), counts[source], config.hidden_dim, broadcast_mb
+        )
+        broadcast = lookup is not None
         log.info("layer %d/%d: %ss from %ss (projections %.0f MB, %s)", k, config.num_layers, target, source,
                  size_mb, "broadcast" if broadcast else "shuffled")  # fmt: skip
-        lookup = None
-        if broadcast:
-            lookup = sc.broadcast(T.collect_projections(projections, config.hidden_dim))
-            projections = None
         gathered = T.gather(current[target], graph.neighbours[target], projections)
         meta = {"run_key": key, "run_id": report.run_id, "layer": k}
         write_delta(T.pool_and_combine(gathered, ref, k, written, pooled, lookup), path, meta)

@@ -237,13 +237,9 @@ def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> Embe
             neighbours.select(F.col("src").alias("node_id")).distinct(), "node_id", "left_semi"
         )
         projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
-        projections = T.project(boards, ref, k, projected)
-        # As in jobs/embed.py: broadcast the projections when they fit the bound, else shuffle them.
-        size_mb = boards.count() * config.hidden_dim * 4 / 2**20
-        lookup = None
-        if size_mb <= args.broadcast_mb:
-            lookup = sc.broadcast(T.collect_projections(projections, config.hidden_dim))
-            projections = None
+        lookup, projections, size_mb = T.broadcast_if_small(
+            sc, T.project(boards, ref, k, projected), boards.count(), config.hidden_dim, args.broadcast_mb
+        )
         log.info("layer %d/%d: projections of stored boards %.0f MB, %s", k, config.num_layers, size_mb,
                  "broadcast" if lookup is not None else "shuffled")  # fmt: skip
         gathered = T.gather(current, neighbours, projections)

@@ -63,6 +63,16 @@ def collect_projections(projections: DataFrame, hidden_dim: int) -> inference.Pr
     return inference.Projections(np.ascontiguousarray(ids[order]), np.ascontiguousarray(matrix[order]))
 
 
+def broadcast_if_small(sc, projections: DataFrame, rows: int | None, hidden_dim: int, bound_mb: float):
+    """The bound on broadcasting a layer's projections: with `rows` known and rows x hidden_dim x 4
+    bytes at most `bound_mb`, they are collected and broadcast -> (broadcast, None, MB); otherwise
+    -> (None, projections, MB), for `gather` to join and shuffle them with the neighbour rows."""
+    size_mb = (rows or 0) * hidden_dim * 4 / 2**20
+    if rows is None or size_mb > bound_mb:
+        return None, projections, size_mb
+    return sc.broadcast(collect_projections(projections, hidden_dim)), None, size_mb
+
+
 def gather(targets: DataFrame, neighbours: DataFrame, projections: DataFrame | None) -> DataFrame:
     """Step 2 of layer k: each target's own row and its neighbours' projections, co-located.
 
