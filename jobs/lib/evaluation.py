@@ -419,12 +419,12 @@ def sign_test_p(wins: int, losses: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-# ---- embedding-space health (Figure 4) ----------------------------------------------------------
-
-
 def format_p(p: float) -> str:
     """A p-value for reports: two significant digits; one that underflowed to 0 as '< 1e-300'."""
     return f"{p:.2g}" if p > 0 else "< 1e-300"
+
+
+# ---- embedding-space health (Figure 4) ----------------------------------------------------------
 
 
 def random_pairs(ids: DataFrame, count: int, seed: int) -> DataFrame:
