@@ -49,6 +49,7 @@ from pinsage_model.subgraph import embed
 log = logging.getLogger("pinsage.train")
 
 HIT_RATE_K = 10
+LOSSES = ("margin", "softmax")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,9 @@ class TrainOptions:
     batch_size: int = 512
     co_membership_pairs: int = 0  # per epoch, drawn from the memberships and added to the pairs
     lr: float = 1e-3
+    loss: str = "margin"  # "margin" (the paper's) or "softmax"
     margin: float = 0.1
+    temperature: float = 0.05  # softmax loss only
     negatives: int = 500
     hard_negatives: int = 6
     hard_window: str | None = None  # LO:HI; None: default_window(pins)
@@ -141,7 +144,15 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         "pin step over the memberships, by weight); 0: PAIRS only",
     )  # fmt: skip
     p.add_argument("--lr", type=_positive, default=d.lr, help="peak learning rate (Adam)")
-    p.add_argument("--margin", type=_at_least(0.0, float), default=d.margin, help="the loss's margin")
+    p.add_argument(
+        "--loss", choices=LOSSES, default=d.loss,
+        help="margin: the paper's max-margin hinge; softmax: cross-entropy of the positive among the "
+        "same negatives, which keeps ordering the closest ones (see README, Training)",
+    )  # fmt: skip
+    p.add_argument("--margin", type=_at_least(0.0, float), default=d.margin, help="the hinge's margin")
+    p.add_argument(
+        "--temperature", type=_positive, default=d.temperature, help="the softmax loss's temperature"
+    )
     p.add_argument("--negatives", type=_at_least(1), default=d.negatives, help="shared per minibatch")
     p.add_argument(
         "--hard-negatives", type=_at_least(0), default=d.hard_negatives,
@@ -178,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     options = TrainOptions(
         num_layers=a.num_layers, hidden_dim=a.hidden_dim, embed_dim=a.embed_dim, pooling=a.pooling,
         epochs=a.epochs, batch_size=a.batch_size, co_membership_pairs=a.co_membership_pairs, lr=a.lr,
-        margin=a.margin, negatives=a.negatives,
+        loss=a.loss, margin=a.margin, temperature=a.temperature, negatives=a.negatives,
         hard_negatives=a.hard_negatives, hard_window=a.hard_window, ppr_restart=a.ppr_restart,
         warmup_steps=a.warmup_steps, lr_decay=a.lr_decay, seed=a.seed, workers=a.workers,
     )  # fmt: skip
@@ -211,6 +222,29 @@ def max_margin_loss(z: torch.Tensor, batch: Batch, margin: float) -> torch.Tenso
     hinge = torch.relu(torch.cat([shared, hard], 1) - positive + margin)
     mask = torch.cat([batch.negative_mask, batch.hard_mask], 1).to(hinge.dtype)
     return (hinge * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def softmax_loss(z: torch.Tensor, batch: Batch, temperature: float) -> torch.Tensor:
+    """Mean over queries of the cross-entropy of picking the positive out of itself, the shared
+    negatives and the query's hard negatives, with logits z_q . z / temperature.
+
+    Unlike the hinge, whose gradient stops once a negative is `margin` below the positive, every
+    negative keeps a share of the gradient in proportion to exp(score / temperature): the closest
+    ones dominate, which is what orders the top of the ranking."""
+    zq = z[batch.query]
+    positive = (zq * z[batch.pos]).sum(1, keepdim=True)
+    shared = zq @ z[batch.negatives].T
+    hard = torch.einsum("bd,bhd->bh", zq, z[batch.hard])
+    logits = torch.cat([positive, shared, hard], 1) / temperature
+    keep = torch.cat([torch.ones_like(positive, dtype=torch.bool), batch.negative_mask, batch.hard_mask], 1)
+    logits = logits.masked_fill(~keep, -math.inf)
+    return (torch.logsumexp(logits, 1) - logits[:, 0]).mean()
+
+
+def batch_loss(z: torch.Tensor, batch: Batch, options: TrainOptions) -> torch.Tensor:
+    if options.loss == "softmax":
+        return softmax_loss(z, batch, options.temperature)
+    return max_margin_loss(z, batch, options.margin)
 
 
 def lr_factor(warmup_steps: int, decay: float, steps_per_epoch: int):
@@ -341,7 +375,7 @@ def train(
         report_every = max(1, steps // 10)
         for step, batch in enumerate(loader, start=1):
             batch = batch.to(device)
-            loss = max_margin_loss(embed(model, batch.graph), batch, options.margin)
+            loss = batch_loss(embed(model, batch.graph), batch, options)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -45,6 +45,7 @@ from pinsage_model.train import (
     max_margin_loss,
     parse_args,
     read_inputs,
+    softmax_loss,
     train,
 )
 from tests.graphs import embed_argv, small_graph, write_graph, write_parquet
@@ -161,6 +162,23 @@ def test_max_margin_loss_is_the_mean_hinge_over_unmasked_pairs():
         terms += [max(0.0, q @ zn[n] - q @ p + 0.3) for n, keep in negs if keep]
     assert len(terms) == 5  # pin 3 is query 0's positive
     assert float(max_margin_loss(z, batch, 0.3)) == pytest.approx(np.mean(terms), rel=1e-6)
+
+
+def test_softmax_loss_is_the_cross_entropy_of_the_positive_among_unmasked_negatives():
+    graph, _ = in_memory(clustered(seed=2))
+    batch = make_batch(graph, 2, np.array([1, 2]), np.array([3, 4]), np.array([5, 3]), np.array([[6], [7]]))
+    z = torch.randn(len(batch.graph.targets), 5, generator=torch.Generator().manual_seed(0))
+    zn = z.numpy().astype(np.float64)
+    terms = []
+    for i in range(2):
+        q, p = zn[int(batch.query[i])], zn[int(batch.pos[i])]
+        kept = [
+            n for n, m in zip(batch.negatives.tolist(), batch.negative_mask[i].tolist(), strict=True) if m
+        ]
+        kept += [n for n, m in zip(batch.hard[i].tolist(), batch.hard_mask[i].tolist(), strict=True) if m]
+        logits = np.array([q @ p] + [q @ zn[n] for n in kept]) / 0.2
+        terms.append(np.log(np.exp(logits).sum()) - logits[0])
+    assert float(softmax_loss(z, batch, 0.2)) == pytest.approx(np.mean(terms), rel=1e-5)
 
 
 def test_learning_rate_warms_up_linearly_then_decays_per_epoch():
@@ -320,17 +338,21 @@ def test_co_membership_pairs_teach_the_boards_when_given_pairs_are_few():
 # ---- training --------------------------------------------------------------------------------
 
 
-def test_loss_decreases_and_hit_rate_rises_over_epochs():
+@pytest.mark.parametrize("loss", ["margin", "softmax"])
+def test_loss_decreases_and_hit_rate_rises_over_epochs(loss):
     data = clustered(seed=7)
     graph, pairs = in_memory(data)
     held_out = np.arange(len(pairs[0])) % 5 == 0
     fit = (pairs[0][~held_out], pairs[1][~held_out])
     validation = (pairs[0][held_out], pairs[1][held_out])
-    options = TrainOptions(**{**QUICK, "epochs": 4, "hard_negatives": 0, "warmup_steps": 2})
+    options = TrainOptions(
+        **{**QUICK, "epochs": 4, "hard_negatives": 0, "warmup_steps": 2, "loss": loss, "temperature": 0.2}
+    )
     _, history = train(graph, fit, options, validation)
     losses = [e.loss for e in history]
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
-    assert losses[-1] < 0.5 * losses[0], losses
+    # The hinge reaches 0 on separable pairs; the cross-entropy keeps the clusters' own pins as rivals.
+    assert losses[-1] < {"margin": 0.5, "softmax": 0.8}[loss] * losses[0], losses
     assert history[-1].hit_rate > history[0].hit_rate, [e.hit_rate for e in history]
 
 
