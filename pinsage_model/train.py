@@ -412,6 +412,7 @@ class TrainReport:
     sha256: str
     device: str
     config: dict
+    options: dict
     inputs: dict
     epochs: list[dict]
     seconds: dict
@@ -420,7 +421,7 @@ class TrainReport:
         c = self.config
         lines = [
             f"trained PinSage: {c['num_layers']} layers, {c['pooling']} pooling, hidden {c['hidden_dim']}, "
-            f"embed {c['embed_dim']}, device {self.device}",
+            f"embed {c['embed_dim']}, {self.options['loss']} loss, device {self.device}",
             "inputs: " + ", ".join(f"{k} {v:,}" for k, v in self.inputs.items()),
             f"{'epoch':<7}{'loss':>9}{'hit@10':>9}{'hard/q':>8}{'lr':>11}{'steps':>7}{'seconds':>9}",
         ]
@@ -472,7 +473,14 @@ def fit(args: TrainArgs, inputs: TrainInputs) -> TrainReport:
     if inputs.validation is not None:
         counts["validation pairs"] = len(inputs.validation[0])
     return TrainReport(
-        args.out, sha, str(device), model.config.to_dict(), counts, [asdict(e) for e in history], seconds
+        args.out,
+        sha,
+        str(device),
+        model.config.to_dict(),
+        asdict(args.options),
+        counts,
+        [asdict(e) for e in history],
+        seconds,
     )
 
 

@@ -30,6 +30,7 @@ def write_reports(root: str, variants: tuple[str, ...]) -> None:
                 "hidden_dim": 8,
                 "embed_dim": 4,
             },
+            "options": {"loss": "margin" if name == "margin" else "softmax"},
         }
         reports[f"embed-{name}"] = {}
         reports[f"evaluate-{name}"] = {
@@ -49,11 +50,11 @@ def write_reports(root: str, variants: tuple[str, ...]) -> None:
 
 def test_resume_skips_finished_steps_and_the_report_carries_every_method(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "gb")
-    write_reports(out, ("pinsage", "mean"))
+    write_reports(out, ("pinsage", "mean", "margin"))
     ran = []
     monkeypatch.setattr(job.subprocess, "run", lambda cmd, cwd: ran.append(cmd))
     results = job.run(
-        job.parse_args(["--data-dir", "d", "--out", out, "--variants", "pinsage,mean", "--resume"])
+        job.parse_args(["--data-dir", "d", "--out", out, "--variants", "pinsage,mean,margin", "--resume"])
     )
     assert ran == []
     assert results["variants"]["mean"]["metrics"]["hit@10"] == pytest.approx(0.2)
@@ -64,6 +65,8 @@ def test_resume_skips_finished_steps_and_the_report_carries_every_method(tmp_pat
         "| graph only (random-walk visit counts) | 0.2500 | 0.5000 | 0.7500 | 0.0625 | 0.3750 | 4 |" in report
     )
     assert "| mean: mean pooling, hard-negative curriculum | 0.2000 |" in report
+    assert "**mean** (mean pooling, softmax loss, hidden 8, embedding 4):" in report
+    assert "**margin** (importance pooling, margin loss, hidden 8, embedding 4):" in report
     assert "| embedding | 10 | 0.100 | 0.200 | n/a |" in report
     assert "| graph | 10 | 1,234 | 56 | 0.00042 |" in report
 

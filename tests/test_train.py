@@ -396,12 +396,14 @@ def test_trainer_embeddings_equal_the_spark_pipeline_for_the_saved_checkpoint(sp
         "--out", ckpt, "--num-layers", str(num_layers), "--pooling", pooling, "--hidden-dim", "8",
         "--embed-dim", "4", "--epochs", "2", "--batch-size", "16", "--negatives", "10",
         "--hard-negatives", "1", "--workers", "0", "--lr", "0.05", "--co-membership-pairs", "40",
+        "--loss", "softmax", "--temperature", "0.2",
     ] + (["--boards", paths["boards"]] if board_dim else [])  # fmt: skip
     train_args = parse_args(argv)
     inputs = read_inputs(train_args)
     report = fit(train_args, inputs)
     assert [e["epoch"] for e in report.epochs] == [1, 2] and f"wrote {ckpt}" in report.render()
     assert report.inputs["co-membership draws per epoch"] == 40
+    assert (report.options["loss"], report.options["temperature"]) == ("softmax", 0.2)
     checkpoint = read_checkpoint(ckpt)
     assert checkpoint.sha256 == report.sha256
     assert checkpoint.config.board_feature_dim == board_dim and checkpoint.config.pin_feature_dim == 6
