@@ -38,6 +38,7 @@ from jobs.lib.io import (
 from jobs.lib.report import LayerReport, RunReport
 from jobs.lib.session import get_spark
 from jobs.lib.validate import check_links, check_nodes, conform
+from jobs.lib.vectors import PRECISIONS
 from pinsage_model.checkpoint import Checkpoint, read_checkpoint
 from pinsage_model.config import ModelConfig
 
@@ -61,6 +62,7 @@ class EmbedArgs:
     broadcast_mb: int = 512
     checkpoint_sha256: str | None = None
     resume: bool = False
+    projection_precision: str = "float32"
 
     def inputs(self) -> dict[str, str]:
         """Input table name -> path, for the tables given."""
@@ -98,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
         help="broadcast a layer's projections instead of shuffling them when they are at most this big "
         "(0: never)",
     )  # fmt: skip
+    p.add_argument(
+        "--projection-precision", choices=tuple(PRECISIONS), default="float32",
+        help="encoding of the projections moved between stages (shuffled with the neighbour rows, or "
+        "collected for the broadcast): bfloat16 or float16 halve those bytes and round each value "
+        "to 8 or 11 significant bits (README, Reduced-precision projections)",
+    )  # fmt: skip
     a = p.parse_args(argv)
     conf = spark_conf(p, a.conf)
     return EmbedArgs(
@@ -105,6 +113,7 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
         pin_neighbors=a.pin_neighbors, checkpoint=a.checkpoint, out=a.out.rstrip("/"),
         device=a.device, master=a.master, conf=conf, keep_work=a.keep_work, report_json=a.report_json,
         broadcast_mb=a.broadcast_projections_mb, checkpoint_sha256=a.checkpoint_sha256, resume=a.resume,
+        projection_precision=a.projection_precision,
     )  # fmt: skip
 
 
@@ -166,10 +175,14 @@ def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inpu
     )
 
 
-def run_key(checkpoint_sha256: str, inputs: dict[str, dict]) -> str:
-    """Names the work of one (checkpoint, inputs) pair: a layer table is reused by --resume only when
-    it carries the same key, so layers from different checkpoints or inputs never mix."""
-    blob = json.dumps({"checkpoint_sha256": checkpoint_sha256, "inputs": inputs}, sort_keys=True)
+def run_key(checkpoint_sha256: str, inputs: dict[str, dict], projection_precision: str = "float32") -> str:
+    """Names the work of one (checkpoint, inputs, precision) run: a layer table is reused by --resume
+    only when it carries the same key, so layers from different checkpoints, inputs or projection
+    precisions never mix."""
+    what = {"checkpoint_sha256": checkpoint_sha256, "inputs": inputs}
+    if projection_precision != "float32":  # float32 runs keep the keys they always had
+        what["projection_precision"] = projection_precision
+    blob = json.dumps(what, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -222,11 +235,18 @@ def run_layers(
             f"layer {k}/{config.num_layers}: project {source}s with Q_{k}, pool into {target}s, apply W_{k}"
         )
         lookup, projections, size_mb = T.broadcast_if_small(
-            sc, T.project(current[source], ref, k, projected), counts[source], config.hidden_dim, broadcast_mb
+            sc,
+            T.project(current[source], ref, k, projected),
+            counts[source],
+            config.hidden_dim,
+            broadcast_mb,
+            ref.projection_precision,
         )
-        broadcast = lookup is not None
+        moved = "broadcast" if lookup is not None else "shuffled"
+        if ref.projection_precision != "float32":
+            moved += f" as {ref.projection_precision}"
         log.info("layer %d/%d: %ss from %ss (projections %.0f MB, %s)", k, config.num_layers, target, source,
-                 size_mb, "broadcast" if broadcast else "shuffled")  # fmt: skip
+                 size_mb, moved)  # fmt: skip
         gathered = T.gather(current[target], graph.neighbours[target], projections)
         meta = {"run_key": key, "run_id": report.run_id, "layer": k}
         write_delta(T.pool_and_combine(gathered, ref, k, written, pooled, lookup), path, meta)
@@ -236,7 +256,7 @@ def run_layers(
         counts[target] = written.value
         layer = LayerReport(
             k, target, source, projected.value, written.value, pooled.value,
-            round(time.perf_counter() - started, 3), "broadcast" if broadcast else "shuffled",
+            round(time.perf_counter() - started, 3), moved,
         )  # fmt: skip
         table = f"{target}_neighbors"
         report.dropped_rows.setdefault(table, report.input_rows[table] - pooled.value)
@@ -283,14 +303,19 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
     report = RunReport(run_id, checkpoint.sha256, config.num_layers, config.pooling, args.device)
     clock = time.perf_counter()
     inputs = {name: snapshot(spark, name, path) for name, path in args.inputs().items()}
-    key = run_key(checkpoint.sha256, inputs)
+    key = run_key(checkpoint.sha256, inputs, args.projection_precision)
     work = f"{args.out}/_work/{key}"
     if not args.resume:
         delete_path(spark, work)
     graph = load_graph(spark, config, report, inputs)
     report.seconds["inputs"] = round(time.perf_counter() - clock, 3)
 
-    ref = ModelRef(spark.sparkContext.broadcast(checkpoint.data), checkpoint.sha256, args.device)
+    ref = ModelRef(
+        spark.sparkContext.broadcast(checkpoint.data),
+        checkpoint.sha256,
+        args.device,
+        args.projection_precision,
+    )
     clock = time.perf_counter()
     layers = run_layers(spark, graph, ref, config, work, report, args.broadcast_mb, key, args.resume)
     report.seconds["layers"] = round(time.perf_counter() - clock, 3)
@@ -299,6 +324,7 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
     metadata = {
         "run_id": run_id, "run_key": key, "checkpoint_sha256": checkpoint.sha256, "inputs": inputs,
         "model": {"num_layers": config.num_layers, "pooling": config.pooling, "embed_dim": config.embed_dim},
+        "projection_precision": args.projection_precision,
     }  # fmt: skip
     publish(spark, layers, ref, config, args.out, report, metadata)
     report.seconds["publish"] = round(time.perf_counter() - clock, 3)

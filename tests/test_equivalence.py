@@ -23,10 +23,12 @@ CASES = [
 ]
 
 
-def embed(spark, tmp_path, graph, checkpoint: str, with_boards: bool, broadcast_mb: str = BROADCAST):
+def embed(
+    spark, tmp_path, graph, checkpoint: str, with_boards: bool, broadcast_mb: str = BROADCAST, extra=()
+):
     paths = write_graph(graph, str(tmp_path / "in"), with_boards)
     argv = embed_argv(paths, checkpoint, str(tmp_path / "out")) + ["--broadcast-projections-mb", broadcast_mb]
-    args = parse_args(argv)
+    args = parse_args(argv + list(extra))
     report = run(spark, args, read_checkpoint(checkpoint))
     pins = {
         r.pin_id: np.array(r.embedding)
@@ -105,3 +107,30 @@ def test_main_runs_with_the_pinned_checkpoint_sha256(spark, tmp_path):
     argv = embed_argv(paths, ckpt, str(tmp_path / "out")) + ["--checkpoint-sha256", read(ckpt).sha256]
     assert main(argv) == 0
     assert spark.read.format("delta").load(str(tmp_path / "out/pin_embeddings")).count() == len(graph.pins)
+
+
+def test_reduced_precision_projections_stay_within_their_rounding_of_the_naive_recursion(spark, tmp_path):
+    """bfloat16 and float16 projections change the embeddings by the rounding of each projected value
+    (a relative 2^-8 or 2^-11) carried through the layers: far less than the embeddings' spread, and
+    the same whether the projections are shuffled or broadcast."""
+    graph = small_graph(seed=5, board_dim=3)
+    ckpt = write_checkpoint(
+        str(tmp_path / "model.pt"), seed=7, board_feature_dim=3, hidden_dim=16, embed_dim=8
+    )
+    naive = NaivePinSage(ckpt, graph.pins, graph.boards, graph.board_rows, graph.pin_rows)
+    expected = {p: naive.pin_embedding(p) for p in graph.pins}
+    worst = {}
+    for precision, broadcast_mb in [("bfloat16", SHUFFLED), ("bfloat16", BROADCAST), ("float16", SHUFFLED)]:
+        flags = ["--projection-precision", precision]
+        report, pins, _ = embed(
+            spark, tmp_path / f"{precision}{broadcast_mb}", graph, ckpt, True, broadcast_mb, flags
+        )
+        moved = "broadcast" if broadcast_mb == BROADCAST else "shuffled"
+        assert [layer.projections for layer in report.layers] == [f"{moved} as {precision}"] * 2
+        diffs = np.array([np.abs(pins[p] - expected[p]).max() for p in graph.pins])
+        worst[precision, broadcast_mb] = pins, diffs.max()
+    bf16 = worst["bfloat16", SHUFFLED][1]
+    assert 1e-5 < bf16 < 2e-2, bf16  # really rounded, and by about bfloat16's 8 significant bits
+    assert worst["float16", SHUFFLED][1] < bf16 / 4  # three more bits
+    shuffled, broadcast = worst["bfloat16", SHUFFLED][0], worst["bfloat16", BROADCAST][0]
+    assert max(np.abs(shuffled[p] - broadcast[p]).max() for p in graph.pins) < 1e-6

@@ -36,6 +36,7 @@ class ModelRef:
     checkpoint: object  # pyspark Broadcast[bytes]; typed loosely so this module imports without Spark
     sha256: str
     device: str  # auto | cpu | cuda
+    projection_precision: str = "float32"  # how projections travel: a key of vectors.PRECISIONS
 
 
 def task_device(requested: str) -> torch.device:
@@ -111,7 +112,8 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 def project_batches(
     batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, counter=None
 ) -> Iterator[pa.RecordBatch]:
-    """Step 1 of layer k: (node_id, vec) -> (src, proj = ReLU(Q_k vec + q_k)) for every row."""
+    """Step 1 of layer k: (node_id, vec) -> (src, proj = ReLU(Q_k vec + q_k)) for every row, proj
+    encoded in the reference's projection precision."""
     model = device = None
     for batch in batches:
         if model is None:
@@ -123,7 +125,8 @@ def project_batches(
             proj = conv.project(torch.from_numpy(x).to(device))
         if counter is not None:
             counter.add(batch.num_rows)
-        yield pa.RecordBatch.from_arrays([batch.column("node_id"), to_binary(_numpy(proj))], ["src", "proj"])
+        proj = to_binary(_numpy(proj), ref.projection_precision)
+        yield pa.RecordBatch.from_arrays([batch.column("node_id"), proj], ["src", "proj"])
 
 
 @dataclass
@@ -202,7 +205,8 @@ def pool_and_combine_batches(
         if table is not None:
             messages = torch.from_numpy(table.matrix[pos[is_msg]])
         else:  # proj is set on neighbour rows only, in order
-            messages = torch.from_numpy(to_matrix(batch.column("proj"), dims.hidden_dim))
+            messages = to_matrix(batch.column("proj"), dims.hidden_dim, ref.projection_precision)
+            messages = torch.from_numpy(messages)
             if len(messages) != int(is_msg.sum()):
                 raise ValueError("a neighbour row has no projection")
         weights = torch.from_numpy(batch.column("weight").to_numpy(zero_copy_only=False)[is_msg])

@@ -51,26 +51,31 @@ def project(sources: DataFrame, ref: ModelRef, k: int, counter=None) -> DataFram
     return sources.select("node_id", "vec").mapInArrow(fn, PROJECTIONS)
 
 
-def collect_projections(projections: DataFrame, hidden_dim: int) -> inference.Projections:
-    """Bring a (src, proj) table to the driver as a sorted lookup table, for broadcasting.
+def collect_projections(
+    projections: DataFrame, hidden_dim: int, precision: str = "float32"
+) -> inference.Projections:
+    """Bring a (src, proj) table to the driver as a sorted float32 lookup table, for broadcasting.
 
     Only for tables known to be small (the caller bounds the size): one Arrow transfer, no row
-    objects."""
+    objects. `precision` is how proj is encoded (`ModelRef.projection_precision`)."""
     table = projections.toArrow()
     ids = table.column("src").to_numpy()
-    matrix = to_matrix(table.column("proj").combine_chunks(), hidden_dim)
+    matrix = to_matrix(table.column("proj").combine_chunks(), hidden_dim, precision)
     order = np.argsort(ids, kind="stable")
     return inference.Projections(np.ascontiguousarray(ids[order]), np.ascontiguousarray(matrix[order]))
 
 
-def broadcast_if_small(sc, projections: DataFrame, rows: int | None, hidden_dim: int, bound_mb: float):
+def broadcast_if_small(
+    sc, projections: DataFrame, rows: int | None, hidden_dim: int, bound_mb: float, precision: str = "float32"
+):
     """The bound on broadcasting a layer's projections: with `rows` known and rows x hidden_dim x 4
-    bytes at most `bound_mb`, they are collected and broadcast -> (broadcast, None, MB); otherwise
-    -> (None, projections, MB), for `gather` to join and shuffle them with the neighbour rows."""
+    bytes (the broadcast table is float32) at most `bound_mb`, they are collected and broadcast ->
+    (broadcast, None, MB); otherwise -> (None, projections, MB), for `gather` to join and shuffle
+    them with the neighbour rows, in `precision`."""
     size_mb = (rows or 0) * hidden_dim * 4 / 2**20
     if rows is None or size_mb > bound_mb:
         return None, projections, size_mb
-    return sc.broadcast(collect_projections(projections, hidden_dim)), None, size_mb
+    return sc.broadcast(collect_projections(projections, hidden_dim, precision)), None, size_mb
 
 
 def gather(targets: DataFrame, neighbours: DataFrame, projections: DataFrame | None) -> DataFrame:
