@@ -12,7 +12,8 @@ On one generated graph and checkpoint per (size, model) it times three ways to e
    scaled to all pins (the row says how many pins were timed).
 
 It checks that spark and limit agree within 1e-5 (on every pin, or a uniform sample of 50,000 pins
-for the paper-sized model) and that per-target agrees with limit on the pins it computed. Peak memory
+for the paper-sized model; with --projection-precision bfloat16 or float16 it reports the largest
+and mean difference instead) and that per-target agrees with limit on the pins it computed. Peak memory
 is the largest resident set, sampled every 0.2 s: of the whole process tree (driver, JVM, Python
 workers) for spark, of the benchmark's own process (graph, model and activations) for limit.
 Graphs come from jobs/generate_graph.py with 5 memberships per pin on average and the memberships as
@@ -40,6 +41,7 @@ import torch
 from jobs.embed import parse_args, run
 from jobs.generate_graph import GraphSpec, generate, write_tables
 from jobs.lib.session import get_spark
+from jobs.lib.vectors import PRECISIONS
 from pinsage_model.checkpoint import build_model, read_checkpoint, save_checkpoint
 from pinsage_model.config import ModelConfig
 from pinsage_model.init_checkpoint import random_model
@@ -187,20 +189,22 @@ def spark_embeddings(spark, out: str, pin_ids: np.ndarray, sample: np.ndarray | 
     return emb[order]
 
 
-def bench_one(spark, pins: int, model_name: str, root: str, per_target_pins: int, broadcast_mb: str) -> dict:
+def bench_one(
+    spark, pins: int, model_name: str, root: str, per_target_pins: int, broadcast_mb: str, precision: str
+) -> dict:
     d_in, hidden, d = MODELS[model_name]
     write_tables(generate(graph_spec(pins, d_in)), f"{root}/input")
     config = ModelConfig(2, d_in, 0, hidden, d, "importance", True)
     save_checkpoint(random_model(config, seed=5), f"{root}/model.pt")
     ckpt = read_checkpoint(f"{root}/model.pt")
-    row: dict = {"pins": pins, "model": model_name}
+    row: dict = {"pins": pins, "model": model_name, "projection_precision": precision}
 
     args = parse_args([
         "--pins", f"{root}/input/pins", "--edges", f"{root}/input/edges",
         "--board-neighbors", f"{root}/input/board_neighbors",
         "--pin-neighbors", f"{root}/input/pin_neighbors",
         "--checkpoint", f"{root}/model.pt", "--out", f"{root}/out", "--device", "cpu",
-        "--broadcast-projections-mb", broadcast_mb,
+        "--broadcast-projections-mb", broadcast_mb, "--projection-precision", precision,
     ])  # fmt: skip
     before = completed_stages(spark)
     with PeakMemory() as mem:
@@ -227,7 +231,9 @@ def bench_one(spark, pins: int, model_name: str, root: str, per_target_pins: int
     rng = np.random.default_rng(0)
     sample = None if model_name == "small" else np.sort(rng.choice(pins, min(pins, 50_000), replace=False))
     got = spark_embeddings(spark, f"{root}/out", g.pin_ids, sample)
-    row["spark_vs_limit_max_abs"] = float(np.abs(got - (z if sample is None else z[sample])).max())
+    error = np.abs(got - (z if sample is None else z[sample]))
+    row["spark_vs_limit_max_abs"] = float(error.max())
+    row["spark_vs_limit_mean_abs"] = float(error.mean())
     row["checked_pins"] = len(got)
 
     targets = torch.from_numpy(np.sort(rng.choice(pins, min(pins, per_target_pins), replace=False)))
@@ -240,7 +246,8 @@ def bench_one(spark, pins: int, model_name: str, root: str, per_target_pins: int
     row["spark_over_limit"] = round(row["spark_s"] / row["limit_s"], 2)
     row["per_target_over_spark"] = round(row["per_target_s"] / row["spark_s"], 2)
     row["spark_pins_per_s"] = round(pins / row["spark_s"])
-    assert row["spark_vs_limit_max_abs"] < 1e-5, row
+    if precision == "float32":  # reduced-precision projections are measured, not held to float32's bound
+        assert row["spark_vs_limit_max_abs"] < 1e-5, row
     assert row["per_target_vs_limit_max_abs"] < 1e-5, row
     return row
 
@@ -255,6 +262,9 @@ def main() -> None:
     p.add_argument("--per-target-pins", type=int, default=20_480, help="pins timed for per-target inference")
     p.add_argument("--out", default="bench-output/embed")
     p.add_argument("--broadcast-projections-mb", default="512", help="passed to the embed job")
+    p.add_argument(
+        "--projection-precision", choices=tuple(PRECISIONS), default="float32", help="passed to the embed job"
+    )
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -272,6 +282,7 @@ def main() -> None:
                 f"{a.out}/{model_name}-{pins}",
                 a.per_target_pins,
                 a.broadcast_projections_mb,
+                a.projection_precision,
             )
             rows.append(row)
             print(json.dumps(row), flush=True)
