@@ -1,12 +1,13 @@
 """goodbooks-10k end to end: prepare -> neighbourhoods -> train -> embed -> evaluate, then a report.
 
-    python jobs/goodbooks.py --data-dir DIR --out O [--variants pinsage,mean,max,no-hard]
+    python jobs/goodbooks.py --data-dir DIR --out O [--variants pinsage,margin,mean,max,no-hard]
         [--train-flags '--epochs 4'] [--walk-flags '...'] [--candidates N] [--seed 0] [--resume]
 
 Each step is the project's own command line, run as its own process (each prints the command it
 runs, so any step can be rerun by hand). PinSage (importance pooling, hard-negative curriculum) is
-evaluated against the content-only and graph-only baselines; the ablations retrain with mean or max
-pooling, or without hard negatives, and evaluate the same test pairs. Writes O/report.md with the
+evaluated against the content-only, graph-only and popularity baselines; the ablations retrain with
+the paper's max-margin loss, with mean or max pooling, or without hard negatives, and evaluate the
+same test pairs. Writes O/report.md with the
 numbers and links to the evaluation's PNGs, and O/report.json.
 """
 
