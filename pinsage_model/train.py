@@ -12,8 +12,10 @@ The loss, negatives, curriculum and schedule follow the paper's section 3.3 (see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -308,6 +310,27 @@ def window_for(options: TrainOptions, num_pins: int) -> RankWindow:
     return parse_window(options.hard_window, num_pins) if options.hard_window else default_window(num_pins)
 
 
+@contextlib.contextmanager
+def deterministic_kernels(device: torch.device):
+    """Run with torch's deterministic kernels, then restore the caller's setting.
+
+    With more than one thread, the CPU backward of indexing (an accumulating index_put_) adds the
+    gradient rows of repeated indices in whatever order the threads reach them, so two runs with the
+    same seed drift apart in the last bits and then visibly. The deterministic kernels fix the order.
+    On CUDA, kernels without a deterministic version only warn."""
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's reproducible workspace
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def train(
     graph: TrainGraph,
     pairs: tuple[np.ndarray, np.ndarray],
@@ -315,8 +338,14 @@ def train(
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[PinSage, list[EpochLog]]:
-    """Train from a seeded initialisation; returns the model and one log entry per epoch."""
+    """Train from a seeded initialisation; returns the model and one log entry per epoch. The same
+    seed, inputs, device and thread count give the same model bit for bit."""
     device = torch.device(device)
+    with deterministic_kernels(device):
+        return _train(graph, pairs, options, validation, device)
+
+
+def _train(graph, pairs, options: TrainOptions, validation, device: torch.device):
     config = ModelConfig(
         num_layers=options.num_layers,
         pin_feature_dim=graph.pin_features.shape[1],

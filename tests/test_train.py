@@ -37,6 +37,7 @@ from pinsage_model.sampling import (
 from pinsage_model.subgraph import computation_graph, embed
 from pinsage_model.train import (
     TrainOptions,
+    deterministic_kernels,
     embed_pins,
     fit,
     hit_rate,
@@ -354,6 +355,32 @@ def test_loss_decreases_and_hit_rate_rises_over_epochs(loss):
     # The hinge reaches 0 on separable pairs; the cross-entropy keeps the clusters' own pins as rivals.
     assert losses[-1] < {"margin": 0.5, "softmax": 0.8}[loss] * losses[0], losses
     assert history[-1].hit_rate > history[0].hit_rate, [e.hit_rate for e in history]
+
+
+def test_training_kernels_add_repeated_index_gradients_in_a_fixed_order():
+    """With two threads the CPU backward of x[idx] adds the rows of repeated indices in thread order
+    (on this machine two such backwards differ in the last bits every time); `train` runs under
+    `deterministic_kernels`, which fixes the order, and restores the caller's setting after."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 64, generator=gen, requires_grad=True)
+    idx = torch.randint(0, 2000, (300_000,), generator=gen)
+    w = torch.randn(300_000, 64, generator=gen)
+
+    def grad() -> torch.Tensor:
+        x.grad = None
+        (x[idx] * w).sum().backward()
+        return x.grad.clone()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with deterministic_kernels(torch.device("cpu")):
+            assert torch.are_deterministic_algorithms_enabled()
+            grads = [grad() for _ in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_training_is_deterministic_with_a_seed_whatever_the_workers():
