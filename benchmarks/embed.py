@@ -210,12 +210,13 @@ def bench_one(
         "--checkpoint", f"{root}/model.pt", "--out", f"{root}/out", "--device", "cpu",
         "--broadcast-projections-mb", broadcast_mb, "--projection-precision", precision,
     ])  # fmt: skip
+    row["spark_runs_s"] = []
     with PeakMemory() as mem:
         for _ in range(spark_runs):  # the first run on a graph also warms the JVM and workers
             before = completed_stages(spark)
             started = time.perf_counter()
             report = run(spark, args, ckpt)
-            row["spark_runs_s"] = [*row.get("spark_runs_s", []), round(time.perf_counter() - started, 2)]
+            row["spark_runs_s"].append(round(time.perf_counter() - started, 2))
     row["spark_s"] = row["spark_runs_s"][-1]
     stages = [st for key, st in completed_stages(spark).items() if key not in before]
     row["shuffle_write_mib"] = round(sum(st["shuffleWriteBytes"] for st in stages) / 2**20, 1)
@@ -228,11 +229,12 @@ def bench_one(
     torch.set_num_threads(os.cpu_count() or 1)
     g = load(f"{root}/input")
     model = build_model(ckpt)
+    row["limit_runs_s"] = []
     with PeakMemory(children=False) as mem:
         for _ in range(spark_runs):  # as many runs as the chain got, the last reported
             started = time.perf_counter()
             z = limit(model, g).numpy()
-            row["limit_runs_s"] = [*row.get("limit_runs_s", []), round(time.perf_counter() - started, 2)]
+            row["limit_runs_s"].append(round(time.perf_counter() - started, 2))
     row["limit_s"] = row["limit_runs_s"][-1]
     row["limit_peak_gib"] = round(mem.peak / 2**30, 2)
 

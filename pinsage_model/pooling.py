@@ -97,8 +97,8 @@ def pool_projected(
     1 / rows (mean): it never builds the [rows, hidden] message matrix, nor its float64 copy, and its
     backward is A^T @ grad. Max pooling is `_padded_max`, in the projections' dtype (the maximum of
     float32 values is exact, so no float64 copy is needed); a segment without rows pools to 0 as in
-    `finalize`. The Spark executors and inference keep the
-    float64 partial states. [sources, hidden] -> [num_segments, hidden]."""
+    `finalize`. The Spark executors and inference keep the float64 partial states.
+    [sources, hidden] -> [num_segments, hidden]."""
     if mode not in POOLINGS:
         raise ValueError(f"unknown pooling {mode!r}")
     if mode == "max":
