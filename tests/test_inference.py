@@ -153,9 +153,12 @@ def test_broadcast_projections_give_the_same_result_and_drop_unknown_sources(ref
         thin.append(r if r[1] == 0 else (r[0], 1, int(key_to_id[(r[0], r[2])]), r[3], None, None))
     thin.insert(2, (10, 1, 77, 5.0, None, None))
     assert sources  # the fixture has neighbour rows
-    projections = FakeBroadcast(Projections(ids, matrix))
     pooled = Counter()
-    for size in (len(thin), 1, 3):
+    for size, projections in (
+        (len(thin), FakeBroadcast(Projections(ids, matrix))),  # binary search
+        (1, FakeBroadcast(Projections.build(ids[::-1], matrix[::-1]))),  # dense table
+        (3, FakeBroadcast(Projections.build(ids, matrix))),
+    ):
         batches = [to_batch(thin[i : i + size]) for i in range(0, len(thin), size)]
         got = collect(
             pool_and_combine_batches(iter(batches), model_ref, k=1, pooled=pooled, projections=projections)
@@ -164,6 +167,32 @@ def test_broadcast_projections_give_the_same_result_and_drop_unknown_sources(ref
         for dst in whole:
             np.testing.assert_allclose(got[dst], whole[dst], atol=1e-7)
     assert pooled.value == 3 * 5, "the row with unknown source 77 is not pooled"
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.array([7, 3, 4, 12], dtype=np.int64),  # dense: a direct position table
+        np.array([5, -(2**62), 2**62, 0], dtype=np.int64),  # sparse: binary search
+        np.array([2**63 - 4, 2**63 - 1, 2**63 - 2], dtype=np.int64),  # dense at the top of int64
+    ],
+)
+def test_projection_lookup_finds_known_ids_and_only_those(ids):
+    matrix = np.arange(len(ids) * 2, dtype=np.float32).reshape(len(ids), 2)
+    table = Projections.build(ids, matrix)
+    assert (table.dense is not None) == (int(ids.max()) - int(ids.min()) < 4 * len(ids))
+    extreme = np.iinfo(np.int64)
+    queries = np.array([*ids, extreme.min, extreme.max, -1, 6, 2**62 + 1, int(ids.min()) - 1], dtype=np.int64)
+    pos, found = table.lookup(queries)
+    expected = np.isin(queries, ids)
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_array_equal(table.ids[pos[found]], queries[found])
+    # Each found id maps to its own projection row.
+    row_of = {int(i): matrix[j] for j, i in enumerate(ids)}
+    for q, p in zip(queries[found], pos[found], strict=True):
+        np.testing.assert_array_equal(table.matrix[p], row_of[int(q)])
+    empty = Projections.build(np.zeros(0, np.int64), np.zeros((0, 2), np.float32))
+    assert not empty.lookup(queries)[1].any()
 
 
 def test_pool_and_combine_handles_empty_iterator(ref):

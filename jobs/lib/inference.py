@@ -139,18 +139,47 @@ class _Partial:
     rows: int  # neighbour rows so far
 
 
+# Ids spanning at most this many slots per source get a direct position table (int32, so 4 bytes a
+# slot) instead of a binary search; generated and most production ids are dense enough.
+DENSE_SLOTS_PER_SOURCE = 4
+
+
 @dataclass(frozen=True)
 class Projections:
-    """All of a layer's source projections, for broadcasting: ids sorted, matrix rows in that order."""
+    """All of a layer's source projections, for broadcasting: ids sorted, matrix rows in that order.
+
+    `dense` is how `lookup` finds ids: when they span at most DENSE_SLOTS_PER_SOURCE x sources
+    values, a table from id - ids[0] to row position (-1 where no source has that id), so a lookup
+    is one array read instead of a binary search over every source; else None (binary search)."""
 
     ids: np.ndarray  # [sources] int64, ascending
     matrix: np.ndarray  # [sources, hidden] float32
+    dense: np.ndarray | None = None  # [ids[-1] - ids[0] + 1] int32 positions, or None
+
+    @classmethod
+    def build(cls, ids: np.ndarray, matrix: np.ndarray) -> Projections:
+        """From ids in any order and their projections: sorted, with the direct table when it pays."""
+        order = np.argsort(ids, kind="stable")
+        ids, matrix = np.ascontiguousarray(ids[order]), np.ascontiguousarray(matrix[order])
+        dense = None
+        if len(ids) and int(ids[-1]) - int(ids[0]) < DENSE_SLOTS_PER_SOURCE * len(ids):
+            dense = np.full(int(ids[-1]) - int(ids[0]) + 1, -1, dtype=np.int32)
+            dense[ids - ids[0]] = np.arange(len(ids), dtype=np.int32)
+        return cls(ids, matrix, dense)
 
     def lookup(self, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row positions, found mask) of `src` in this table."""
-        pos = np.searchsorted(self.ids, src)
-        pos = np.minimum(pos, len(self.ids) - 1)
-        return pos, self.ids[pos] == src if len(self.ids) else np.zeros(len(src), dtype=bool)
+        """(row positions, found mask) of `src` in this table; a position means something only where
+        found."""
+        if not len(self.ids):
+            return np.zeros(len(src), dtype=np.int64), np.zeros(len(src), dtype=bool)
+        if self.dense is not None:
+            offset = src - self.ids[0]
+            inside = (offset >= 0) & (offset < len(self.dense))
+            pos = np.maximum(self.dense[np.where(inside, offset, 0)], 0)
+            # Re-checked against the ids: an offset that wrapped around int64 cannot match.
+            return pos, inside & (self.ids[pos] == src)
+        pos = np.minimum(np.searchsorted(self.ids, src), len(self.ids) - 1)
+        return pos, self.ids[pos] == src
 
 
 def pool_and_combine_batches(

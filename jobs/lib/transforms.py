@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType
@@ -61,8 +60,7 @@ def collect_projections(
     table = projections.toArrow()
     ids = table.column("src").to_numpy()
     matrix = to_matrix(table.column("proj").combine_chunks(), hidden_dim, precision)
-    order = np.argsort(ids, kind="stable")
-    return inference.Projections(np.ascontiguousarray(ids[order]), np.ascontiguousarray(matrix[order]))
+    return inference.Projections.build(ids, matrix)
 
 
 def broadcast_if_small(
