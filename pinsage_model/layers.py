@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pinsage_model.config import LayerDims
-from pinsage_model.pooling import pool, pool_projected
+from pinsage_model.pooling import pool_gathered, pool_projected
 
 NORMALIZE_EPS = 1e-12
 
@@ -62,7 +62,7 @@ class PinSageConv(nn.Module):
             # Training: the same pooling in the projections' dtype (a sparse product for the means).
             pooled = pool_projected(projected, nbr_src, nbr_dst, nbr_weight, h_self.shape[0], self.pooling)
         else:
-            pooled = pool(projected[nbr_src], nbr_dst, nbr_weight, h_self.shape[0], self.pooling)
+            pooled = pool_gathered(projected, nbr_src, nbr_dst, nbr_weight, h_self.shape[0], self.pooling)
         return self.combine(h_self, pooled)
 
 

@@ -523,3 +523,22 @@ def test_training_pooling_equals_the_reference_pooling_and_its_gradient(mode):
     fast_grad, projected.grad = projected.grad.clone(), None
     (pool(projected[src], dst, weight, targets, mode) * upstream).sum().backward()
     torch.testing.assert_close(fast_grad, projected.grad, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["importance", "mean", "max"])
+def test_chunked_whole_graph_pooling_is_bit_for_bit_the_one_shot_pooling(mode):
+    from pinsage_model.pooling import pool_gathered
+
+    gen = torch.Generator().manual_seed(5)
+    sources, targets, rows = 11, 6, 97
+    projected = torch.rand((sources, 3), generator=gen)
+    src = torch.randint(0, sources, (rows,), generator=gen)
+    dst = torch.randint(0, targets - 1, (rows,), generator=gen)  # the last target has no rows
+    weight = torch.rand(rows, generator=gen, dtype=torch.float64) + 0.1
+    whole = pool(projected[src], dst, weight, targets, mode)
+    for chunk in (1, 7, 96, 97, 1000):
+        got = pool_gathered(projected, src, dst, weight, targets, mode, chunk_rows=chunk)
+        assert torch.equal(got, whole), f"chunks of {chunk} rows"
+    assert torch.equal(whole[targets - 1], torch.zeros(3))
+    none = pool_gathered(projected, src[:0], dst[:0], weight[:0], targets, mode)
+    assert torch.equal(none, torch.zeros((targets, 3)))
