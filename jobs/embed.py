@@ -34,6 +34,7 @@ from jobs.lib.io import (
     read_snapshot,
     snapshot,
     write_delta,
+    write_delta_commit,
 )
 from jobs.lib.report import LayerReport, RunReport
 from jobs.lib.session import get_spark
@@ -291,8 +292,8 @@ def publish(
     for name, df in output_tables(layers, ref, config).items():
         spark.sparkContext.setJobDescription(f"publish {name}")
         path = f"{out}/{name}"
-        version = write_delta(df, path, metadata)
-        rows = spark.read.format("delta").load(path).count()
+        commit = write_delta_commit(df, path, metadata)
+        version, rows = int(commit["version"]), int(commit["metrics"]["numOutputRows"])
         report.outputs[name] = {"path": path, "version": version, "rows": rows}
         log.info("published %s: %d rows, version %d", name, rows, version)
 

@@ -63,6 +63,9 @@ def test_pipeline_equals_naive_recursion(spark, tmp_path, num_layers, pooling, b
     worst = max(np.abs(pins[p] - naive.pin_embedding(p)).max() for p in graph.pins)
     assert worst < 1e-5, f"pin embeddings differ from the naive recursion by {worst}"
     assert sorted(boards) == sorted(graph.boards)
+    reported = {name: out["rows"] for name, out in report.outputs.items()}
+    board_tables = [f"board_layers/layer_{k}" for k in range(1, num_layers - 1, 2)] + ["board_embeddings"]
+    assert reported == {"pin_embeddings": len(pins), **dict.fromkeys(board_tables, len(boards))}
     worst_board = max(np.abs(boards[b] - naive.board_embedding(b)).max() for b in graph.boards)
     assert worst_board < 1e-5, f"board embeddings differ by {worst_board}"
 

@@ -99,11 +99,17 @@ def write_delta(df: DataFrame, path: str, metadata: dict | None = None) -> int:
     Readers see the previous version until the commit lands, so a failed write leaves the old
     table intact.
     """
+    return int(write_delta_commit(df, path, metadata)["version"])
+
+
+def write_delta_commit(df: DataFrame, path: str, metadata: dict | None = None) -> dict:
+    """`write_delta`, returning the new commit as `last_commit` reads it (its operationMetrics
+    count the rows written, so no second pass over the table is needed to report them)."""
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     if metadata:
         writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
     writer.save(path)
-    return table_version(df.sparkSession, path)
+    return last_commit(df.sparkSession, path)
 
 
 def table_version(spark: SparkSession, path: str) -> int:
