@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 QUIET := --conf spark.ui.showConsoleProgress=false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint format bench bench-walks bench-hub goodbooks package clean
+.PHONY: help setup demo test lint format bench bench-rows bench-walks bench-hub goodbooks package clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ test: $(STAMP) $(TEXT_STAMP) ## Lint, then run the whole test suite
 
 bench: $(STAMP) ## Embedding benchmark: Spark vs in-process limit vs per-target (see BENCHMARKS.md)
 	$(PY) benchmarks/embed.py $(BENCH_ARGS)
+
+bench-rows: $(STAMP) ## What Spark alone costs to shuffle, sort and hand one layer's rows to Python
+	$(PY) benchmarks/rows.py $(BENCH_ARGS)
 
 bench-walks: $(STAMP) ## Random-walk neighbourhood benchmark: walks/s at 0.25M-2M edges
 	$(PY) benchmarks/walks.py $(BENCH_ARGS)
