@@ -293,7 +293,10 @@ def publish(
         spark.sparkContext.setJobDescription(f"publish {name}")
         path = f"{out}/{name}"
         commit = write_delta_commit(df, path, metadata)
-        version, rows = int(commit["version"]), int(commit["metrics"]["numOutputRows"])
+        version, rows = int(commit["version"]), commit["metrics"].get("numOutputRows")
+        if rows is None:  # spark.databricks.delta.history.metricsEnabled=false: no commit metrics
+            rows = spark.read.format("delta").option("versionAsOf", version).load(path).count()
+        rows = int(rows)
         report.outputs[name] = {"path": path, "version": version, "rows": rows}
         log.info("published %s: %d rows, version %d", name, rows, version)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jobs.embed import parse_args, run
+from jobs.lib.io import last_commit
 from pinsage_model.checkpoint import read_checkpoint
 from tests.graphs import LONELY_BOARD, LONELY_PIN, embed_argv, small_graph, write_checkpoint, write_graph
 from tests.naive import NaivePinSage
@@ -83,6 +84,22 @@ def test_unnormalised_head_equals_naive(spark, tmp_path, normalize_output):
     naive = NaivePinSage(ckpt, graph.pins, graph.boards, graph.board_rows, graph.pin_rows)
     assert max(np.abs(pins[p] - naive.pin_embedding(p)).max() for p in graph.pins) < 1e-5
     assert any(abs(np.linalg.norm(v) - 1) > 1e-3 for v in pins.values())
+
+
+def test_published_rows_are_counted_when_delta_records_no_commit_metrics(spark, tmp_path):
+    key = "spark.databricks.delta.history.metricsEnabled"
+    spark.conf.set(key, "false")
+    try:
+        graph = small_graph(seed=4)
+        ckpt = write_checkpoint(str(tmp_path / "model.pt"), seed=3)
+        report, pins, boards = embed(spark, tmp_path, graph, ckpt, with_boards=False)
+    finally:
+        spark.conf.unset(key)
+    for out in report.outputs.values():  # the commits really carry no row count to read
+        assert "numOutputRows" not in last_commit(spark, out["path"])["metrics"]
+    reported = {name: out["rows"] for name, out in report.outputs.items()}
+    assert reported == {"board_embeddings": len(graph.boards), "pin_embeddings": len(graph.pins)}
+    assert (len(pins), len(boards)) == (len(graph.pins), len(graph.boards))
 
 
 @pytest.mark.parametrize("broadcast_mb", [SHUFFLED, BROADCAST])
