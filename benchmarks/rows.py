@@ -57,6 +57,7 @@ def steps(pins: DataFrame, neighbours: DataFrame) -> dict[str, DataFrame]:
         F.lit(None).cast("bigint").alias("src"),
         F.lit(None).cast("double").alias("weight"),
         F.col("vec").alias("self_vec"),
+        F.lit(None).cast("binary").alias("proj"),  # as in gather, so the steps differ only in the sort
     )
     messages = links.select(
         "dst",
@@ -64,6 +65,7 @@ def steps(pins: DataFrame, neighbours: DataFrame) -> dict[str, DataFrame]:
         "src",
         "weight",
         F.lit(None).cast("array<float>").alias("self_vec"),
+        F.lit(None).cast("binary").alias("proj"),
     )
     union = own.unionByName(messages)
     rows = union.repartition("dst")

@@ -43,15 +43,18 @@ def empty_state(num_segments: int, hidden: int, mode: str, device=None) -> PoolS
 def accumulate(state: PoolState, messages: torch.Tensor, segment: torch.Tensor, weights, mode: str) -> None:
     """Add the rows `messages` [rows, hidden] of segments `segment` [rows] to `state`, in place.
 
-    weights: [rows] (importance only). Rows are added in order, so accumulating a row range in
-    pieces gives the same sums, bit for bit, as accumulating it at once."""
+    weights: [rows] (importance only). Rows are added in order, so on the CPU accumulating a row
+    range in pieces gives the same sums, bit for bit, as accumulating it at once (CUDA's index_add_
+    adds in no fixed order)."""
+    if mode not in POOLINGS:
+        raise ValueError(f"unknown pooling {mode!r}")
+    if mode == "importance" and weights is None:
+        raise ValueError("importance pooling needs weights")
     x = messages.to(torch.float64)
     if mode == "max":
         state.acc.scatter_reduce_(0, segment.unsqueeze(1).expand(-1, x.shape[1]), x, reduce="amax")
         state.norm.index_add_(0, segment, torch.ones_like(segment, dtype=torch.float64))
     elif mode == "importance":
-        if weights is None:
-            raise ValueError("importance pooling needs weights")
         w = weights.to(torch.float64)
         state.acc.index_add_(0, segment, x * w.unsqueeze(1))
         state.norm.index_add_(0, segment, w)
@@ -168,8 +171,10 @@ def pool_gathered(
 ) -> torch.Tensor:
     """`pool(projected[src], dst, weights, num_segments, mode)` for whole-graph inference, gathering
     `chunk_rows` neighbour rows at a time: the same float64 sums in the same row order, so the same
-    result, without the [rows, hidden] message matrix and its float64 copy (several GB for millions
-    of rows). [sources, hidden] -> [num_segments, hidden]."""
+    result (bit for bit on the CPU), without the [rows, hidden] message matrix and its float64 copy
+    (several GB for millions of rows). [sources, hidden] -> [num_segments, hidden]."""
+    if mode == "importance" and weights is None:
+        raise ValueError("importance pooling needs weights")
     state = empty_state(num_segments, projected.shape[1], mode, projected.device)
     for start in range(0, dst.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)

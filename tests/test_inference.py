@@ -156,9 +156,10 @@ def test_broadcast_projections_give_the_same_result_and_drop_unknown_sources(ref
     pooled = Counter()
     for size, projections in (
         (len(thin), FakeBroadcast(Projections(ids, matrix))),  # binary search
-        (1, FakeBroadcast(Projections.build(ids[::-1], matrix[::-1]))),  # dense table
+        (1, FakeBroadcast(Projections.build(ids[::-1], matrix[::-1]))),  # dense table (asserted below)
         (3, FakeBroadcast(Projections.build(ids, matrix))),
     ):
+        assert (projections.value.dense is None) == (size == len(thin))
         batches = [to_batch(thin[i : i + size]) for i in range(0, len(thin), size)]
         got = collect(
             pool_and_combine_batches(iter(batches), model_ref, k=1, pooled=pooled, projections=projections)

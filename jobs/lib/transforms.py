@@ -67,7 +67,8 @@ def broadcast_if_small(
     sc, projections: DataFrame, rows: int | None, hidden_dim: int, bound_mb: float, precision: str = "float32"
 ):
     """The bound on broadcasting a layer's projections: with `rows` known and rows x hidden_dim x 4
-    bytes (the broadcast table is float32) at most `bound_mb`, they are collected and broadcast ->
+    bytes (the broadcast table is float32; its position table for dense ids, 4 bytes per id of the
+    range, is not counted) at most `bound_mb`, they are collected and broadcast ->
     (broadcast, None, MB); otherwise -> (None, projections, MB), for `gather` to join and shuffle
     them with the neighbour rows, in `precision`."""
     size_mb = (rows or 0) * hidden_dim * 4 / 2**20
