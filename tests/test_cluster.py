@@ -67,7 +67,7 @@ def cluster(tmp_path_factory):
                 with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=5) as r:
                     if len([w for w in json.load(r)["workers"] if w["state"] == "ALIVE"]) == 2:
                         break
-            except OSError:
+            except (OSError, ValueError):  # not listening yet, or an empty page while the UI starts
                 pass
             if time.time() > deadline:
                 pytest.fail(
