@@ -8,7 +8,7 @@ every pin's own row with its features, plus its neighbour rows) up to the point 
 map would start, each ending in Spark's no-op sink so nothing is written:
 
 1. read: the pins and pin_neighbors tables from Parquet;
-2. shuffle: their union repartitioned by target (what `jobs.lib.transforms.gather` shuffles);
+2. shuffle: their rows (`jobs.lib.transforms.layer_rows`) repartitioned by target, as `gather` does;
 3. shuffle + sort by target: the same, sorted within partitions by target only;
 4. shuffle + sort: `gather` itself, sorted by (target, kind, source, weight) for deterministic sums;
 5. shuffle + sort by target + Arrow: 3 handed to Python as Arrow batches (a map that returns nothing);
@@ -51,23 +51,7 @@ def nothing(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 def steps(pins: DataFrame, neighbours: DataFrame) -> dict[str, DataFrame]:
     targets = pins.select(F.col("pin_id").alias("node_id"), F.col("features").alias("vec"))
     links = T.links(neighbours, "pin_id", "board_id")
-    own = targets.select(
-        F.col("node_id").alias("dst"),
-        F.lit(0).cast("byte").alias("kind"),
-        F.lit(None).cast("bigint").alias("src"),
-        F.lit(None).cast("double").alias("weight"),
-        F.col("vec").alias("self_vec"),
-        F.lit(None).cast("binary").alias("proj"),  # as in gather, so the steps differ only in the sort
-    )
-    messages = links.select(
-        "dst",
-        F.lit(1).cast("byte").alias("kind"),
-        "src",
-        "weight",
-        F.lit(None).cast("array<float>").alias("self_vec"),
-        F.lit(None).cast("binary").alias("proj"),
-    )
-    union = own.unionByName(messages)
+    union = T.layer_rows(targets, links, None)
     rows = union.repartition("dst")
     by_target = rows.sortWithinPartitions("dst")
     gathered = T.gather(targets, links, None)

@@ -85,6 +85,13 @@ def gather(targets: DataFrame, neighbours: DataFrame, projections: DataFrame | N
     With `projections` None the neighbour rows travel without vectors (proj NULL): the pooling map
     looks them up in a broadcast instead, and only ids and weights are shuffled.
     """
+    rows = layer_rows(targets, neighbours, projections)
+    return rows.repartition("dst").sortWithinPartitions("dst", "kind", "src", "weight")
+
+
+def layer_rows(targets: DataFrame, neighbours: DataFrame, projections: DataFrame | None) -> DataFrame:
+    """What `gather` shuffles: one own row per target (kind 0, self_vec) and one row per neighbour
+    (kind 1, src, weight, proj or NULL), as (dst, kind, src, weight, self_vec, proj)."""
     self_type = targets.schema["vec"].dataType
     own = targets.select(
         F.col("node_id").alias("dst"),
@@ -106,7 +113,7 @@ def gather(targets: DataFrame, neighbours: DataFrame, projections: DataFrame | N
         F.lit(None).cast(self_type).alias("self_vec"),
         "proj",
     )
-    return own.unionByName(messages).repartition("dst").sortWithinPartitions("dst", "kind", "src", "weight")
+    return own.unionByName(messages)
 
 
 def pool_and_combine(
