@@ -1,7 +1,7 @@
 """Neighbourhood pooling over segments, in mergeable partial states.
 
 The Spark job sees a target's neighbour rows in sorted Arrow batches and a target may straddle two
-batches; the trainer sees whole neighbourhoods at once. Both go through `accumulate` and `finalize`,
+batches; the trainer sees whole neighbourhoods at once. Both go through `_accumulate` and `finalize`,
 so the pooled vector is defined once. Partials accumulate in float64 so that the order in which rows
 arrive changes the result by far less than float32 resolution.
 """
@@ -31,25 +31,25 @@ class PoolState:
         return PoolState(self.acc[index], self.norm[index])
 
 
-def empty_state(num_segments: int, hidden: int, mode: str, device=None) -> PoolState:
-    """The partial state of `num_segments` segments that have no rows yet."""
+def _empty_state(num_segments: int, hidden: int, mode: str, weights, device=None) -> PoolState:
+    """The partial state of `num_segments` segments that have no rows yet, after checking that
+    `mode` is a pooling and that importance pooling has its `weights`."""
     if mode not in POOLINGS:
         raise ValueError(f"unknown pooling {mode!r}")
+    if mode == "importance" and weights is None:
+        raise ValueError("importance pooling needs weights")
     fill = float("-inf") if mode == "max" else 0.0
     acc = torch.full((num_segments, hidden), fill, dtype=torch.float64, device=device)
     return PoolState(acc, torch.zeros(num_segments, dtype=torch.float64, device=device))
 
 
-def accumulate(state: PoolState, messages: torch.Tensor, segment: torch.Tensor, weights, mode: str) -> None:
-    """Add the rows `messages` [rows, hidden] of segments `segment` [rows] to `state`, in place.
+def _accumulate(state: PoolState, messages: torch.Tensor, segment: torch.Tensor, weights, mode: str) -> None:
+    """Add the rows `messages` [rows, hidden] of segments `segment` [rows] to `state` (made by
+    `_empty_state`, which checked `mode` and `weights`), in place.
 
     weights: [rows] (importance only). Rows are added in order, so on the CPU accumulating a row
     range in pieces gives the same sums, bit for bit, as accumulating it at once (CUDA's index_add_
     adds in no fixed order)."""
-    if mode not in POOLINGS:
-        raise ValueError(f"unknown pooling {mode!r}")
-    if mode == "importance" and weights is None:
-        raise ValueError("importance pooling needs weights")
     x = messages.to(torch.float64)
     if mode == "max":
         state.acc.scatter_reduce_(0, segment.unsqueeze(1).expand(-1, x.shape[1]), x, reduce="amax")
@@ -74,8 +74,8 @@ def partial_pool(
 
     segment: [rows] int64 index of each row's segment; weights: [rows] (importance only).
     """
-    state = empty_state(num_segments, messages.shape[1], mode, messages.device)
-    accumulate(state, messages, segment, weights, mode)
+    state = _empty_state(num_segments, messages.shape[1], mode, weights, messages.device)
+    _accumulate(state, messages, segment, weights, mode)
     return state
 
 
@@ -173,13 +173,11 @@ def pool_gathered(
     `chunk_rows` neighbour rows at a time: the same float64 sums in the same row order, so the same
     result (bit for bit on the CPU), without the [rows, hidden] message matrix and its float64 copy
     (several GB for millions of rows). [sources, hidden] -> [num_segments, hidden]."""
-    if mode == "importance" and weights is None:
-        raise ValueError("importance pooling needs weights")
-    state = empty_state(num_segments, projected.shape[1], mode, projected.device)
+    state = _empty_state(num_segments, projected.shape[1], mode, weights, projected.device)
     for start in range(0, dst.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
         w = weights[rows] if weights is not None else None
-        accumulate(state, projected[src[rows]], dst[rows], w, mode)
+        _accumulate(state, projected[src[rows]], dst[rows], w, mode)
     return finalize(state, mode)
 
 
