@@ -216,8 +216,8 @@ def run_layers(
     layers = {0: graph.nodes["pin"], -1: graph.nodes["board"]}
     sc = spark.sparkContext
     counts = {"pin": report.input_rows["pins"], "board": report.input_rows.get("boards")}
-    for k in range(1, config.num_layers + 1):
-        target, source = ModelConfig.target_type(k), ModelConfig.source_type(k)
+    for layer in config.schedule():
+        k, target, source = layer.k, layer.target, layer.source
         path = f"{work}/layer_{k}_{target}s"
         started = time.perf_counter()
         done = completed_layer(spark, path, key, k) if resume else None

@@ -23,6 +23,32 @@ class LayerDims:
     out_dim: int
 
 
+def layer_types(k: int) -> tuple[str, str]:
+    """(target, source) node types of layer k: odd layers compute boards from pins, even layers pins
+    from boards (paper, section 3.4)."""
+    return ("board", "pin") if k % 2 else ("pin", "board")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One step of the layer schedule (paper, section 3.4): layer k computes h(k) of every `target`
+    node from h(k-1) of its `source` neighbors and the target's own h(k-2).
+
+    Odd layers compute boards from pins, even layers pins from boards; h_p(0) is the pin features and
+    h_b(-1) the board features (width 0 when there are none). The whole-graph model, the minibatch
+    subgraphs, the Spark chain and embed_new all walk this one schedule."""
+
+    k: int
+    target: str  # "board" (odd k) or "pin" (even k)
+    source: str
+    dims: LayerDims
+
+    @property
+    def own(self) -> int:
+        """The earlier layer whose target-type representation is the own term: k - 2."""
+        return self.k - 2
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The `config` block of a format_version 1 checkpoint."""
@@ -76,11 +102,6 @@ class ModelConfig:
         self_dim = {1: self.board_feature_dim, 2: self.pin_feature_dim}.get(k, self.embed_dim)
         return LayerDims(in_dim, self_dim, self.hidden_dim, self.embed_dim)
 
-    @staticmethod
-    def target_type(k: int) -> str:
-        """Odd layers compute boards from pins, even layers pins from boards (paper, section 3.4)."""
-        return "board" if k % 2 else "pin"
-
-    @staticmethod
-    def source_type(k: int) -> str:
-        return "pin" if k % 2 else "board"
+    def schedule(self) -> tuple[Layer, ...]:
+        """Layers 1..num_layers in order (see `Layer`)."""
+        return tuple(Layer(k, *layer_types(k), self.layer(k)) for k in range(1, self.num_layers + 1))

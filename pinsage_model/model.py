@@ -55,8 +55,9 @@ class PinSage(nn.Module):
         """
         current = {"pin": pin_features, "board": board_features}
         neighbours = {"board": board_neighbors, "pin": pin_neighbors}
-        for k in range(1, self.config.num_layers + 1):
-            target, source = ModelConfig.target_type(k), ModelConfig.source_type(k)
-            nbrs = neighbours[target]
-            current[target] = self.conv(k)(current[source], current[target], nbrs.src, nbrs.dst, nbrs.weight)
+        for layer in self.config.schedule():
+            nbrs = neighbours[layer.target]
+            current[layer.target] = self.conv(layer.k)(
+                current[layer.source], current[layer.target], nbrs.src, nbrs.dst, nbrs.weight
+            )
         return self.head(current["pin"]), current["board"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pinsage_model.config import ModelConfig
+from pinsage_model.config import layer_types
 from pinsage_model.graph import TrainGraph
 from pinsage_model.model import PinSage
 
@@ -90,14 +90,14 @@ def computation_graph(graph: TrainGraph, targets: np.ndarray, num_layers: int) -
         if j == -1:
             need[j] = prefix
             break
-        adjacency = graph.neighbours[ModelConfig.target_type(j + 1)]
+        adjacency = graph.neighbours[layer_types(j + 1)[0]]
         rows[j + 1] = adjacency.rows_of(need[j + 1])
         sources = np.unique(adjacency.src[rows[j + 1]])
         need[j] = np.concatenate([prefix, np.setdiff1d(sources, prefix, assume_unique=True)])
 
     blocks = []
     for k in range(1, num_layers + 1):
-        adjacency = graph.neighbours[ModelConfig.target_type(k)]
+        adjacency = graph.neighbours[layer_types(k)[0]]
         r = rows[k]
         targets_k, sources = need[k], need[k - 1]
         counts = adjacency.indptr[targets_k + 1] - adjacency.indptr[targets_k]
