@@ -29,7 +29,6 @@ from jobs.lib.inference import ModelRef
 from jobs.lib.io import InputError, delete_work, is_delta, last_commit, read_snapshot, snapshot, write_delta
 from jobs.lib.session import get_spark
 from jobs.lib.validate import check_links, check_nodes, conform
-from jobs.neighborhoods import neighbour_tables, walk, walk_graph
 from pinsage_model.checkpoint import Checkpoint, read_checkpoint
 from pinsage_model.config import ModelConfig
 
@@ -217,10 +216,10 @@ def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> Embe
 
     clock = time.perf_counter()
     write_delta(walk_edges(spark, base_edges, new_edges), f"{work}/edges")
-    stats, bucket_table = walk_graph(spark, spark.read.format("delta").load(f"{work}/edges"), work)
+    graph = W.build_walk_graph(spark.read.format("delta").load(f"{work}/edges"), work)
     sources = pins.select(F.lit(W.PIN).alias("node_t"), F.col("pin_id").alias("node"))
-    counts = walk(spark, stats, bucket_table, base.walk, args.walks_per_batch, work, sources)
-    write_delta(neighbour_tables(counts, base.walk.top_t)["pin_neighbors"], f"{work}/pin_neighbors")
+    counts = W.run_walks(graph, base.walk, args.walks_per_batch, work, sources)
+    write_delta(W.top_neighbor_tables(counts, base.walk.top_t)["pin_neighbors"], f"{work}/pin_neighbors")
     neighbours = T.links(spark.read.format("delta").load(f"{work}/pin_neighbors"), "pin_id", "board_id")
     report.counts["neighbour rows"] = neighbours.count()
     report.seconds["walks"] = round(time.perf_counter() - clock, 3)

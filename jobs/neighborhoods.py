@@ -113,62 +113,6 @@ def clean_edges(spark: SparkSession, args: NeighbourhoodArgs, report: Neighbourh
     return W.memberships(kept)
 
 
-def walk_graph(spark: SparkSession, edges: DataFrame, work: str) -> tuple[DataFrame, DataFrame]:
-    """Write the walk's node stats and bucketed adjacency for deduplicated `edges` under `work`;
-    returns both, read back."""
-    spark.sparkContext.setJobDescription("build the bucketed adjacency")
-    adjacency = W.undirected(edges)
-    write_delta(W.node_stats(adjacency), f"{work}/stats")
-    stats = spark.read.format("delta").load(f"{work}/stats")
-    write_delta(W.buckets(adjacency, stats), f"{work}/buckets")
-    return stats, spark.read.format("delta").load(f"{work}/buckets")
-
-
-def walk(
-    spark: SparkSession, stats: DataFrame, bucket_table: DataFrame, params: W.WalkParams,
-    walks_per_batch: int, work: str, sources: DataFrame | None = None,
-) -> DataFrame:  # fmt: skip
-    """Run every walk from each node of `stats` (or only from the (node_t, node) rows of `sources`),
-    `walks_per_batch` walk indices per Spark job; returns (src_t, src, visited, count). A walk
-    depends only on the seed, its source and its index, so walking from a subset of the sources
-    gives those sources exactly what a walk from all of them gives."""
-    sc = spark.sparkContext
-    starts = stats if sources is None else stats.join(sources, ["node_t", "node"], "left_semi")
-    counts_path = f"{work}/counts"
-    batches = range(0, params.walks_per_node, walks_per_batch)
-    for i, first in enumerate(batches):
-        walk_ids = range(first, min(first + walks_per_batch, params.walks_per_node))
-        sc.setJobDescription(f"walks {walk_ids.start}-{walk_ids.stop - 1} of {params.walks_per_node}")
-        log.info(
-            "walk batch %d/%d: walk indices %d-%d", i + 1, len(batches), walk_ids.start, walk_ids.stop - 1
-        )
-        walkers = W.start_walkers(starts, walk_ids)
-        for s in range(1, params.walk_length + 1):
-            walkers = W.step(walkers, bucket_table, params, s)
-        W.visit_counts(walkers).write.format("delta").mode("overwrite" if i == 0 else "append").save(
-            counts_path
-        )
-    return (
-        spark.read.format("delta")
-        .load(counts_path)
-        .groupBy("src_t", "src", "visited")
-        .agg(F.sum("count").alias("count"))
-    )
-
-
-def neighbour_tables(counts: DataFrame, top_t: int) -> dict[str, DataFrame]:
-    """board_neighbors and pin_neighbors from visit counts."""
-    top = W.top_neighbours(counts, top_t)
-    return {
-        "board_neighbors": top.where(F.col("src_t") == W.BOARD).select(
-            F.col("src").alias("board_id"), F.col("visited").alias("pin_id"), "weight"
-        ),
-        "pin_neighbors": top.where(F.col("src_t") == W.PIN).select(
-            F.col("src").alias("pin_id"), F.col("visited").alias("board_id"), "weight"
-        ),
-    }
-
-
 def run(spark: SparkSession, args: NeighbourhoodArgs) -> NeighbourhoodReport:
     params = args.params
     run_id = new_run_id()
@@ -194,8 +138,8 @@ def run(spark: SparkSession, args: NeighbourhoodArgs) -> NeighbourhoodReport:
         - report.counts["edges kept"]
     )
 
-    stats, bucket_table = walk_graph(spark, edges, work)
-    node_counts = {r["node_t"]: r["count"] for r in stats.groupBy("node_t").count().collect()}
+    graph = W.build_walk_graph(edges, work)
+    node_counts = {r["node_t"]: r["count"] for r in graph.stats.groupBy("node_t").count().collect()}
     report.counts["pins with edges"] = node_counts.get(W.PIN, 0)
     report.counts["boards with edges"] = node_counts.get(W.BOARD, 0)
     for node_table, kind in (("pins", "pin"), ("boards", "board")):
@@ -205,7 +149,7 @@ def run(spark: SparkSession, args: NeighbourhoodArgs) -> NeighbourhoodReport:
     report.seconds["prepare"] = round(time.perf_counter() - clock, 3)
 
     clock = time.perf_counter()
-    counts = walk(spark, stats, bucket_table, params, args.walks_per_batch, work)
+    counts = W.run_walks(graph, params, args.walks_per_batch, work)
     walks = (report.counts["pins with edges"] + report.counts["boards with edges"]) * params.walks_per_node
     report.counts["walks"] = walks
     report.seconds["walks"] = round(time.perf_counter() - clock, 3)
@@ -213,7 +157,7 @@ def run(spark: SparkSession, args: NeighbourhoodArgs) -> NeighbourhoodReport:
 
     clock = time.perf_counter()
     metadata = {"run_id": run_id, "walk": report.params, "inputs": inputs}
-    for name, df in neighbour_tables(counts, params.top_t).items():
+    for name, df in W.top_neighbor_tables(counts, params.top_t).items():
         sc.setJobDescription(f"publish {name}")
         write_delta(df, f"{args.out}/{name}", metadata)
         report.counts[f"{name} rows"] = spark.read.format("delta").load(f"{args.out}/{name}").count()

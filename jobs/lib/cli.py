@@ -1,19 +1,62 @@
-"""What every job's main() shares: logging, run ids, the error contract and the run report."""
+"""What every job's entry point shares: the common flags, size checks, run ids, logging, the exit
+contract and the run report's JSON copy.
+
+Exit statuses: 0 success; 2 bad input or a bad checkpoint (`error: table '...', column '...': ...` on
+stderr, nothing written, no retry helps); 1 anything else (a crash, which a retry may cure).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from jobs.lib.io import InputError
 from pinsage_model.checkpoint import CheckpointError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+
+@dataclass(frozen=True)
+class CommonArgs:
+    """The flags every job takes (`add_common_args`)."""
+
+    master: str | None = None
+    conf: dict[str, str] = field(default_factory=dict)
+    report_json: str | None = None
+    keep_work: bool = False
+
+
+def add_common_args(parser: argparse.ArgumentParser, work_tables: bool = True) -> None:
+    """--master, --conf, --report-json, and --keep-work for jobs that write work tables."""
+    parser.add_argument("--master", help="Spark master when run with python (default local[*])")
+    parser.add_argument(
+        "--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf (repeatable)"
+    )
+    parser.add_argument("--report-json", help="also write the run report as JSON to this local file")
+    if work_tables:
+        parser.add_argument("--keep-work", action="store_true", help="keep the work tables in OUT/_work")
+
+
+def common_args(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> CommonArgs:
+    """The common flags of a parsed command line; a malformed --conf is a usage error."""
+    return CommonArgs(
+        master=parsed.master,
+        conf=spark_conf(parser, parsed.conf),
+        report_json=parsed.report_json,
+        keep_work=getattr(parsed, "keep_work", False),
+    )
 
 
 def spark_conf(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
@@ -27,21 +70,60 @@ def spark_conf(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, s
     return conf
 
 
+def at_least(low: float, kind: type = int) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind` that is at least `low` (every size and count is checked
+    this way, so the same mistake gets the same message in every job)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not value >= low or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
 def job_main(run: Callable[[], Any], report_json: str | None) -> int:
-    """Run a job; bad input or a bad checkpoint prints `error: ...` and returns 2, success prints the
-    report (and writes it as JSON to `report_json` when given) and returns 0."""
+    """Run a job; bad input or a bad checkpoint prints `error: ...` and returns EXIT_BAD_INPUT, success
+    prints the report (and writes it as JSON to `report_json` when given) and returns EXIT_OK."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         report = run()
     except (InputError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(report.render())
     if report_json:
         with open(report_json, "w") as f:
             json.dump(asdict(report), f, indent=2, sort_keys=True)
-    return 0
+    return EXIT_OK
+
+
+def spark_job_main(app_name: str, common: CommonArgs, run: Callable[[SparkSession], Any]) -> int:
+    """`job_main` for a Spark job: the session comes from the one factory, with the common flags."""
+    from jobs.lib.session import get_spark
+
+    return job_main(lambda: run(get_spark(app_name, common.master, common.conf)), common.report_json)

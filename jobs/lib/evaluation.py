@@ -37,21 +37,15 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.lib.io import InputError
+from jobs.lib.seeded import CANDIDATE_POOL, MAP_SAMPLE, PAIR_LEFT, PAIR_RIGHT, QUERY_BLOCK, seeded_hash
 from jobs.lib.vectors import to_matrix
 from schemas.tables import LABEL_ACCEPTED_TYPES, LABELS, PAIR_RANKS, accepted
 
 TIE_TOLERANCE = 1e-10
 NORM_EPS = 1e-12
 EXAMPLES = 3
-# Each seeded sample hashes (seed, purpose, id), so the pool, the random pairs and the map sample
-# are independent draws even with one seed.
-POOL, PAIR_LEFT, PAIR_RIGHT, MAP, BLOCK = 11, 12, 13, 14, 15
 # Scores computed at once per executor step: a [block, chunk] float64 matrix of at most 16 MB.
 _CHUNK_ELEMENTS = 1 << 21
-
-
-def _seeded(seed: int, purpose: int, *cols: str | Column) -> Column:
-    return F.xxhash64(F.lit(seed).cast("long"), F.lit(purpose), *cols)
 
 
 # ---- input checks ------------------------------------------------------------------------------
@@ -157,7 +151,7 @@ def candidate_pool(ids: DataFrame, size: int | None, seed: int) -> DataFrame:
     ids = ids.select("pin_id")
     if size is None:
         return ids
-    order = _seeded(seed, POOL, "pin_id")
+    order = seeded_hash(seed, CANDIDATE_POOL, "pin_id")
     return ids.orderBy(order, "pin_id").limit(size)
 
 
@@ -170,7 +164,9 @@ def pair_vectors(pairs: DataFrame, vectors: DataFrame, blocks: int) -> DataFrame
         .join(v.withColumnRenamed("pin_id", "pos_pin").withColumnRenamed("vec", "pvec"), "pos_pin")
         .select(
             "query_pin", "pos_pin", "qvec", "pvec",
-            F.pmod(_seeded(0, BLOCK, "query_pin", "pos_pin"), F.lit(blocks)).cast("int").alias("block"),
+            F.pmod(seeded_hash(0, QUERY_BLOCK, "query_pin", "pos_pin"), F.lit(blocks))
+            .cast("int")
+            .alias("block"),
         )
     )  # fmt: skip
 
@@ -433,7 +429,7 @@ def random_pairs(ids: DataFrame, count: int, seed: int) -> DataFrame:
     the other, and the few pairs of a pin with itself are dropped."""
 
     def first(purpose: int, name: str) -> DataFrame:
-        h = _seeded(seed, purpose, "pin_id")
+        h = seeded_hash(seed, purpose, "pin_id")
         top = ids.select(F.col("pin_id").alias(name), h.alias("h")).orderBy("h", name).limit(count)
         return top.select(name, F.row_number().over(Window.orderBy("h", name)).alias("i"))
 
@@ -475,7 +471,11 @@ def similarity_histogram(cosines: DataFrame, bins: int) -> DataFrame:
 def labelled_sample(vectors: DataFrame, labels: DataFrame, size: int, seed: int) -> DataFrame:
     """(pin_id, label, vec) for up to `size` labelled pins, a seeded sample."""
     joined = vectors.select("pin_id", "vec").join(labels, "pin_id")
-    return joined.orderBy(_seeded(seed, MAP, "pin_id"), "pin_id").limit(size).select("pin_id", "label", "vec")
+    return (
+        joined.orderBy(seeded_hash(seed, MAP_SAMPLE, "pin_id"), "pin_id")
+        .limit(size)
+        .select("pin_id", "label", "vec")
+    )
 
 
 def pca_2d(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,8 +27,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.lib.io import InputError
+from jobs.lib.seeded import HOLDOUT, QUERY, SPLIT, tagged_hash, uniform
 from jobs.lib.vectors import to_list
-from jobs.lib.walks import uniform
 
 SPLITS = ("train", "validation", "test")
 
@@ -87,7 +87,7 @@ def memberships(to_read: DataFrame) -> DataFrame:
 
 
 def split_of(seed: int, board: Column, fractions: tuple[float, float, float]) -> Column:
-    u = uniform(seed, board, F.lit("split"))
+    u = uniform(seed, board, SPLIT)
     train, validation, _ = fractions
     return (
         F.when(u < train, F.lit("train"))
@@ -104,9 +104,7 @@ def hold_out(
     by_board = Window.partitionBy("board_id")
     ranked = members.withColumn("size", F.count(F.lit(1)).over(by_board)).withColumn(
         "r",
-        F.row_number().over(
-            by_board.orderBy(F.xxhash64(F.lit(seed), "board_id", "pin_id", F.lit("holdout")), "pin_id")
-        ),
+        F.row_number().over(by_board.orderBy(tagged_hash(seed, HOLDOUT, "board_id", "pin_id"), "pin_id")),
     )
     held = (F.col("size") >= min_board_size) & (F.col("r") <= per_board)
     graph = ranked.where(~held).select("pin_id", "board_id", F.lit(1.0).cast("float").alias("weight"))
@@ -122,7 +120,7 @@ def pairs(graph: DataFrame, heldout: DataFrame, seed: int) -> dict[str, DataFram
     kept = graph.select("board_id", F.col("pin_id").alias("query_pin"))
     candidates = heldout.select("board_id", F.col("pin_id").alias("pos_pin"), "split").join(kept, "board_id")
     pick = Window.partitionBy("board_id", "pos_pin").orderBy(
-        F.xxhash64(F.lit(seed), "board_id", "pos_pin", "query_pin", F.lit("query")), "query_pin"
+        tagged_hash(seed, QUERY, "board_id", "pos_pin", "query_pin"), "query_pin"
     )
     chosen = (
         candidates.withColumn("r", F.row_number().over(pick))

@@ -1,8 +1,13 @@
-"""Reading input tables and writing Delta tables: the only place that touches storage."""
+"""Reading input tables and writing Delta tables: the only place that touches storage.
+
+Jobs read and write through these functions only (no `.write.format(...)` or `.read.format(...)`
+elsewhere), so every table is written in one commit and every work table is read back the same way.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -110,6 +115,33 @@ def write_delta_commit(df: DataFrame, path: str, metadata: dict | None = None) -
         writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
     writer.save(path)
     return last_commit(df.sparkSession, path)
+
+
+def read_delta(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
+    """A Delta table this pipeline wrote (a work table or an output), at `version` when given."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(path)
+
+
+def write_and_reload(df: DataFrame, path: str, metadata: dict | None = None) -> DataFrame:
+    """Materialise `df` as the Delta table at `path` and return it read back, so later passes start
+    from the table, not from the plan that computed it."""
+    write_delta(df, path, metadata)
+    return read_delta(df.sparkSession, path)
+
+
+def append_delta(df: DataFrame, path: str, first: bool) -> None:
+    """Add `df`'s rows to the Delta table at `path` in one commit; `first` replaces what is there."""
+    df.write.format("delta").mode("overwrite" if first else "append").save(path)
+
+
+def put_file(spark: SparkSession, local: str, dest: str) -> None:
+    """Copy a driver-local file to `dest` on the job's file system (local, HDFS, S3, ...)."""
+    fs, target = _fs_path(spark, dest)
+    jvm = spark.sparkContext._jvm
+    fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(os.path.abspath(local)), target)
 
 
 def table_version(spark: SparkSession, path: str) -> int:

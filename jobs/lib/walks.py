@@ -15,13 +15,18 @@ so the walks, and the visit counts, are the same whatever the partitioning.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from jobs.lib.io import append_delta, read_delta, write_and_reload
+from jobs.lib.seeded import WALK_MOVE, WALK_RESTART, uniform
+
 PIN, BOARD = 0, 1
-_MANTISSA = (1 << 53) - 1
+
+log = logging.getLogger("pinsage.walks")
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,6 @@ class WalkParams:
             raise ValueError(f"restart_prob must be in [0, 1), got {self.restart_prob}")
         if self.top_t < 1:
             raise ValueError(f"top_t must be at least 1, got {self.top_t}")
-
-
-def uniform(seed: int, *keys: Column | int) -> Column:
-    """A uniform double in [0, 1) that depends only on the seed and the keys."""
-    parts = [F.lit(seed).cast("long")] + [k if isinstance(k, Column) else F.lit(k) for k in keys]
-    return (F.xxhash64(*parts).bitwiseAND(F.lit(_MANTISSA))).cast("double") / float(1 << 53)
 
 
 def memberships(edges: DataFrame) -> DataFrame:
@@ -120,8 +119,8 @@ def step(
     matches nothing, and goes back to its source; a moving walker matches exactly one row.
     """
     key = (F.col("src_t"), F.col("src"), F.col("walk"), F.lit(s))
-    restart = uniform(params.seed, *key, 0) < params.restart_prob
-    u = uniform(params.seed, *key, 1)
+    restart = uniform(params.seed, *key, WALK_RESTART) < params.restart_prob
+    u = uniform(params.seed, *key, WALK_MOVE)
     bucket = F.when(restart, F.lit(-1)).otherwise(
         F.least(F.floor(u * F.col("cur_deg")).cast("int"), F.col("cur_deg") - 1)
     )
@@ -169,3 +168,69 @@ def top_neighbours(counts: DataFrame, top_t: int) -> DataFrame:
     kept = counts.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_t)
     total = F.sum("count").over(Window.partitionBy("src_t", "src"))
     return kept.select("src_t", "src", "visited", (F.col("count") / total).cast("float").alias("weight"))
+
+
+def top_neighbor_tables(counts: DataFrame, top_t: int) -> dict[str, DataFrame]:
+    """board_neighbors and pin_neighbors from visit counts: each source's top_t (`top_neighbours`)."""
+    top = top_neighbours(counts, top_t)
+    return {
+        "board_neighbors": top.where(F.col("src_t") == BOARD).select(
+            F.col("src").alias("board_id"), F.col("visited").alias("pin_id"), "weight"
+        ),
+        "pin_neighbors": top.where(F.col("src_t") == PIN).select(
+            F.col("src").alias("pin_id"), F.col("visited").alias("board_id"), "weight"
+        ),
+    }
+
+
+# ---- the walk runner: the loop every job that walks shares ------------------------------------
+
+
+@dataclass(frozen=True)
+class WalkGraph:
+    """The tables every step joins, materialised: node stats (node_t, node, deg, total) and the
+    bucketed inverse-CDF table (`buckets`)."""
+
+    stats: DataFrame
+    buckets: DataFrame
+
+
+def build_walk_graph(edges: DataFrame, work: str) -> WalkGraph:
+    """Write the walk's node stats and bucketed adjacency of deduplicated `edges` (`memberships`)
+    under `work`, and read both back."""
+    edges.sparkSession.sparkContext.setJobDescription("build the bucketed adjacency")
+    adjacency = undirected(edges)
+    stats = write_and_reload(node_stats(adjacency), f"{work}/stats")
+    return WalkGraph(stats, write_and_reload(buckets(adjacency, stats), f"{work}/buckets"))
+
+
+def run_walks(
+    graph: WalkGraph,
+    params: WalkParams,
+    walks_per_batch: int,
+    work: str,
+    sources: DataFrame | None = None,
+    same_type: bool = False,
+) -> DataFrame:
+    """Every walk from each node of the graph (or only from the (node_t, node) rows of `sources`),
+    `walks_per_batch` walk indices per Spark job, visit counts appended to WORK/counts; returns
+    (src_t, src, visited, count). A walk depends only on the seed, its source and its index, so
+    walking from a subset of the sources gives those sources exactly what walking from all gives.
+    `same_type` records visits as `step` describes (pin-to-pin, for the graph baseline)."""
+    stats = graph.stats
+    sc = stats.sparkSession.sparkContext
+    starts = stats if sources is None else stats.join(sources, ["node_t", "node"], "left_semi")
+    counts_path = f"{work}/counts"
+    batches = range(0, params.walks_per_node, walks_per_batch)
+    for i, first in enumerate(batches):
+        walk_ids = range(first, min(first + walks_per_batch, params.walks_per_node))
+        sc.setJobDescription(f"walks {walk_ids.start}-{walk_ids.stop - 1} of {params.walks_per_node}")
+        log.info(
+            "walk batch %d/%d: walk indices %d-%d", i + 1, len(batches), walk_ids.start, walk_ids.stop - 1
+        )
+        walkers = start_walkers(starts, walk_ids)
+        for s in range(1, params.walk_length + 1):
+            walkers = step(walkers, graph.buckets, params, s, same_type)
+        append_delta(visit_counts(walkers), counts_path, first=i == 0)
+    counts = read_delta(stats.sparkSession, counts_path)
+    return counts.groupBy("src_t", "src", "visited").agg(F.sum("count").alias("count"))
