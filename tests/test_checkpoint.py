@@ -8,10 +8,10 @@ import pickle
 import pytest
 import torch
 
+from jobs.demo.init_checkpoint import main as init_main
 from pinsage_model import CheckpointError, ModelConfig, build_model, read_checkpoint, save_checkpoint
 from pinsage_model.checkpoint import expected_shapes
-from pinsage_model.init_checkpoint import main as init_main
-from pinsage_model.init_checkpoint import random_model
+from pinsage_model.model import random_model
 
 CONFIG = ModelConfig(4, pin_feature_dim=6, board_feature_dim=2, hidden_dim=5, embed_dim=3, pooling="mean")
 
