@@ -36,11 +36,9 @@ def test_state_dict_keys_are_the_documented_contract():
         "convs.1.Q.weight", "convs.1.Q.bias", "convs.1.W.weight", "convs.1.W.bias",
         "head.G1.weight", "head.G1.bias", "head.G2.weight",
     }  # fmt: skip
-    assert expected_shapes(ModelConfig(2, 8, 0, 4, 3))["convs.0.W.weight"] == (
-        3,
-        4,
-    )  # d_b = 0: W_1 sees n_u only
-    assert expected_shapes(ModelConfig(2, 8, 0, 4, 3))["convs.1.W.weight"] == (3, 12)  # own h_p(0) first
+    shapes = expected_shapes(ModelConfig(2, 8, 0, 4, 3))
+    assert shapes["convs.0.W.weight"] == (3, 4)  # d_b = 0: W_1 sees n_u only
+    assert shapes["convs.1.W.weight"] == (3, 12)  # own h_p(0) first
 
 
 class RunsCode:

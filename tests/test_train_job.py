@@ -26,17 +26,8 @@ def co_member_pairs(graph) -> dict[str, np.ndarray]:
     return {"query_pin": np.array([a for a, _ in pairs]), "pos_pin": np.array([b for _, b in pairs])}
 
 
-def test_trainer_embeddings_equal_the_spark_pipeline_for_the_saved_checkpoint(spark, tmp_path):
-    """The CLI's reading and training steps (what main runs) write a checkpoint; the embed job embeds
-    with it; the trainer's own embedding path (what it validates with) gives the same vectors on
-    the same tables: board features, a pin and a board without neighbours, and dangling rows
-    included."""
-    num_layers, pooling, board_dim = 2, "importance", 3
-    graph = small_graph(seed=num_layers, board_dim=board_dim)
-    paths = write_graph(graph, str(tmp_path / "in"), with_boards=board_dim > 0)
-    pairs = write_parquet(str(tmp_path / "pairs"), co_member_pairs(graph))
-    ckpt = str(tmp_path / "model.pt")
-    argv = [
+def table_argv(paths: dict[str, str]) -> list[str]:
+    return [
         "--pins",
         paths["pins"],
         "--edges",
@@ -45,6 +36,21 @@ def test_trainer_embeddings_equal_the_spark_pipeline_for_the_saved_checkpoint(sp
         paths["board_neighbors"],
         "--pin-neighbors",
         paths["pin_neighbors"],
+    ]
+
+
+def test_trainer_embeddings_equal_the_spark_pipeline_for_the_saved_checkpoint(spark, tmp_path):
+    """The CLI's reading and training steps (what main runs) write a checkpoint; the embed job embeds
+    with it; the trainer's own embedding path (what it validates with) gives the same vectors on
+    the same tables: board features, a pin and a board without neighbors, and dangling rows
+    included."""
+    num_layers, pooling, board_dim = 2, "importance", 3
+    graph = small_graph(seed=num_layers, board_dim=board_dim)
+    paths = write_graph(graph, str(tmp_path / "in"), with_boards=board_dim > 0)
+    pairs = write_parquet(str(tmp_path / "pairs"), co_member_pairs(graph))
+    ckpt = str(tmp_path / "model.pt")
+    argv = [
+        *table_argv(paths),
         "--pairs",
         pairs,
         "--validation-pairs",
@@ -109,14 +115,7 @@ def test_bad_pairs_fail_with_the_table_column_and_problem(spark, tmp_path, capsy
     graph = small_graph(seed=1)
     paths = write_graph(graph, str(tmp_path / "in"), with_boards=False)
     base = [
-        "--pins",
-        paths["pins"],
-        "--edges",
-        paths["edges"],
-        "--board-neighbors",
-        paths["board_neighbors"],
-        "--pin-neighbors",
-        paths["pin_neighbors"],
+        *table_argv(paths),
         "--workers",
         "0",
         "--epochs",
