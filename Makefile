@@ -36,7 +36,7 @@ setup: $(STAMP) ## Create .venv with pinned packages and fetch the Delta Lake JA
 demo: $(STAMP) ## Generate a graph and a random checkpoint, walk, embed every pin, show nearest neighbours
 	rm -rf $(DEMO_DIR)
 	$(PY) jobs/generate_graph.py --out $(DEMO_DIR)/input --pins 5000 --boards 800 --feature-dim 32
-	$(PY) -m pinsage_model.init_checkpoint --out $(DEMO_DIR)/model.pt --pin-feature-dim 32 \
+	$(PY) jobs/demo/init_checkpoint.py --out $(DEMO_DIR)/model.pt --pin-feature-dim 32 \
 		--hidden-dim 64 --embed-dim 32 --num-layers 2 --pooling importance --seed 1
 	$(PY) jobs/neighborhoods.py --edges $(DEMO_DIR)/input/edges --pins $(DEMO_DIR)/input/pins \
 		--out $(DEMO_DIR)/neighbourhoods --walks-per-node 30 --walks-per-batch 30 --top-t 30 $(QUIET)

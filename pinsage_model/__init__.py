@@ -10,7 +10,7 @@ from pinsage_model.checkpoint import (
 )
 from pinsage_model.config import POOLINGS, LayerDims, ModelConfig
 from pinsage_model.layers import EmbeddingHead, PinSageConv
-from pinsage_model.model import Neighbourhood, PinSage
+from pinsage_model.model import Neighborhood, PinSage, random_model
 
 __all__ = [
     "POOLINGS",
@@ -19,11 +19,12 @@ __all__ = [
     "EmbeddingHead",
     "LayerDims",
     "ModelConfig",
-    "Neighbourhood",
+    "Neighborhood",
     "PinSage",
     "PinSageConv",
     "build_model",
     "parse_checkpoint",
+    "random_model",
     "read_checkpoint",
     "save_checkpoint",
 ]

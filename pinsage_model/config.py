@@ -11,9 +11,9 @@ POOLINGS = ("importance", "mean", "max")
 class LayerDims:
     """Dimensions of convolution layer k (1-based).
 
-    in_dim: width of the neighbour representations that Q_k projects.
+    in_dim: width of the neighbor representations that Q_k projects.
     self_dim: width of the target's own representation h_u(k-2) that W_k concatenates first.
-    hidden_dim: width of Q_k's output and of the pooled neighbourhood vector.
+    hidden_dim: width of Q_k's output and of the pooled neighborhood vector.
     out_dim: width of h_u(k).
     """
 

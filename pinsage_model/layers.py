@@ -2,7 +2,8 @@
 
 Each layer k is split into the three steps the Spark chain runs as separate stages:
 `project` (map over source nodes), pooling (`pinsage_model.pooling`, per target) and `combine`
-(map over targets). `PinSageConv.forward` composes them for a whole graph in memory.
+(map over targets). `PinSageConv.forward` composes them for a graph in memory, with the pooling
+implementation its caller names.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pinsage_model.config import LayerDims
-from pinsage_model.pooling import pool_gathered, pool_projected
+from pinsage_model.pooling import PoolFn
 
 NORMALIZE_EPS = 1e-12
 
@@ -20,7 +21,7 @@ NORMALIZE_EPS = 1e-12
 class PinSageConv(nn.Module):
     """One importance-pooling graph convolution (Ying et al. 2018, Algorithm 1).
 
-    For a target u with neighbour rows (v, w_v) and own representation h_u of width self_dim:
+    For a target u with neighbor rows (v, w_v) and own representation h_u of width self_dim:
 
         m_v = ReLU(Q h_v + q)                                  h_v: [in_dim] -> m_v: [hidden_dim]
         n_u = pool({m_v}, {w_v})                               [hidden_dim], 0 if u has no rows
@@ -52,17 +53,17 @@ class PinSageConv(nn.Module):
         nbr_src: torch.Tensor,
         nbr_dst: torch.Tensor,
         nbr_weight: torch.Tensor,
+        *,
+        pool: PoolFn,
     ) -> torch.Tensor:
-        """Whole-graph layer: every source projected once, then gathered per neighbour row.
+        """The layer on a graph in memory: every source projected once, then pooled per neighbor
+        row by `pool` (`pooling.pool_gathered` for inference, `pooling.pool_projected` for
+        training steps), then combined per target.
 
         nbr_src indexes rows of h_src, nbr_dst rows of h_self (the targets), nbr_weight is [rows].
         """
         projected = self.project(h_src)
-        if torch.is_grad_enabled():
-            # Training: the same pooling in the projections' dtype (a sparse product for the means).
-            pooled = pool_projected(projected, nbr_src, nbr_dst, nbr_weight, h_self.shape[0], self.pooling)
-        else:
-            pooled = pool_gathered(projected, nbr_src, nbr_dst, nbr_weight, h_self.shape[0], self.pooling)
+        pooled = pool(projected, nbr_src, nbr_dst, nbr_weight, h_self.shape[0], self.pooling)
         return self.combine(h_self, pooled)
 
 

@@ -9,11 +9,12 @@ from torch import nn
 
 from pinsage_model.config import ModelConfig
 from pinsage_model.layers import EmbeddingHead, PinSageConv
+from pinsage_model.pooling import pool_gathered
 
 
 @dataclass(frozen=True)
-class Neighbourhood:
-    """Neighbour rows of one node type as index tensors: target dst pools source src with weight."""
+class Neighborhood:
+    """Neighbor rows of one node type as index tensors: target dst pools source src with weight."""
 
     dst: torch.Tensor  # [rows] int64, index into the target type's nodes
     src: torch.Tensor  # [rows] int64, index into the source type's nodes
@@ -45,19 +46,32 @@ class PinSage(nn.Module):
         self,
         pin_features: torch.Tensor,
         board_features: torch.Tensor,
-        board_neighbors: Neighbourhood,
-        pin_neighbors: Neighbourhood,
+        board_neighbors: Neighborhood,
+        pin_neighbors: Neighborhood,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer-wise inference over a whole graph in memory.
+        """Layer-wise inference over a whole graph in memory, pooling with `pool_gathered` (the
+        executors' float64 partial states, so the same sums as the Spark chain).
 
         Returns (pin embeddings z_p [pins, embed_dim], last board representations h_b(K-1)).
         board_features is [boards, board_feature_dim] (width 0 allowed).
         """
         current = {"pin": pin_features, "board": board_features}
-        neighbours = {"board": board_neighbors, "pin": pin_neighbors}
+        neighbors = {"board": board_neighbors, "pin": pin_neighbors}
         for layer in self.config.schedule():
-            nbrs = neighbours[layer.target]
+            nbrs = neighbors[layer.target]
             current[layer.target] = self.conv(layer.k)(
-                current[layer.source], current[layer.target], nbrs.src, nbrs.dst, nbrs.weight
+                current[layer.source],
+                current[layer.target],
+                nbrs.src,
+                nbrs.dst,
+                nbrs.weight,
+                pool=pool_gathered,
             )
         return self.head(current["pin"]), current["board"]
+
+
+def random_model(config: ModelConfig, seed: int = 0) -> PinSage:
+    """A PinSage of `config` with torch's default initialisation drawn from `seed` (demos, tests,
+    benchmarks): the same seed gives the same weights."""
+    torch.manual_seed(seed)
+    return PinSage(config)

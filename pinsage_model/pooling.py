@@ -1,18 +1,29 @@
-"""Neighbourhood pooling over segments, in mergeable partial states.
+"""Neighborhood pooling over segments.
 
-The Spark job sees a target's neighbour rows in sorted Arrow batches and a target may straddle two
-batches; the trainer sees whole neighbourhoods at once. Both go through `_accumulate` and `finalize`,
-so the pooled vector is defined once. Partials accumulate in float64 so that the order in which rows
-arrive changes the result by far less than float32 resolution.
+Two implementations of one pooled vector, chosen by the caller:
+
+- `pool_gathered` (whole-graph inference) and the executors' `partial_pool`/`merge`/`finalize`
+  accumulate mergeable partial states in float64, so the order in which rows arrive changes the
+  result by far less than float32 resolution. The Spark job sees a target's neighbor rows in
+  sorted Arrow batches, and a target may straddle two batches.
+- `pool_projected` (training steps) pools straight from the projections in their dtype, with a
+  cheap backward.
+
+Both take (projected [sources, hidden], src [rows], dst [rows], weights [rows] or None,
+num_segments, mode) and return [num_segments, hidden] (`PoolFn`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from pinsage_model.config import POOLINGS
+
+# (projected, src, dst, weights, num_segments, mode) -> pooled: `pool_gathered` or `pool_projected`.
+PoolFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, int, str], torch.Tensor]
 
 
 @dataclass
@@ -106,11 +117,11 @@ def pool_projected(
 ) -> torch.Tensor:
     """Pooling straight from the projected sources, in their dtype, for training steps.
 
-    Importance and mean pooling are the same weighted mean as `pool(projected[src], dst, weights,
-    ...)`, written as one sparse product A @ projected with A[u, v] = w_v / sum w (importance) or
-    1 / rows (mean): it never builds the [rows, hidden] message matrix, nor its float64 copy, and its
-    backward is A^T @ grad. Max pooling is `_padded_max`, in the projections' dtype (the maximum of
-    float32 values is exact, so no float64 copy is needed); a segment without rows pools to 0 as in
+    Importance and mean pooling are the weighted mean of `pool_gathered`, written as one sparse
+    product A @ projected with A[u, v] = w_v / sum w (importance) or 1 / rows (mean): it never
+    builds the [rows, hidden] message matrix, nor its float64 copy, and its backward is
+    A^T @ grad. Max pooling is `_padded_max`, in the projections' dtype (the maximum of float32
+    values is exact, so no float64 copy is needed); a segment without rows pools to 0 as in
     `finalize`. The Spark executors and inference keep the float64 partial states.
     [sources, hidden] -> [num_segments, hidden]."""
     if mode not in POOLINGS:
@@ -126,9 +137,12 @@ def pool_projected(
     total = torch.zeros(num_segments, dtype=torch.float64, device=dst.device).index_add_(0, dst, w)
     coeff = (w / total[dst].clamp(min=torch.finfo(torch.float64).tiny)).to(projected.dtype)
     matrix = torch.sparse_coo_tensor(
-        torch.stack([dst, src]), coeff, (num_segments, projected.shape[0]), device=projected.device,
+        torch.stack([dst, src]),
+        coeff,
+        (num_segments, projected.shape[0]),
+        device=projected.device,
         check_invariants=False,  # dst and src index the segments and sources by construction
-    )  # fmt: skip
+    )
     return torch.sparse.mm(matrix, projected)
 
 
@@ -137,7 +151,7 @@ def _padded_max(projected: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n
     padded with a -inf row, each segment's rows fill one slot row of an index matrix, and `max`
     reduces it. Its backward is a plain gather's (an index_add of the gradient where each maximum
     was; of tied rows, one takes it), several times faster on the CPU than a scatter_reduce's. The
-    neighbour tables' top-T bound keeps the padding small."""
+    neighbor tables' top-T bound keeps the padding small."""
     hidden = projected.shape[1]
     counts = torch.bincount(dst, minlength=num_segments)
     if dst.numel() == 0:
@@ -155,8 +169,7 @@ def _padded_max(projected: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n
 
 
 # Rows of messages gathered at a time by `pool_gathered`: 8-128 MB of float64 for hidden widths
-# 64-1024, however large the graph. On the 1M-pin small benchmark graph (hidden 64) a warm forward
-# pass took 2.2-2.6 s with 8K or 16K rows, 5.4 s with 256K, and 7.7 s gathering every row at once.
+# 64-1024, however large the graph; larger chunks were slower in the embedding benchmark.
 GATHER_CHUNK_ROWS = 1 << 14
 
 
@@ -169,24 +182,14 @@ def pool_gathered(
     mode: str,
     chunk_rows: int = GATHER_CHUNK_ROWS,
 ) -> torch.Tensor:
-    """`pool(projected[src], dst, weights, num_segments, mode)` for whole-graph inference, gathering
-    `chunk_rows` neighbour rows at a time: the same float64 sums in the same row order, so the same
-    result (bit for bit on the CPU), without the [rows, hidden] message matrix and its float64 copy
-    (several GB for millions of rows). [sources, hidden] -> [num_segments, hidden]."""
+    """Pooling for whole-graph inference: `partial_pool` then `finalize` of the messages
+    projected[src], gathered `chunk_rows` neighbor rows at a time. The float64 sums are added in
+    row order whatever the chunk size, so the result is the same (bit for bit on the CPU), without
+    the [rows, hidden] message matrix and its float64 copy (several GB for millions of rows).
+    [sources, hidden] -> [num_segments, hidden]."""
     state = _empty_state(num_segments, projected.shape[1], mode, weights, projected.device)
     for start in range(0, dst.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
         w = weights[rows] if weights is not None else None
         _accumulate(state, projected[src[rows]], dst[rows], w, mode)
     return finalize(state, mode)
-
-
-def pool(
-    messages: torch.Tensor,
-    segment: torch.Tensor,
-    weights: torch.Tensor | None,
-    num_segments: int,
-    mode: str,
-) -> torch.Tensor:
-    """Pool whole neighbourhoods in one call: [rows, hidden] -> [num_segments, hidden]."""
-    return finalize(partial_pool(messages, segment, weights, num_segments, mode), mode)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from pinsage_model.checkpoint import save_checkpoint
 from pinsage_model.config import ModelConfig
-from pinsage_model.init_checkpoint import random_model
+from pinsage_model.model import random_model
 
 LONELY_PIN = 29  # a pin with no neighbour rows
 LONELY_BOARD = 107  # a board with no neighbour rows

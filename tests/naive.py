@@ -1,6 +1,6 @@
 """Algorithm 2 of the PinSage paper written plainly: each target's embedding by recursion over its
 own computation graph, node by node, in float64 numpy. It shares no code with the pipeline: it reads
-the checkpoint with torch.load itself and the neighbour rows from plain Python lists."""
+the checkpoint with torch.load itself and the neighbor rows from plain Python lists."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 class NaivePinSage:
     def __init__(self, checkpoint_path: str, pins, boards, board_rows, pin_rows):
         """pins: {pin_id: features}; boards: {board_id: features or empty}; *_rows: (dst, src, w)
-        neighbour rows, dangling ones included (they are dropped here, by hand)."""
+        neighbor rows, dangling ones included (they are dropped here, by hand)."""
         raw = torch.load(checkpoint_path, weights_only=True)
         self.cfg = raw["config"]
         self.w = {k: v.double().numpy() for k, v in raw["state_dict"].items()}

@@ -8,10 +8,10 @@ import pickle
 import pytest
 import torch
 
+from jobs.demo.init_checkpoint import main as init_main
 from pinsage_model import CheckpointError, ModelConfig, build_model, read_checkpoint, save_checkpoint
 from pinsage_model.checkpoint import expected_shapes
-from pinsage_model.init_checkpoint import main as init_main
-from pinsage_model.init_checkpoint import random_model
+from pinsage_model.model import random_model
 
 CONFIG = ModelConfig(4, pin_feature_dim=6, board_feature_dim=2, hidden_dim=5, embed_dim=3, pooling="mean")
 
@@ -36,11 +36,9 @@ def test_state_dict_keys_are_the_documented_contract():
         "convs.1.Q.weight", "convs.1.Q.bias", "convs.1.W.weight", "convs.1.W.bias",
         "head.G1.weight", "head.G1.bias", "head.G2.weight",
     }  # fmt: skip
-    assert expected_shapes(ModelConfig(2, 8, 0, 4, 3))["convs.0.W.weight"] == (
-        3,
-        4,
-    )  # d_b = 0: W_1 sees n_u only
-    assert expected_shapes(ModelConfig(2, 8, 0, 4, 3))["convs.1.W.weight"] == (3, 12)  # own h_p(0) first
+    shapes = expected_shapes(ModelConfig(2, 8, 0, 4, 3))
+    assert shapes["convs.0.W.weight"] == (3, 4)  # d_b = 0: W_1 sees n_u only
+    assert shapes["convs.1.W.weight"] == (3, 12)  # own h_p(0) first
 
 
 class RunsCode:

@@ -1,8 +1,8 @@
-"""Minibatch computation graphs: the K-hop neighbourhood of a set of target pins, re-indexed.
+"""Minibatch computation graphs: the K-hop neighborhood of a set of target pins, re-indexed.
 
-To embed target pins T with K layers, layer k needs h(k) only of the nodes whose representation
-some later layer reads. Going down from the top, with N_k(S) the neighbour sources of S in the
-table of layer k's target type:
+To embed target pins T with the K layers of the layer schedule (`ModelConfig.schedule()`), layer k
+needs h(k) only of the nodes whose representation some later layer reads. Going down from the top,
+with N_k(S) the neighbor sources of S in the table of layer k's target type:
 
     need[K]   = T                                        pins
     need[j]   = need[j+2] ++ (N_{j+1}(need[j+1]) \\ need[j+2])    for j = K-1 .. 0
@@ -11,20 +11,22 @@ table of layer k's target type:
 (need[K+1] is empty). need[j] holds pins for even j and boards for odd j. Because need[k] is a
 prefix of need[k-2], the own term h_u(k-2) of layer k's targets is the first |need[k]| rows of the
 level k-2 representation. Each layer runs `PinSageConv.forward` on its block: the sources are
-need[k-1], the targets need[k], and the rows are the targets' complete neighbour rows, so every
-needed node sees exactly the neighbourhood it has in the whole graph.
+need[k-1], the targets need[k], and the rows are the targets' complete neighbor rows, so every
+needed node sees exactly the neighborhood it has in the whole graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pinsage_model.config import layer_types
-from pinsage_model.graph import TrainGraph
+from pinsage_model.config import Layer
 from pinsage_model.model import PinSage
+from pinsage_model.pooling import pool_projected
+from pinsage_model.training.graph import TrainGraph
 
 
 @dataclass(frozen=True)
@@ -80,26 +82,29 @@ def _positions(sorted_ids: np.ndarray, order: np.ndarray, values: np.ndarray) ->
     return order[np.searchsorted(sorted_ids, values)]
 
 
-def computation_graph(graph: TrainGraph, targets: np.ndarray, num_layers: int) -> ComputationGraph:
-    """The re-indexed K-hop computation graph of `targets` (distinct pin positions)."""
+def computation_graph(graph: TrainGraph, targets: np.ndarray, schedule: Sequence[Layer]) -> ComputationGraph:
+    """The re-indexed computation graph of `targets` (distinct pin positions) for the layers of
+    `schedule` (`ModelConfig.schedule()`)."""
     targets = np.asarray(targets, dtype=np.int64)
-    need: dict[int, np.ndarray] = {num_layers: targets}
+    need: dict[int, np.ndarray] = {schedule[-1].k: targets}
+    lead: dict[int, np.ndarray] = {}  # level -> the nodes that must come first in it
     rows: dict[int, np.ndarray] = {}
-    for j in range(num_layers - 1, -2, -1):
-        prefix = need.get(j + 2, np.zeros(0, dtype=np.int64))
-        if j == -1:
-            need[j] = prefix
-            break
-        adjacency = graph.neighbours[layer_types(j + 1)[0]]
-        rows[j + 1] = adjacency.rows_of(need[j + 1])
-        sources = np.unique(adjacency.src[rows[j + 1]])
-        need[j] = np.concatenate([prefix, np.setdiff1d(sources, prefix, assume_unique=True)])
+    for layer in reversed(schedule):
+        adjacency = graph.neighbors[layer.target]
+        rows[layer.k] = adjacency.rows_of(need[layer.k])
+        # Layer k's targets read their own term at level k-2 as its first rows.
+        lead[layer.own] = need[layer.k]
+        prefix = lead.get(layer.k - 1, np.zeros(0, dtype=np.int64))
+        sources = np.unique(adjacency.src[rows[layer.k]])
+        need[layer.k - 1] = np.concatenate([prefix, np.setdiff1d(sources, prefix, assume_unique=True)])
+    for level, nodes in lead.items():  # levels read only as own terms: the first layer's boards
+        need.setdefault(level, nodes)
 
     blocks = []
-    for k in range(1, num_layers + 1):
-        adjacency = graph.neighbours[layer_types(k)[0]]
-        r = rows[k]
-        targets_k, sources = need[k], need[k - 1]
+    for layer in schedule:
+        adjacency = graph.neighbors[layer.target]
+        r = rows[layer.k]
+        targets_k, sources = need[layer.k], need[layer.k - 1]
         counts = adjacency.indptr[targets_k + 1] - adjacency.indptr[targets_k]
         dst = np.repeat(np.arange(len(targets_k)), counts)
         order = np.argsort(sources, kind="stable")
@@ -120,10 +125,19 @@ def computation_graph(graph: TrainGraph, targets: np.ndarray, num_layers: int) -
     )
 
 
-def embed(model: PinSage, cg: ComputationGraph) -> torch.Tensor:
-    """Pin embeddings z of cg.targets, [T, embed_dim]: the layers of `PinSage.forward` run on the
-    computation graph's blocks instead of on every node."""
+def embed_targets(model: PinSage, cg: ComputationGraph) -> torch.Tensor:
+    """Pin embeddings z of cg.targets, [T, embed_dim], for a training step: the layers of
+    `PinSage.forward` run on the computation graph's blocks instead of on every node, pooling with
+    `pool_projected` (whose backward is cheap) instead of the inference path's `pool_gathered`."""
     h = {0: cg.pin_features, -1: cg.board_features}
-    for k, block in enumerate(cg.blocks, start=1):
-        h[k] = model.conv(k)(h[k - 1], h[k - 2][: block.num_targets], block.src, block.dst, block.weight)
-    return model.head(h[len(cg.blocks)])
+    schedule = model.config.schedule()
+    for layer, block in zip(schedule, cg.blocks, strict=True):
+        h[layer.k] = model.conv(layer.k)(
+            h[layer.k - 1],
+            h[layer.own][: block.num_targets],
+            block.src,
+            block.dst,
+            block.weight,
+            pool=pool_projected,
+        )
+    return model.head(h[schedule[-1].k])

@@ -1,4 +1,4 @@
-"""The pin/board graph in memory, indexed for training: nodes by position, neighbour tables as CSR.
+"""The pin/board graph in memory, indexed for training: nodes by position, neighbor tables as CSR.
 
 Node ids are sorted, so a node's index is its rank among the ids of its type and every run over the
 same tables indexes them the same way, whatever order Spark returned the rows in.
@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pinsage_model.model import Neighbourhood
+from pinsage_model.model import Neighborhood
 
 
 @dataclass(frozen=True)
 class Adjacency:
-    """Neighbour rows of one target type in CSR form, sorted by (dst, src, weight).
+    """Neighbor rows of one target type in CSR form, sorted by (dst, src, weight).
 
     Target t's rows are indptr[t]:indptr[t+1]; src indexes the source type's nodes.
     """
@@ -47,9 +47,9 @@ class Adjacency:
         offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         return np.repeat(starts, counts) + offsets
 
-    def neighbourhood(self, device: torch.device | str = "cpu") -> Neighbourhood:
+    def neighborhood(self, device: torch.device | str = "cpu") -> Neighborhood:
         dst = np.repeat(np.arange(self.num_targets), np.diff(self.indptr))
-        return Neighbourhood(
+        return Neighborhood(
             dst=torch.from_numpy(dst).to(device),
             src=torch.from_numpy(self.src).to(device),
             weight=torch.from_numpy(self.weight).to(device),
@@ -61,7 +61,7 @@ class TrainGraph:
     """Everything the trainer reads, as arrays indexed by node position.
 
     pin_features: [pins, d_in]; board_features: [boards, d_b] (d_b may be 0);
-    neighbours["board"]: the boards' pooled pins; neighbours["pin"]: the pins' pooled boards;
+    neighbors["board"]: the boards' pooled pins; neighbors["pin"]: the pins' pooled boards;
     edges_*: the memberships (pin index, board index, weight), which personalised PageRank walks.
     """
 
@@ -69,7 +69,7 @@ class TrainGraph:
     board_ids: np.ndarray  # [boards] int64, sorted
     pin_features: np.ndarray  # [pins, d_in] float32
     board_features: np.ndarray  # [boards, d_b] float32
-    neighbours: dict[str, Adjacency]
+    neighbors: dict[str, Adjacency]
     edge_pin: np.ndarray  # [edges] int64
     edge_board: np.ndarray  # [edges] int64
     edge_weight: np.ndarray  # [edges] float32
@@ -88,13 +88,13 @@ class TrainGraph:
 
     def whole_graph(
         self, device: torch.device | str = "cpu"
-    ) -> tuple[torch.Tensor, torch.Tensor, Neighbourhood, Neighbourhood]:
+    ) -> tuple[torch.Tensor, torch.Tensor, Neighborhood, Neighborhood]:
         """The arguments of `PinSage.forward` for the whole graph."""
         return (
             torch.from_numpy(self.pin_features).to(device),
             torch.from_numpy(self.board_features).to(device),
-            self.neighbours["board"].neighbourhood(device),
-            self.neighbours["pin"].neighbourhood(device),
+            self.neighbors["board"].neighborhood(device),
+            self.neighbors["pin"].neighborhood(device),
         )
 
 
@@ -126,7 +126,7 @@ def build_graph(
     name unknown ids. pin_features is [pins, d_in] and board_features [boards, d_b], in the order of
     the id arrays. Returns the graph and the number of rows dropped per table.
 
-    A membership listed twice counts once with the larger weight, as in the neighbourhood job.
+    A membership listed twice counts once with the larger weight, as in the neighborhood job.
     """
     pin_order, board_order = np.argsort(pin_ids, kind="stable"), np.argsort(board_ids, kind="stable")
     pins, boards = pin_ids[pin_order].astype(np.int64), board_ids[board_order].astype(np.int64)
@@ -143,21 +143,21 @@ def build_graph(
         last[:-1] = (e_pin[1:] != e_pin[:-1]) | (e_board[1:] != e_board[:-1])
         e_pin, e_board, e_weight = e_pin[last], e_board[last], e_weight[last]
 
-    neighbours = {}
+    neighbors = {}
     for kind, rows, dst_ids, src_ids, table in (
         ("board", board_rows, boards, pins, "board_neighbors"),
         ("pin", pin_rows, pins, boards, "pin_neighbors"),
     ):
         dst, src, kept = index_rows(rows[0], rows[1], dst_ids, src_ids)
         dropped[table] = int((~kept).sum())
-        neighbours[kind] = Adjacency.from_rows(dst, src, rows[2][kept].astype(np.float32), len(dst_ids))
+        neighbors[kind] = Adjacency.from_rows(dst, src, rows[2][kept].astype(np.float32), len(dst_ids))
 
     graph = TrainGraph(
         pin_ids=pins,
         board_ids=boards,
         pin_features=np.ascontiguousarray(pin_features[pin_order], dtype=np.float32),
         board_features=np.ascontiguousarray(board_features[board_order], dtype=np.float32),
-        neighbours=neighbours,
+        neighbors=neighbors,
         edge_pin=e_pin,
         edge_board=e_board,
         edge_weight=e_weight,

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pinsage_model.graph import TrainGraph
-from pinsage_model.subgraph import ComputationGraph, computation_graph
+from pinsage_model.config import Layer
+from pinsage_model.training.graph import TrainGraph
+from pinsage_model.training.subgraph import ComputationGraph, computation_graph
 
 # Restart per pin -> board -> pin step (about 0.16 per hop, the classic 0.15 damping).
 PPR_RESTART = 0.3
@@ -286,13 +288,14 @@ class Batch:
 
 def make_batch(
     graph: TrainGraph,
-    num_layers: int,
+    schedule: Sequence[Layer],
     query: np.ndarray,
     pos: np.ndarray,
     negatives: np.ndarray,
     hard: np.ndarray,
 ) -> Batch:
-    """Re-index a batch of examples (pin positions) onto the computation graph of its pins."""
+    """Re-index a batch of examples (pin positions) onto the computation graph of its pins for the
+    layers of `schedule`."""
     targets = np.unique(np.concatenate([query, pos, negatives, hard.ravel()]))
 
     def rows(x: np.ndarray) -> torch.Tensor:
@@ -301,7 +304,7 @@ def make_batch(
     negative_mask = (negatives[None, :] != query[:, None]) & (negatives[None, :] != pos[:, None])
     hard_mask = (hard != query[:, None]) & (hard != pos[:, None])
     return Batch(
-        graph=computation_graph(graph, targets, num_layers),
+        graph=computation_graph(graph, targets, schedule),
         query=rows(query),
         pos=rows(pos),
         negatives=rows(negatives),
@@ -320,7 +323,7 @@ class EpochBatches(Dataset):
     def __init__(
         self,
         graph: TrainGraph,
-        num_layers: int,
+        schedule: Sequence[Layer],
         pairs: tuple[np.ndarray, np.ndarray],
         batch_size: int,
         negatives: int,
@@ -329,7 +332,7 @@ class EpochBatches(Dataset):
         seed: int,
         epoch: int,
     ) -> None:
-        self.graph, self.num_layers = graph, num_layers
+        self.graph, self.schedule = graph, tuple(schedule)
         self.pairs, self.batch_size = pairs, batch_size
         self.negatives, self.hard, self.hard_pools = negatives, hard, hard_pools
         self.seed, self.epoch = seed, epoch
@@ -349,7 +352,7 @@ class EpochBatches(Dataset):
             hard = self.hard_pools.sample(query, self.hard, rng)
         else:
             hard = np.zeros((len(query), 0), dtype=np.int64)
-        return make_batch(self.graph, self.num_layers, query, pos, negatives, hard)
+        return make_batch(self.graph, self.schedule, query, pos, negatives, hard)
 
 
 def worker_init(_: int) -> None:

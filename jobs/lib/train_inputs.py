@@ -1,4 +1,5 @@
-"""Read the trainer's inputs with Spark, checked exactly as the embed job checks them, into numpy.
+"""Read the trainer's inputs with Spark, checked exactly as the embed job checks them, into numpy
+(`pinsage_model.training.graph.TrainGraph`).
 
 The tables are the embed job's (pins, boards, edges, board_neighbors, pin_neighbors) plus related
 pin pairs. Every table goes through `jobs.lib.io.read_table` and `jobs.lib.validate`, so bad input
@@ -18,7 +19,7 @@ from pyspark.sql import functions as F
 
 from jobs.lib.io import InputError, read_table
 from jobs.lib.validate import EXAMPLES, check_links, check_nodes, conform
-from pinsage_model.graph import TrainGraph, build_graph
+from pinsage_model.training.graph import TrainGraph, build_graph
 
 log = logging.getLogger("pinsage.train")
 
@@ -53,10 +54,10 @@ def _features(table: pa.Table, rows: int, dim: int) -> np.ndarray:
     return flat.astype(np.float32).reshape(rows, dim)
 
 
-def feature_width(df: DataFrame) -> int:
-    """The features' width as the first non-NULL row has it (0 when none has features);
-    check_nodes then holds every row to it."""
-    first = df.where(F.col("features").isNotNull()).select(F.size("features").alias("n")).first()
+def vector_width(df: DataFrame, column: str) -> int:
+    """The length of the first non-NULL vector in `column` (0 when there is none); the node checks
+    then hold every other row to it."""
+    first = df.where(F.col(column).isNotNull()).select(F.size(column).alias("n")).first()
     return int(first["n"]) if first is not None else 0
 
 
@@ -99,18 +100,23 @@ def load_inputs(
 ) -> TrainInputs:
     """Read, check and index every input. The feature widths come from the tables (the model is
     built to fit them); the board set is the boards table, or without one every board id that
-    edges or a neighbour table names, as in the embed job.
+    edges or a neighbor table names, as in the embed job.
 
     Columns and types of every table are checked first (no Spark job), then the pins, then the
     pairs against them, then the rest."""
     spark.sparkContext.setJobDescription("train: read and check inputs")
     paths = {
-        "pins": pins, "edges": edges, "board_neighbors": board_neighbors, "pin_neighbors": pin_neighbors,
-        "pairs": pairs, "boards": boards, "validation_pairs": validation_pairs,
-    }  # fmt: skip
+        "pins": pins,
+        "edges": edges,
+        "board_neighbors": board_neighbors,
+        "pin_neighbors": pin_neighbors,
+        "pairs": pairs,
+        "boards": boards,
+        "validation_pairs": validation_pairs,
+    }
     dfs = {name: conform(read_table(spark, name, path), name) for name, path in paths.items() if path}
 
-    pin_dim = feature_width(dfs["pins"])
+    pin_dim = vector_width(dfs["pins"], "features")
     if pin_dim == 0:
         raise InputError("pins", "features", "no row has features of length 1 or more")
     check_nodes(dfs["pins"], "pins", "pin_id", pin_dim, "the first row's length")
@@ -127,7 +133,7 @@ def load_inputs(
     pin_rows = read_links(dfs["pin_neighbors"], "pin_neighbors", ("pin_id", "board_id"))
 
     if boards is not None:
-        board_dim = feature_width(dfs["boards"])
+        board_dim = vector_width(dfs["boards"], "features")
         check_nodes(dfs["boards"], "boards", "board_id", board_dim or None, "the first row's length")
         board_table = _arrow(dfs["boards"])
         board_ids = _ids(board_table, "board_id")
@@ -149,7 +155,13 @@ def load_inputs(
     log.info(
         "inputs: %d pins (features %d), %d boards (features %d), %d memberships, %d pairs%s; "
         "dropped rows naming unknown nodes: %s",
-        graph.num_pins, pin_dim, graph.num_boards, graph.board_features.shape[1], len(graph.edge_pin),
-        len(train_pairs[0]), f", {len(validation[0])} validation pairs" if validation else "", dropped,
-    )  # fmt: skip
+        graph.num_pins,
+        pin_dim,
+        graph.num_boards,
+        graph.board_features.shape[1],
+        len(graph.edge_pin),
+        len(train_pairs[0]),
+        f", {len(validation[0])} validation pairs" if validation else "",
+        dropped,
+    )
     return TrainInputs(graph, train_pairs, validation, dropped)

@@ -1,22 +1,15 @@
 """Write a randomly initialised format_version 1 checkpoint (for demos, tests and benchmarks).
 
-python -m pinsage_model.init_checkpoint --out model.pt --pin-feature-dim 32 [--num-layers 2 ...]
+python jobs/demo/init_checkpoint.py --out model.pt --pin-feature-dim 32 [--num-layers 2 ...]
 """
 
 from __future__ import annotations
 
 import argparse
 
-import torch
-
 from pinsage_model.checkpoint import save_checkpoint
 from pinsage_model.config import POOLINGS, ModelConfig
-from pinsage_model.model import PinSage
-
-
-def random_model(config: ModelConfig, seed: int = 0) -> PinSage:
-    torch.manual_seed(seed)
-    return PinSage(config)
+from pinsage_model.model import random_model
 
 
 def main(argv: list[str] | None = None) -> None:

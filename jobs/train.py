@@ -1,0 +1,262 @@
+"""Train a PinSage model on related pin pairs and write a format_version 1 checkpoint.
+
+    python jobs/train.py --pins P --edges E --board-neighbors BN --pin-neighbors PN
+        --pairs PAIRS --out CKPT [--boards B] [--validation-pairs VP] [--epochs 10 ...]
+
+The inputs are the embed job's tables plus (query_pin, pos_pin) pairs, read and checked with Spark
+in local mode (`jobs.lib.train_inputs`); training itself is single-machine PyTorch
+(`pinsage_model.training`) on the same model code the Spark jobs call, so what is trained is what
+gets embedded. The loss, negatives, curriculum and schedule follow the paper's section 3.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from pyspark.sql import SparkSession
+
+from jobs.lib.cli import job_main
+from jobs.lib.io import InputError
+from jobs.lib.session import get_spark
+from jobs.lib.train_inputs import TrainInputs, load_inputs
+from pinsage_model.checkpoint import save_checkpoint
+from pinsage_model.config import POOLINGS
+from pinsage_model.devices import DEVICES, DeviceError, resolve_device
+from pinsage_model.training.loop import TrainOptions, train, window_for
+from pinsage_model.training.loss import LOSSES
+from pinsage_model.training.sampling import hard_negative_count
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    pins: str
+    edges: str
+    board_neighbors: str
+    pin_neighbors: str
+    pairs: str
+    out: str
+    boards: str | None = None
+    validation_pairs: str | None = None
+    device: str = "auto"
+    master: str | None = None
+    report_json: str | None = None
+    threads: int | None = None
+    options: TrainOptions = field(default_factory=TrainOptions)
+
+
+def _at_least(low: float, kind=int):
+    def parse(text: str):
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> TrainArgs:
+    d = TrainOptions()
+    p = argparse.ArgumentParser(
+        description="Train PinSage on related pin pairs; write a checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--pins", required=True, help="pins table: pin_id, features")
+    p.add_argument("--edges", required=True, help="memberships: pin_id, board_id[, weight]")
+    p.add_argument("--boards", help="optional boards table: board_id[, features]")
+    p.add_argument("--board-neighbors", required=True, help="board_id, pin_id, weight")
+    p.add_argument("--pin-neighbors", required=True, help="pin_id, board_id, weight")
+    p.add_argument("--pairs", required=True, help="training pairs: query_pin, pos_pin")
+    p.add_argument("--validation-pairs", help="pairs for the per-epoch hit-rate@10")
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    p.add_argument("--num-layers", type=_at_least(2), default=d.num_layers, help="even, at least 2")
+    p.add_argument("--hidden-dim", type=_at_least(1), default=d.hidden_dim)
+    p.add_argument("--embed-dim", type=_at_least(1), default=d.embed_dim)
+    p.add_argument("--pooling", choices=POOLINGS, default=d.pooling)
+    p.add_argument("--epochs", type=_at_least(1), default=d.epochs)
+    p.add_argument("--batch-size", type=_at_least(1), default=d.batch_size, help="queries per step")
+    p.add_argument(
+        "--co-membership-pairs",
+        type=_at_least(0),
+        default=d.co_membership_pairs,
+        metavar="N",
+        help="each epoch, also train on N fresh pairs of pins that share a board (a pin -> board -> "
+        "pin step over the memberships, by weight); 0: PAIRS only",
+    )
+    p.add_argument("--lr", type=_positive, default=d.lr, help="peak learning rate (Adam)")
+    p.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default=d.loss,
+        help="margin: the paper's max-margin hinge; softmax: cross-entropy of the positive among the "
+        "same negatives, which keeps ordering the closest ones (see docs, training)",
+    )
+    p.add_argument("--margin", type=_at_least(0.0, float), default=d.margin, help="the hinge's margin")
+    p.add_argument(
+        "--temperature", type=_positive, default=d.temperature, help="the softmax loss's temperature"
+    )
+    p.add_argument("--negatives", type=_at_least(1), default=d.negatives, help="shared per minibatch")
+    p.add_argument(
+        "--hard-negatives",
+        type=_at_least(0),
+        default=d.hard_negatives,
+        help="most hard negatives per query; epoch n uses n-1 of them",
+    )
+    p.add_argument(
+        "--hard-window",
+        metavar="LO:HI",
+        help="PPR ranks to draw hard negatives from, as ranks (2000:5000) or fractions of the pins "
+        "(0.02:0.05); default ranks 2000:5000, or 2%%-5%% of the pins below 100,000 pins",
+    )
+    p.add_argument(
+        "--ppr-restart",
+        type=_fraction,
+        default=d.ppr_restart,
+        help="PPR restart probability per pin -> board -> pin step",
+    )
+    p.add_argument("--warmup-steps", type=_at_least(0), help="linear warmup steps (default: one epoch)")
+    p.add_argument("--lr-decay", type=_fraction, default=d.lr_decay, help="lr factor per epoch after warmup")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--workers", type=_at_least(0), default=d.workers, help="DataLoader batch producers")
+    p.add_argument(
+        "--threads",
+        type=_at_least(1),
+        help="torch threads for the training step (default: torch's, one per core); the batches are "
+        "small, so on a machine shared with other work 1 is often fastest",
+    )
+    p.add_argument("--master", help="Spark master for reading the inputs (default local[*])")
+    p.add_argument("--report-json", help="also write the training report as JSON to this file")
+    a = p.parse_args(argv)
+    if a.num_layers % 2:
+        p.error(f"--num-layers must be even, got {a.num_layers}")
+    try:
+        resolve_device(a.device)
+    except DeviceError as exc:
+        p.error(f"--device {a.device}: {exc}")
+    values = vars(a)
+    options = TrainOptions(**{name: values[name] for name in TrainOptions.__dataclass_fields__})
+    return TrainArgs(
+        **{name: values[name] for name in TrainArgs.__dataclass_fields__ if name != "options"},
+        options=options,
+    )
+
+
+@dataclass
+class TrainReport:
+    checkpoint: str
+    sha256: str
+    device: str
+    config: dict
+    options: dict
+    inputs: dict
+    epochs: list[dict]
+    seconds: dict
+
+    def render(self) -> str:
+        c = self.config
+        lines = [
+            f"trained PinSage: {c['num_layers']} layers, {c['pooling']} pooling, hidden {c['hidden_dim']}, "
+            f"embed {c['embed_dim']}, {self.options['loss']} loss, device {self.device}",
+            "inputs: " + ", ".join(f"{k} {v:,}" for k, v in self.inputs.items()),
+            f"{'epoch':<7}{'loss':>9}{'hit@10':>9}{'hard/q':>8}{'lr':>11}{'steps':>7}{'seconds':>9}",
+        ]
+        for e in self.epochs:
+            hits = "-" if e["hit_rate"] is None else f"{e['hit_rate']:.3f}"
+            lines.append(
+                f"{e['epoch']:<7}{e['loss']:>9.4f}{hits:>9}{e['hard_negatives']:>8}{e['lr']:>11.2e}"
+                f"{e['steps']:>7}{e['seconds']:>9.1f}"
+            )
+        lines.append(f"wrote {self.checkpoint} (sha256 {self.sha256})")
+        lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+
+def read_inputs(args: TrainArgs) -> TrainInputs:
+    """The CLI's inputs, read and checked with Spark (local mode unless --master says otherwise)."""
+    started_here = SparkSession.getActiveSession() is None
+    spark = get_spark("pinsage-train", args.master)
+    try:
+        inputs = load_inputs(
+            spark,
+            args.pins,
+            args.edges,
+            args.board_neighbors,
+            args.pin_neighbors,
+            args.pairs,
+            args.boards,
+            args.validation_pairs,
+        )
+    finally:
+        if started_here:  # the arrays are in numpy now; a session the caller owns stays up
+            spark.stop()
+    options = args.options
+    if hard_negative_count(options.epochs, options.hard_negatives):
+        try:
+            window_for(options, inputs.graph.num_pins)
+        except ValueError as exc:
+            raise InputError("pins", None, f"{inputs.graph.num_pins} pins: {exc}") from None
+    return inputs
+
+
+def fit(args: TrainArgs, inputs: TrainInputs) -> TrainReport:
+    """Train on read inputs and write the checkpoint to args.out."""
+    clock = time.perf_counter()
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    graph = inputs.graph
+    model, history = train(graph, inputs.pairs, args.options, inputs.validation, device)
+    seconds = {"training": time.perf_counter() - clock}
+    sha = save_checkpoint(model, args.out)
+    counts = {"pins": graph.num_pins, "boards": graph.num_boards, "pairs": len(inputs.pairs[0])}
+    if args.options.co_membership_pairs:
+        counts["co-membership draws per epoch"] = args.options.co_membership_pairs
+    if inputs.validation is not None:
+        counts["validation pairs"] = len(inputs.validation[0])
+    return TrainReport(
+        args.out,
+        sha,
+        str(device),
+        model.config.to_dict(),
+        asdict(args.options),
+        counts,
+        [asdict(e) for e in history],
+        seconds,
+    )
+
+
+def run(args: TrainArgs) -> TrainReport:
+    clock = time.perf_counter()
+    inputs = read_inputs(args)
+    seconds = time.perf_counter() - clock
+    report = fit(args, inputs)
+    report.seconds = {"inputs": seconds, **report.seconds}
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return job_main(lambda: run(args), args.report_json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

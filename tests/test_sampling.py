@@ -1,0 +1,155 @@
+"""Training examples: batches point at their examples' pins, hard negatives come from the
+configured personalised-PageRank window (checked against an independent numpy PageRank), the
+curriculum adds them epoch by epoch, and co-membership pairs follow the weighted pin -> board -> pin
+step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pinsage_model.config import ModelConfig
+from pinsage_model.training.sampling import (
+    CoMembership,
+    EpochBatches,
+    HardNegatives,
+    RankWindow,
+    default_window,
+    hard_negative_count,
+    hard_negative_pools,
+    make_batch,
+    parse_window,
+    personalised_pagerank,
+    transition_matrices,
+)
+from tests.training_data import clustered, in_memory, one_torch_thread  # noqa: F401
+
+SCHEDULE = ModelConfig(2, 8, 0, 16, 8).schedule()
+
+
+def test_batch_rows_point_at_the_examples_pins():
+    graph, _ = in_memory(clustered(seed=2))
+    query, pos = np.array([4, 9]), np.array([9, 30])
+    negatives, hard = np.array([9, 50, 61]), np.array([[71], [30]])
+    batch = make_batch(graph, SCHEDULE, query, pos, negatives, hard)
+    targets = batch.graph.targets
+    assert targets[batch.query].tolist() == [4, 9] and targets[batch.pos].tolist() == [9, 30]
+    assert targets[batch.negatives].tolist() == [9, 50, 61] and targets[batch.hard].tolist() == [[71], [30]]
+    # A negative that is the query's own pin or its positive is masked out of the loss.
+    assert batch.negative_mask.tolist() == [[False, True, True], [False, True, True]]
+    assert batch.hard_mask.tolist() == [[True], [False]]
+
+
+def exact_ppr(graph, query: int, restart: float) -> np.ndarray:
+    """PageRank personalised to `query` as a linear system in float64 numpy, from the memberships:
+    the pin -> board -> pin walk with restart, a pin without boards returning to the query."""
+    P = np.zeros((graph.num_pins, graph.num_boards))
+    for p, b, w in zip(graph.edge_pin, graph.edge_board, graph.edge_weight, strict=True):
+        P[p, b] = w
+    pin_to_board = P / np.maximum(P.sum(1, keepdims=True), 1e-300)
+    board_to_pin = P.T / P.T.sum(1, keepdims=True)
+    M = pin_to_board @ board_to_pin
+    M[P.sum(1) == 0, query] = 1.0
+    e = np.zeros(graph.num_pins)
+    e[query] = 1.0
+    # pi = restart e + (1 - restart) pi M
+    return np.linalg.solve((np.eye(graph.num_pins) - (1 - restart) * M).T, restart * e)
+
+
+def test_pagerank_matches_the_linear_system():
+    graph, _ = in_memory(clustered(seed=4))
+    queries = np.array([0, 17, 55])
+    got = personalised_pagerank(transition_matrices(graph), torch.from_numpy(queries), 0.2).numpy()
+    for col, q in enumerate(queries):
+        assert np.abs(got[:, col] - exact_ppr(graph, q, 0.2)).max() < 1e-6
+
+
+@pytest.mark.parametrize("window", ["5:12", "0.1:0.2"])
+def test_hard_negatives_come_from_the_configured_rank_window(window):
+    data = clustered(seed=5, pins=120, boards=30)
+    graph, pairs = in_memory(data)
+    ranks = parse_window(window, graph.num_pins)
+    assert (ranks.lo, ranks.hi) == ((5, 12) if window == "5:12" else (12, 24))
+    pools = hard_negative_pools(graph, pairs[0], ranks, restart=0.15)
+    assert pools.pool.shape == (len(np.unique(pairs[0])), ranks.width)
+    for q, window_pins in zip(pools.queries[:25], pools.pool[:25], strict=True):
+        score = exact_ppr(graph, q, 0.15)
+        others = np.delete(score, q)
+        tol = 1e-6  # float32 iterates
+        assert len(set(window_pins.tolist())) == ranks.width and q not in window_pins
+        for v in window_pins:
+            # v's possible 1-based ranks among the other pins, whichever way ties are broken
+            best = 1 + int((others > score[v] + tol).sum())
+            worst = int((others >= score[v] - tol).sum())
+            assert best <= ranks.hi and worst >= ranks.lo, (q, v, best, worst, ranks)
+
+    # A batch's hard negatives are drawn from its own queries' windows.
+    batches = EpochBatches(graph, SCHEDULE, pairs, 32, 10, hard=3, hard_pools=pools, seed=0, epoch=4)
+    batch = batches[1]
+    targets = batch.graph.targets
+    query_pins, hard_pins = targets[batch.query], targets[batch.hard]
+    assert hard_pins.shape == (32, 3)
+    for q, drawn in zip(query_pins, hard_pins, strict=True):
+        row = pools.pool[np.searchsorted(pools.queries, q)]
+        assert set(drawn.tolist()) <= set(row.tolist())
+
+
+def test_window_defaults_scale_the_papers_ranks_to_the_catalogue():
+    assert default_window(2_000_000_000) == RankWindow(2000, 5000)
+    assert default_window(100_001) == RankWindow(2000, 5000)
+    assert default_window(10_001) == RankWindow(200, 500)
+    assert default_window(30) == RankWindow(1, 1)
+    with pytest.raises(ValueError, match="outside 1..29"):
+        parse_window("10:40", 30)
+    with pytest.raises(ValueError, match="LO:HI"):
+        parse_window("10", 30)
+
+
+def test_curriculum_adds_one_hard_negative_per_epoch_up_to_the_cap_to_each_batch():
+    assert [hard_negative_count(e, 3) for e in range(1, 7)] == [0, 1, 2, 3, 3, 3]
+    assert [hard_negative_count(e, 0) for e in range(1, 4)] == [0, 0, 0]
+    graph, pairs = in_memory(clustered(seed=6))
+    pools = HardNegatives(np.unique(pairs[0]), np.zeros((len(np.unique(pairs[0])), 4), dtype=np.int64))
+    for epoch in range(1, 6):
+        count = hard_negative_count(epoch, 3)
+        batches = EpochBatches(graph, SCHEDULE, pairs, 16, 8, count, pools, seed=0, epoch=epoch)
+        assert batches[0].hard.shape == (16, count)
+
+
+def co_membership_distribution(edges) -> dict[tuple[int, int], float]:
+    """P(query, pos) of one pin -> board -> pin step by weight, self-pairs removed and the rest
+    renormalised, summed in plain Python over (pin, board, weight) rows."""
+    total = sum(w for _, _, w in edges)
+    board_total: dict[int, float] = {}
+    for _, b, w in edges:
+        board_total[b] = board_total.get(b, 0.0) + w
+    prob: dict[tuple[int, int], float] = {}
+    for q, b, wq in edges:
+        for p, b2, wp in edges:
+            if b2 == b and p != q:
+                prob[(q, p)] = prob.get((q, p), 0.0) + (wq / total) * (wp / board_total[b])
+    kept = sum(prob.values())
+    return {k: v / kept for k, v in prob.items()}
+
+
+def test_co_membership_pairs_follow_the_weighted_pin_board_pin_step():
+    data = clustered(seed=11)
+    graph, _ = in_memory(data)
+    edges = list(
+        zip(graph.edge_pin.tolist(), graph.edge_board.tolist(), graph.edge_weight.tolist(), strict=True)
+    )
+    expected = co_membership_distribution(edges)
+    sampler = CoMembership.of(graph)
+    query, pos = sampler.draw(200_000, np.random.default_rng(3))
+    assert 0.7 * 200_000 < len(query) < 200_000, "only self-pairs are dropped"
+    assert np.all(query != pos)
+    counts: dict[tuple[int, int], int] = {}
+    for pair in zip(query.tolist(), pos.tolist(), strict=True):
+        counts[pair] = counts.get(pair, 0) + 1
+    assert set(counts) <= set(expected), "every pair shares a board"
+    total_variation = 0.5 * sum(abs(counts.get(k, 0) / len(query) - v) for k, v in expected.items())
+    assert total_variation < 0.02, total_variation
+    again = sampler.draw(200_000, np.random.default_rng(3))
+    assert np.array_equal(again[0], query) and np.array_equal(again[1], pos)
+    assert set(sampler.queries.tolist()) == set(graph.edge_pin.tolist())
