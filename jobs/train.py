@@ -12,16 +12,15 @@ gets embedded. The loss, negatives, curriculum and schedule follow the paper's s
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from pyspark.sql import SparkSession
 
-from jobs.lib.cli import job_main
+from jobs.lib.cli import CommonArgs, add_common_args, at_least, common_args, fraction, job_main, positive
 from jobs.lib.io import InputError
+from jobs.lib.report import Report, Stopwatch
 from jobs.lib.session import get_spark
 from jobs.lib.train_inputs import TrainInputs, load_inputs
 from pinsage_model.checkpoint import save_checkpoint
@@ -43,34 +42,9 @@ class TrainArgs:
     boards: str | None = None
     validation_pairs: str | None = None
     device: str = "auto"
-    master: str | None = None
-    report_json: str | None = None
     threads: int | None = None
     options: TrainOptions = field(default_factory=TrainOptions)
-
-
-def _at_least(low: float, kind=int):
-    def parse(text: str):
-        value = kind(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
-        return value
-
-    return parse
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+    common: CommonArgs = field(default_factory=CommonArgs)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainArgs:
@@ -87,21 +61,21 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     p.add_argument("--pairs", required=True, help="training pairs: query_pin, pos_pin")
     p.add_argument("--validation-pairs", help="pairs for the per-epoch hit-rate@10")
     p.add_argument("--out", required=True, help="checkpoint file to write")
-    p.add_argument("--num-layers", type=_at_least(2), default=d.num_layers, help="even, at least 2")
-    p.add_argument("--hidden-dim", type=_at_least(1), default=d.hidden_dim)
-    p.add_argument("--embed-dim", type=_at_least(1), default=d.embed_dim)
+    p.add_argument("--num-layers", type=at_least(2), default=d.num_layers, help="even, at least 2")
+    p.add_argument("--hidden-dim", type=at_least(1), default=d.hidden_dim)
+    p.add_argument("--embed-dim", type=at_least(1), default=d.embed_dim)
     p.add_argument("--pooling", choices=POOLINGS, default=d.pooling)
-    p.add_argument("--epochs", type=_at_least(1), default=d.epochs)
-    p.add_argument("--batch-size", type=_at_least(1), default=d.batch_size, help="queries per step")
+    p.add_argument("--epochs", type=at_least(1), default=d.epochs)
+    p.add_argument("--batch-size", type=at_least(1), default=d.batch_size, help="queries per step")
     p.add_argument(
         "--co-membership-pairs",
-        type=_at_least(0),
+        type=at_least(0),
         default=d.co_membership_pairs,
         metavar="N",
         help="each epoch, also train on N fresh pairs of pins that share a board (a pin -> board -> "
         "pin step over the memberships, by weight); 0: PAIRS only",
     )
-    p.add_argument("--lr", type=_positive, default=d.lr, help="peak learning rate (Adam)")
+    p.add_argument("--lr", type=positive, default=d.lr, help="peak learning rate (Adam)")
     p.add_argument(
         "--loss",
         choices=LOSSES,
@@ -109,14 +83,14 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         help="margin: the paper's max-margin hinge; softmax: cross-entropy of the positive among the "
         "same negatives, which keeps ordering the closest ones (see docs, training)",
     )
-    p.add_argument("--margin", type=_at_least(0.0, float), default=d.margin, help="the hinge's margin")
+    p.add_argument("--margin", type=at_least(0.0, float), default=d.margin, help="the hinge's margin")
     p.add_argument(
-        "--temperature", type=_positive, default=d.temperature, help="the softmax loss's temperature"
+        "--temperature", type=positive, default=d.temperature, help="the softmax loss's temperature"
     )
-    p.add_argument("--negatives", type=_at_least(1), default=d.negatives, help="shared per minibatch")
+    p.add_argument("--negatives", type=at_least(1), default=d.negatives, help="shared per minibatch")
     p.add_argument(
         "--hard-negatives",
-        type=_at_least(0),
+        type=at_least(0),
         default=d.hard_negatives,
         help="most hard negatives per query; epoch n uses n-1 of them",
     )
@@ -128,23 +102,22 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     )
     p.add_argument(
         "--ppr-restart",
-        type=_fraction,
+        type=fraction,
         default=d.ppr_restart,
         help="PPR restart probability per pin -> board -> pin step",
     )
-    p.add_argument("--warmup-steps", type=_at_least(0), help="linear warmup steps (default: one epoch)")
-    p.add_argument("--lr-decay", type=_fraction, default=d.lr_decay, help="lr factor per epoch after warmup")
+    p.add_argument("--warmup-steps", type=at_least(0), help="linear warmup steps (default: one epoch)")
+    p.add_argument("--lr-decay", type=fraction, default=d.lr_decay, help="lr factor per epoch after warmup")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--workers", type=_at_least(0), default=d.workers, help="DataLoader batch producers")
+    p.add_argument("--workers", type=at_least(0), default=d.workers, help="DataLoader batch producers")
     p.add_argument(
         "--threads",
-        type=_at_least(1),
+        type=at_least(1),
         help="torch threads for the training step (default: torch's, one per core); the batches are "
         "small, so on a machine shared with other work 1 is often fastest",
     )
-    p.add_argument("--master", help="Spark master for reading the inputs (default local[*])")
-    p.add_argument("--report-json", help="also write the training report as JSON to this file")
+    add_common_args(p, work_tables=False)
     a = p.parse_args(argv)
     if a.num_layers % 2:
         p.error(f"--num-layers must be even, got {a.num_layers}")
@@ -155,13 +128,16 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     values = vars(a)
     options = TrainOptions(**{name: values[name] for name in TrainOptions.__dataclass_fields__})
     return TrainArgs(
-        **{name: values[name] for name in TrainArgs.__dataclass_fields__ if name != "options"},
+        **{
+            name: values[name] for name in TrainArgs.__dataclass_fields__ if name not in ("options", "common")
+        },
         options=options,
+        common=common_args(p, a),
     )
 
 
 @dataclass
-class TrainReport:
+class TrainReport(Report):
     checkpoint: str
     sha256: str
     device: str
@@ -169,9 +145,8 @@ class TrainReport:
     options: dict
     inputs: dict
     epochs: list[dict]
-    seconds: dict
 
-    def render(self) -> str:
+    def lines(self) -> list[str]:
         c = self.config
         lines = [
             f"trained PinSage: {c['num_layers']} layers, {c['pooling']} pooling, hidden {c['hidden_dim']}, "
@@ -186,14 +161,13 @@ class TrainReport:
                 f"{e['steps']:>7}{e['seconds']:>9.1f}"
             )
         lines.append(f"wrote {self.checkpoint} (sha256 {self.sha256})")
-        lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
-        return "\n".join(lines)
+        return lines
 
 
 def read_inputs(args: TrainArgs) -> TrainInputs:
     """The CLI's inputs, read and checked with Spark (local mode unless --master says otherwise)."""
     started_here = SparkSession.getActiveSession() is None
-    spark = get_spark("pinsage-train", args.master)
+    spark = get_spark("pinsage-train", args.common.master, args.common.conf)
     try:
         inputs = load_inputs(
             spark,
@@ -219,13 +193,13 @@ def read_inputs(args: TrainArgs) -> TrainInputs:
 
 def fit(args: TrainArgs, inputs: TrainInputs) -> TrainReport:
     """Train on read inputs and write the checkpoint to args.out."""
-    clock = time.perf_counter()
+    clock = Stopwatch()
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     graph = inputs.graph
     model, history = train(graph, inputs.pairs, args.options, inputs.validation, device)
-    seconds = {"training": time.perf_counter() - clock}
+    seconds = {"training": clock.seconds()}
     sha = save_checkpoint(model, args.out)
     counts = {"pins": graph.num_pins, "boards": graph.num_boards, "pairs": len(inputs.pairs[0])}
     if args.options.co_membership_pairs:
@@ -240,14 +214,14 @@ def fit(args: TrainArgs, inputs: TrainInputs) -> TrainReport:
         asdict(args.options),
         counts,
         [asdict(e) for e in history],
-        seconds,
+        seconds=seconds,
     )
 
 
 def run(args: TrainArgs) -> TrainReport:
-    clock = time.perf_counter()
+    clock = Stopwatch()
     inputs = read_inputs(args)
-    seconds = time.perf_counter() - clock
+    seconds = clock.seconds()
     report = fit(args, inputs)
     report.seconds = {"inputs": seconds, **report.seconds}
     return report
@@ -255,7 +229,7 @@ def run(args: TrainArgs) -> TrainReport:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return job_main(lambda: run(args), args.report_json)
+    return job_main(lambda: run(args), args.common.report_json)
 
 
 if __name__ == "__main__":
