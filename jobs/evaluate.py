@@ -36,22 +36,8 @@ from jobs.lib.cli import (
     positive,
     spark_job_main,
 )
-from jobs.lib.evaluation.checks import (
-    check_covered,
-    check_pairs,
-    check_vector_table,
-    conform_labels,
-)
-from jobs.lib.evaluation.health import (
-    labelled_sample,
-    pair_cosines,
-    pca_2d,
-    plot_histograms,
-    plot_map,
-    random_pairs,
-    similarity_histogram,
-    similarity_stats,
-)
+from jobs.lib.evaluation import health
+from jobs.lib.evaluation.checks import check_covered, check_pairs, check_vector_table, conform_labels
 from jobs.lib.evaluation.metrics import format_p, metric_names, metrics, paired_hits, sign_test_p
 from jobs.lib.evaluation.ranking import (
     blocks_for,
@@ -162,21 +148,14 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         walks = WalkParams(a.walks_per_node, a.walk_length, a.restart_prob, 1, a.seed)
     except ValueError as exc:
         p.error(str(exc).replace("restart_prob", "--restart-prob"))
+    same = [
+        name for name in EvaluateArgs.__dataclass_fields__ if name not in ("out", "ks", "walks", "common")
+    ]
     return EvaluateArgs(
-        embeddings=a.embeddings,
-        pairs=a.pairs,
+        **{name: getattr(a, name) for name in same},
         out=a.out.rstrip("/"),
         ks=a.k,
-        candidates=a.candidates,
-        seed=a.seed,
-        pins=a.pins,
-        edges=a.edges,
-        labels=a.labels,
         walks=walks,
-        walks_per_batch=a.walks_per_batch,
-        similarity_pairs=a.similarity_pairs,
-        map_sample=a.map_sample,
-        query_block_mb=a.query_block_mb,
         common=common_args(p, a),
     )
 
@@ -280,14 +259,14 @@ def similarity_health(
     """Figure 4: cosine similarity of seeded random pairs per vector table: statistics in the report,
     histograms in one PNG."""
     panels = {}
-    pairs = random_pairs(vectors["embedding"].select("pin_id"), args.similarity_pairs, args.seed)
+    pairs = health.random_pairs(vectors["embedding"].select("pin_id"), args.similarity_pairs, args.seed)
     for method, table in vectors.items():
         spark.sparkContext.setJobDescription(f"{method}: cosine similarity of random pairs")
-        cosines = pair_cosines(pairs, table).persist(StorageLevel.MEMORY_AND_DISK)
-        stats = similarity_stats(cosines).first().asDict()
+        cosines = health.pair_cosines(pairs, table).persist(StorageLevel.MEMORY_AND_DISK)
+        stats = health.similarity_stats(cosines).first().asDict()
         report.similarity[method] = stats
         counts = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
-        for row in similarity_histogram(cosines, HISTOGRAM_BINS).collect():
+        for row in health.similarity_histogram(cosines, HISTOGRAM_BINS).collect():
             counts[row["bin"]] = row["count"]
         cosines.unpersist()
         panels[method] = (counts, stats)
@@ -295,7 +274,7 @@ def similarity_health(
         report.notes.append("similarity histogram skipped: fewer than two pins")
         return
     local = os.path.join(scratch, "similarity_histogram.png")
-    plot_histograms(panels, local)
+    health.plot_histograms(panels, local)
     put_file(spark, local, f"{args.out}/similarity_histogram.png")
     report.outputs["similarity_histogram"] = f"{args.out}/similarity_histogram.png"
 
@@ -305,13 +284,13 @@ def pca_map(
 ) -> None:
     """A 2-D PCA map of a seeded sample of labelled pins' embeddings, coloured by label."""
     spark.sparkContext.setJobDescription("sample labelled embeddings for the PCA map")
-    sample = labelled_sample(inputs.embeddings, inputs.labels, args.map_sample, args.seed).toArrow()
+    sample = health.labelled_sample(inputs.embeddings, inputs.labels, args.map_sample, args.seed).toArrow()
     if sample.num_rows < 2:
         report.notes.append(f"PCA map skipped: {sample.num_rows} labelled pins have an embedding")
         return
-    coords, ratio = pca_2d(to_matrix(sample.column("vec").combine_chunks(), inputs.dim))
+    coords, ratio = health.pca_2d(to_matrix(sample.column("vec").combine_chunks(), inputs.dim))
     local = os.path.join(scratch, "pca_map.png")
-    plot_map(coords, sample.column("label").to_pylist(), ratio, local)
+    health.plot_map(coords, sample.column("label").to_pylist(), ratio, local)
     put_file(spark, local, f"{args.out}/pca_map.png")
     report.outputs["pca_map"] = f"{args.out}/pca_map.png"
 

@@ -33,11 +33,20 @@ def test_pairs_are_counted_with_and_without_repeats(spark):
     [
         ([], "table 'pairs': has no rows"),
         ([(4, 6), (2, None)], "table 'pairs', column 'pos_pin': 1 rows have a NULL id"),
-        ([(4, 4), (2, 2), (1, 3)], "table 'pairs', column 'pos_pin': 2 rows name the query pin itself as the positive (e.g. query_pin 2, 4)"),
-        ([(0, 1), (1, 999)], "table 'pairs', column 'pos_pin': 1 rows name a pin that is not in pin_embeddings (e.g. pos_pin 999)"),
-        ([(7, 1), (8, 1), (9, 1), (6, 1)], "table 'pairs', column 'query_pin': 4 rows name a pin that is not in pin_embeddings (e.g. query_pin 6, 7, 8)"),
+        (
+            [(4, 4), (2, 2), (1, 3)],
+            "table 'pairs', column 'pos_pin': 2 rows name the query pin itself as the positive (e.g. query_pin 2, 4)",
+        ),
+        (
+            [(0, 1), (1, 999)],
+            "table 'pairs', column 'pos_pin': 1 rows name a pin that is not in pin_embeddings (e.g. pos_pin 999)",
+        ),
+        (
+            [(7, 1), (8, 1), (9, 1), (6, 1)],
+            "table 'pairs', column 'query_pin': 4 rows name a pin that is not in pin_embeddings (e.g. query_pin 6, 7, 8)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_pairs_are_rejected_naming_the_column_and_examples(spark, rows, message):
     with pytest.raises(InputError) as error:
         check_pairs(pairs_df(spark, rows), known(spark, range(5)), "pin_embeddings")
