@@ -11,36 +11,51 @@ candidates are ranked by random-walk visit counts from the query (graph-only, Pi
 scale, by their number of boards alone, the same order for every query (popularity). Reports
 hit-rate@k, MRR and scaled MRR per method; writes O/pair_ranks (Delta), the histogram of random-pair
 cosine similarities O/similarity_histogram.png and, with --labels, a 2-D PCA map O/pca_map.png.
-Rank and tie definitions: jobs/lib/evaluation.py.
+Rank and tie definitions: jobs/lib/evaluation/__init__.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.lib import evaluation as E
-from jobs.lib import walks as W
-from jobs.lib.cli import job_main, new_run_id, spark_conf
-from jobs.lib.io import InputError, delete_work, read_table, write_delta
-from jobs.lib.session import get_spark
+from jobs.lib.cli import (
+    CommonArgs,
+    add_common_args,
+    at_least,
+    common_args,
+    new_run_id,
+    positive,
+    spark_job_main,
+)
+from jobs.lib.evaluation import health
+from jobs.lib.evaluation.checks import check_covered, check_pairs, check_vector_table, conform_labels
+from jobs.lib.evaluation.metrics import format_p, metric_names, metrics, paired_hits, sign_test_p
+from jobs.lib.evaluation.ranking import (
+    blocks_for,
+    candidate_pool,
+    distinct_pairs,
+    popularity_ranks,
+    rank_by_similarity,
+    rank_by_walks,
+)
+from jobs.lib.io import delete_work, put_file, read_delta, read_table, write_and_reload, write_delta
+from jobs.lib.report import Report
 from jobs.lib.validate import check_links, check_nodes, conform
 from jobs.lib.vectors import to_matrix
-
-log = logging.getLogger("pinsage.evaluate")
+from jobs.lib.walks import WalkParams, memberships
 
 HISTOGRAM_BINS = 100
+METHODS = ("embedding", "content", "graph", "popularity")
+DEFAULT_WALKS_PER_NODE = 500
 
 
 @dataclass(frozen=True)
@@ -54,18 +69,16 @@ class EvaluateArgs:
     pins: str | None = None
     edges: str | None = None
     labels: str | None = None
-    walks: W.WalkParams = field(default_factory=lambda: W.WalkParams(walks_per_node=500))
+    walks: WalkParams = field(default_factory=lambda: WalkParams(walks_per_node=DEFAULT_WALKS_PER_NODE))
     walks_per_batch: int = 100
     similarity_pairs: int = 10_000
     map_sample: int = 2_000
     query_block_mb: float = 32.0
-    master: str | None = None
-    conf: dict[str, str] = field(default_factory=dict)
-    keep_work: bool = False
-    report_json: str | None = None
+    common: CommonArgs = field(default_factory=CommonArgs)
 
 
-def _positive_ints(text: str) -> tuple[int, ...]:
+def _cut_offs(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated integers >= 1, sorted, each once."""
     try:
         values = sorted({int(v) for v in text.split(",") if v.strip()})
     except ValueError:
@@ -81,55 +94,74 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
     p.add_argument("--embeddings", required=True, help="pin_embeddings: pin_id, embedding")
     p.add_argument("--pairs", required=True, help="held-out pairs: query_pin, pos_pin")
     p.add_argument("--out", required=True, help="output root: pair_ranks (Delta) and the PNG plots")
-    p.add_argument("--k", type=_positive_ints, default=d.ks, metavar="K,K,...",
-                   help="cut-offs of the hit rate (default 10,100,500)")  # fmt: skip
-    p.add_argument("--candidates", type=int, metavar="N",
-                   help="rank among a seeded sample of N pins plus the positive (default: all)")  # fmt: skip
+    p.add_argument(
+        "--k",
+        type=_cut_offs,
+        default=d.ks,
+        metavar="K,K,...",
+        help="cut-offs of the hit rate (default 10,100,500)",
+    )
+    p.add_argument(
+        "--candidates",
+        type=at_least(1),
+        metavar="N",
+        help="rank among a seeded sample of N pins plus the positive (default: all)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every sample and walk")
     p.add_argument("--pins", help="pins table (pin_id, features): content-only baseline")
     p.add_argument(
         "--edges", help="memberships (pin_id, board_id[, weight]): graph-only and popularity baselines"
     )
     p.add_argument("--labels", help="labels (pin_id, label): colours the PCA map")
-    p.add_argument("--walks-per-query", type=int, default=d.walks.walks_per_node)
-    p.add_argument("--walk-length", type=int, default=d.walks.walk_length)
+    p.add_argument(
+        "--walks-per-node",
+        type=at_least(1),
+        default=d.walks.walks_per_node,
+        help="walks started at each query pin (graph baseline)",
+    )
+    p.add_argument("--walk-length", type=at_least(1), default=d.walks.walk_length)
     p.add_argument("--restart-prob", type=float, default=d.walks.restart_prob)
-    p.add_argument("--walks-per-batch", type=int, default=d.walks_per_batch,
-                   help="walk indices simulated per Spark job")  # fmt: skip
-    p.add_argument("--similarity-pairs", type=int, default=d.similarity_pairs,
-                   help="random pairs for the similarity histogram (0: skip)")  # fmt: skip
-    p.add_argument("--map-sample", type=int, default=d.map_sample, help="labelled pins on the PCA map")
-    p.add_argument("--query-block-mb", type=float, default=d.query_block_mb,
-                   help="size of a broadcast block of query vectors (float64)")  # fmt: skip
-    p.add_argument("--master", help="Spark master when run with python (default local[*])")
-    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
-    p.add_argument("--keep-work", action="store_true", help="keep intermediate tables in OUT/_work")
-    p.add_argument("--report-json", help="also write the report as JSON to this local file")
+    p.add_argument(
+        "--walks-per-batch",
+        type=at_least(1),
+        default=d.walks_per_batch,
+        help="walk indices simulated per Spark job",
+    )
+    p.add_argument(
+        "--similarity-pairs",
+        type=at_least(0),
+        default=d.similarity_pairs,
+        help="random pairs for the similarity histogram (0: skip)",
+    )
+    p.add_argument(
+        "--map-sample", type=at_least(2), default=d.map_sample, help="labelled pins on the PCA map"
+    )
+    p.add_argument(
+        "--query-block-mb",
+        type=positive,
+        default=d.query_block_mb,
+        help="size of a broadcast block of query vectors (float64)",
+    )
+    add_common_args(p)
     a = p.parse_args(argv)
     try:
-        walks = W.WalkParams(a.walks_per_query, a.walk_length, a.restart_prob, 1, a.seed)
+        walks = WalkParams(a.walks_per_node, a.walk_length, a.restart_prob, 1, a.seed)
     except ValueError as exc:
-        p.error(str(exc).replace("walks_per_node", "walks_per_query"))
-    for flag, value, low in (
-        ("--candidates", a.candidates, 1), ("--walks-per-batch", a.walks_per_batch, 1),
-        ("--similarity-pairs", a.similarity_pairs, 0), ("--map-sample", a.map_sample, 2),
-    ):  # fmt: skip
-        if value is not None and value < low:
-            p.error(f"{flag} must be at least {low}, got {value}")
-    if not a.query_block_mb > 0:
-        p.error(f"--query-block-mb must be positive, got {a.query_block_mb}")
-    conf = spark_conf(p, a.conf)
+        p.error(str(exc).replace("restart_prob", "--restart-prob"))
+    same = [
+        name for name in EvaluateArgs.__dataclass_fields__ if name not in ("out", "ks", "walks", "common")
+    ]
     return EvaluateArgs(
-        embeddings=a.embeddings, pairs=a.pairs, out=a.out.rstrip("/"), ks=a.k, candidates=a.candidates,
-        seed=a.seed, pins=a.pins, edges=a.edges, labels=a.labels, walks=walks,
-        walks_per_batch=a.walks_per_batch, similarity_pairs=a.similarity_pairs, map_sample=a.map_sample,
-        query_block_mb=a.query_block_mb, master=a.master, conf=conf, keep_work=a.keep_work,
-        report_json=a.report_json,
-    )  # fmt: skip
+        **{name: getattr(a, name) for name in same},
+        out=a.out.rstrip("/"),
+        ks=a.k,
+        walks=walks,
+        common=common_args(p, a),
+    )
 
 
 @dataclass
-class EvaluationReport:
+class EvaluationReport(Report):
     run_id: str
     params: dict
     inputs: dict[str, int] = field(default_factory=dict)
@@ -140,12 +172,11 @@ class EvaluationReport:
     paired: dict[str, dict[str, dict]] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
 
-    def render(self) -> str:
+    def lines(self) -> list[str]:
         lines = [f"run {self.run_id}: " + ", ".join(f"{k} {v}" for k, v in self.params.items())]
         lines.append("inputs: " + ", ".join(f"{k} {v:,}" for k, v in self.inputs.items()))
-        names = E.metric_names(self.params["k"])
+        names = metric_names(self.params["k"])
         heads = [n.replace("scaled_mrr", "scaled MRR").replace("mrr", "MRR") for n in names]
         lines.append(f"{'method':<11}{'pairs':>9}{'candidates':>12}" + "".join(f"{h:>12}" for h in heads))
         for method, m in self.methods.items():
@@ -157,7 +188,7 @@ class EvaluationReport:
             for name, c in by_k.items():
                 lines.append(
                     f"embedding vs {method} at {name}: {c['embedding_only']:,} pairs only embedding, "
-                    f"{c['baseline_only']:,} only {method}; sign test p = {E.format_p(c['p_value'])}"
+                    f"{c['baseline_only']:,} only {method}; sign test p = {format_p(c['p_value'])}"
                 )
         for method, s in self.similarity.items():
             shown = {k: "n/a" if s.get(k) is None else f"{s[k]:.3f}" for k in ("mean", "std", "kurtosis")}
@@ -167,8 +198,7 @@ class EvaluationReport:
             )
         lines += [f"output {name}: {path}" for name, path in self.outputs.items()]
         lines += [f"note: {n}" for n in self.notes]
-        lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
-        return "\n".join(lines)
+        return lines
 
 
 @dataclass
@@ -185,19 +215,6 @@ class Inputs:
     labels: DataFrame | None = None
 
 
-def vector_table(df: DataFrame, table: str, column: str, report: EvaluationReport) -> tuple[DataFrame, int]:
-    """Check a (pin_id, <column>) vector table as the embed job checks its pins; (pin_id, vec), width."""
-    dim = E.vector_width(df, column)
-    renamed = df.select("pin_id", F.col(column).alias("features"))
-    try:
-        report.inputs[table] = check_nodes(renamed, table, "pin_id", dim, "the length of its first row")
-    except InputError as exc:
-        raise InputError(table, column if exc.column == "features" else exc.column, exc.problem) from None
-    if dim == 0:
-        raise InputError(table, column, "vectors have length 0")
-    return df.select("pin_id", F.col(column).alias("vec")), dim
-
-
 def load_inputs(spark: SparkSession, args: EvaluateArgs, report: EvaluationReport) -> Inputs:
     """Read and check every input; everything that can reject the input runs here, before any write.
     Columns and types of every table come first (no Spark job), so a wrong table fails at once."""
@@ -206,126 +223,50 @@ def load_inputs(spark: SparkSession, args: EvaluateArgs, report: EvaluationRepor
     pairs = conform(read_table(spark, "pairs", args.pairs), "pairs")
     pins = conform(read_table(spark, "pins", args.pins), "pins") if args.pins else None
     edges = conform(read_table(spark, "edges", args.edges), "edges") if args.edges else None
-    labels = E.conform_labels(read_table(spark, "labels", args.labels)) if args.labels else None
+    labels = conform_labels(read_table(spark, "labels", args.labels)) if args.labels else None
 
-    embeddings, dim = vector_table(raw, "pin_embeddings", "embedding", report)
-    stats = E.check_pairs(pairs, embeddings, "pin_embeddings")
+    embeddings = check_vector_table(raw, "pin_embeddings", "embedding")
+    report.inputs["pin_embeddings"] = embeddings.rows
+    stats = check_pairs(pairs, embeddings.vectors, "pin_embeddings")
     report.inputs["pairs"], report.inputs["distinct pairs"] = stats.rows, stats.distinct
     # Every method reads the distinct pairs several times; they are small, so keep them.
-    pairs = E.distinct_pairs(pairs).persist(StorageLevel.MEMORY_AND_DISK)
-    pool = E.candidate_pool(embeddings, args.candidates, args.seed)
-    inputs = Inputs(embeddings, dim, pairs, pool)
+    pairs = distinct_pairs(pairs).persist(StorageLevel.MEMORY_AND_DISK)
+    pool = candidate_pool(embeddings.vectors, args.candidates, args.seed)
+    inputs = Inputs(embeddings.vectors, embeddings.dim, pairs, pool)
     if pins is not None:
-        inputs.pins, inputs.pins_dim = vector_table(pins, "pins", "features", report)
+        content = check_vector_table(pins, "pins", "features")
+        report.inputs["pins"] = content.rows
+        inputs.pins, inputs.pins_dim = content.vectors, content.dim
         pair_pins = pairs.select(F.col("query_pin").alias("pin_id")).union(pairs.select("pos_pin"))
-        E.check_covered(pool.union(pair_pins).distinct(), inputs.pins, "pins",
-                        "candidate or pair pins of pin_embeddings")  # fmt: skip
+        covered = pool.union(pair_pins).distinct()
+        check_covered(covered, inputs.pins, "pins", "candidate or pair pins of pin_embeddings")
     if edges is not None:
         report.inputs["edges"] = check_links(edges, "edges", ("pin_id", "board_id")).rows
-        kept = edges.where(F.col("pin_id").isNotNull() & F.col("board_id").isNotNull())
-        # As in the neighbourhood job: a membership listed twice is one, with the larger weight.
-        inputs.edges = kept.groupBy("pin_id", "board_id").agg(F.max("weight").alias("weight"))
+        inputs.edges = memberships(edges)
     if labels is not None:
         report.inputs["labels"] = check_nodes(labels, "labels", "pin_id", None, "")
         inputs.labels = labels.select("pin_id", F.coalesce("label", F.lit("(none)")).alias("label"))
     return inputs
 
 
-def materialise(spark: SparkSession, df: DataFrame, path: str) -> DataFrame:
-    """Write a work table and read it back, so later passes start from it, not from its plan."""
-    df.write.format("delta").mode("overwrite").save(path)
-    return spark.read.format("delta").load(path)
-
-
-def rank_by_similarity(
-    spark: SparkSession, method: str, vectors: DataFrame, dim: int, candidates: DataFrame,
-    pairs: DataFrame, n_pairs: int, block_mb: float,
-) -> DataFrame:  # fmt: skip
-    """PAIR_RANKS rows by cosine similarity: one Spark job per block of queries, each broadcasting
-    the block's query vectors and scanning every candidate once.
-
-    The driver holds one block of query and positive vectors at a time, and the five counts of
-    every pair (40 bytes a pair); the candidates' vectors never leave the executors."""
-    sc = spark.sparkContext
-    per_block, blocks = E.blocks_for(n_pairs, dim, block_mb)
-    # Cached, not written: the pairs' vectors are small next to the candidates, and each block
-    # reads them once.
-    pair_vectors = E.pair_vectors(pairs, vectors, blocks).persist(StorageLevel.MEMORY_AND_DISK)
-    parts = []
-    try:
-        for b in range(blocks):
-            sc.setJobDescription(f"{method}: rank query block {b + 1}/{blocks}")
-            table = pair_vectors.where(F.col("block") == b).toArrow()
-            log.info("%s: query block %d/%d: %d pairs (about %d a block)", method, b + 1, blocks,
-                     table.num_rows, per_block)  # fmt: skip
-            if table.num_rows == 0:
-                continue
-            ref = sc.broadcast(E.QueryBlock.from_arrow(table, dim))
-            parts.append(E.count_above(candidates, ref, dim).toArrow())
-            ref.destroy()
-    finally:
-        pair_vectors.unpersist()
-    counts = (
-        spark.createDataFrame(pa.concat_tables(parts)) if parts else spark.createDataFrame([], E.COUNTS_DDL)
-    )
-    return E.ranks_from_counts(pairs, counts, method)
-
-
-def rank_by_walks(spark: SparkSession, inputs: Inputs, args: EvaluateArgs, work: str) -> DataFrame:
-    """PAIR_RANKS rows by visit counts of random walks with restart from each query pin (the
-    paper's Pixie baseline), walked with jobs/lib/walks.py as the neighbourhood job walks."""
-    sc = spark.sparkContext
-    params = args.walks
-    sc.setJobDescription("graph: build the bucketed adjacency")
-    # The deduplicated edges are read twice (degrees, then buckets); only the tables every step
-    # joins are worth writing.
-    adjacency = W.undirected(inputs.edges)
-    stats = materialise(spark, W.node_stats(adjacency), f"{work}/graph/stats")
-    table = materialise(spark, W.buckets(adjacency, stats), f"{work}/graph/buckets")
-    queries = inputs.pairs.select(F.col("query_pin").alias("node")).distinct()
-    sources = stats.where(F.col("node_t") == W.PIN).join(queries, "node", "left_semi")
-    counts_path = f"{work}/graph/counts"
-    for i, first in enumerate(range(0, params.walks_per_node, args.walks_per_batch)):
-        walk_ids = range(first, min(first + args.walks_per_batch, params.walks_per_node))
-        sc.setJobDescription(f"graph: walks {walk_ids.start}-{walk_ids.stop - 1} of {params.walks_per_node}")
-        walkers = W.start_walkers(sources, walk_ids)
-        for s in range(1, params.walk_length + 1):
-            walkers = W.step(walkers, table, params, s, same_type=True)
-        W.visit_counts(walkers).write.format("delta").mode("overwrite" if i == 0 else "append").save(
-            counts_path
-        )
-    counts = (
-        spark.read.format("delta")
-        .load(counts_path)
-        .groupBy("src_t", "src", "visited")
-        .agg(F.sum("count").alias("count"))
-    )
-    return E.graph_ranks(inputs.pairs, E.same_type_visits(counts, W.PIN), inputs.pool)
-
-
-def put_file(spark: SparkSession, local: str, dest: str) -> None:
-    """Copy a driver-local file to `dest` on the job's file system (local, HDFS, S3, ...)."""
-    jvm = spark.sparkContext._jvm
-    target = jvm.org.apache.hadoop.fs.Path(dest)
-    fs = target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(os.path.abspath(local)), target)
-
-
 def similarity_health(
-    spark: SparkSession, vectors: dict[str, DataFrame], args: EvaluateArgs, report: EvaluationReport,
+    spark: SparkSession,
+    vectors: dict[str, DataFrame],
+    args: EvaluateArgs,
+    report: EvaluationReport,
     scratch: str,
-) -> None:  # fmt: skip
+) -> None:
     """Figure 4: cosine similarity of seeded random pairs per vector table: statistics in the report,
     histograms in one PNG."""
     panels = {}
-    pairs = E.random_pairs(vectors["embedding"].select("pin_id"), args.similarity_pairs, args.seed)
+    pairs = health.random_pairs(vectors["embedding"].select("pin_id"), args.similarity_pairs, args.seed)
     for method, table in vectors.items():
         spark.sparkContext.setJobDescription(f"{method}: cosine similarity of random pairs")
-        cosines = E.pair_cosines(pairs, table).persist(StorageLevel.MEMORY_AND_DISK)
-        stats = E.similarity_stats(cosines).first().asDict()
+        cosines = health.pair_cosines(pairs, table).persist(StorageLevel.MEMORY_AND_DISK)
+        stats = health.similarity_stats(cosines).first().asDict()
         report.similarity[method] = stats
         counts = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
-        for row in E.similarity_histogram(cosines, HISTOGRAM_BINS).collect():
+        for row in health.similarity_histogram(cosines, HISTOGRAM_BINS).collect():
             counts[row["bin"]] = row["count"]
         cosines.unpersist()
         panels[method] = (counts, stats)
@@ -333,7 +274,7 @@ def similarity_health(
         report.notes.append("similarity histogram skipped: fewer than two pins")
         return
     local = os.path.join(scratch, "similarity_histogram.png")
-    E.plot_histograms(panels, local)
+    health.plot_histograms(panels, local)
     put_file(spark, local, f"{args.out}/similarity_histogram.png")
     report.outputs["similarity_histogram"] = f"{args.out}/similarity_histogram.png"
 
@@ -343,35 +284,63 @@ def pca_map(
 ) -> None:
     """A 2-D PCA map of a seeded sample of labelled pins' embeddings, coloured by label."""
     spark.sparkContext.setJobDescription("sample labelled embeddings for the PCA map")
-    sample = E.labelled_sample(inputs.embeddings, inputs.labels, args.map_sample, args.seed).toArrow()
+    sample = health.labelled_sample(inputs.embeddings, inputs.labels, args.map_sample, args.seed).toArrow()
     if sample.num_rows < 2:
         report.notes.append(f"PCA map skipped: {sample.num_rows} labelled pins have an embedding")
         return
-    coords, ratio = E.pca_2d(to_matrix(sample.column("vec").combine_chunks(), inputs.dim))
+    coords, ratio = health.pca_2d(to_matrix(sample.column("vec").combine_chunks(), inputs.dim))
     local = os.path.join(scratch, "pca_map.png")
-    E.plot_map(coords, sample.column("label").to_pylist(), ratio, local)
+    health.plot_map(coords, sample.column("label").to_pylist(), ratio, local)
     put_file(spark, local, f"{args.out}/pca_map.png")
     report.outputs["pca_map"] = f"{args.out}/pca_map.png"
+
+
+def publish(
+    spark: SparkSession, ranks: list[DataFrame], args: EvaluateArgs, report: EvaluationReport
+) -> None:
+    """Write every method's ranks as O/pair_ranks in one commit, and report the metrics and the
+    paired comparisons computed from the table as written."""
+    spark.sparkContext.setJobDescription("publish pair_ranks")
+    union = ranks[0]
+    for df in ranks[1:]:
+        union = union.unionByName(df)
+    path = f"{args.out}/pair_ranks"
+    metadata = {"run_id": report.run_id, **{k: str(v) for k, v in report.params.items()}}
+    version = write_delta(union, path, metadata)
+    published = read_delta(spark, path)
+    order = {m: i for i, m in enumerate(METHODS)}
+    rows = sorted(metrics(published, args.ks).collect(), key=lambda r: order[r["method"]])
+    report.methods = {r["method"]: {k: v for k, v in r.asDict().items() if k != "method"} for r in rows}
+    hits = sorted(paired_hits(published, args.ks).collect(), key=lambda r: (order[r["method"]], r["k"]))
+    for r in hits:
+        wins, losses = r["reference_only"], r["method_only"]
+        report.paired.setdefault(r["method"], {})[f"hit@{r['k']}"] = {
+            "embedding_only": wins,
+            "baseline_only": losses,
+            "p_value": sign_test_p(wins, losses),
+        }
+    report.outputs["pair_ranks"] = f"{path} (Delta version {version})"
 
 
 def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
     run_id = new_run_id()
     params: dict = {"k": list(args.ks), "candidates": args.candidates or "all", "seed": args.seed}
     if args.edges:
-        params.update(walks_per_query=args.walks.walks_per_node, walk_length=args.walks.walk_length,
-                      restart_prob=args.walks.restart_prob)  # fmt: skip
+        walks = args.walks
+        params.update(
+            walks_per_node=walks.walks_per_node,
+            walk_length=walks.walk_length,
+            restart_prob=walks.restart_prob,
+        )
     report = EvaluationReport(run_id, params)
     work = f"{args.out}/_work/{run_id}"
     sc = spark.sparkContext
-    clock = time.perf_counter()
-    inputs = load_inputs(spark, args, report)
-    report.seconds["inputs"] = round(time.perf_counter() - clock, 3)
-
-    clock = time.perf_counter()
+    with report.timed("inputs"):
+        inputs = load_inputs(spark, args, report)
+        if args.candidates is not None:
+            sc.setJobDescription("sample the candidate pool")
+            inputs.pool = write_and_reload(inputs.pool, f"{work}/pool")
     n_pairs = report.inputs["distinct pairs"]
-    if args.candidates is not None:
-        sc.setJobDescription("sample the candidate pool")
-        inputs.pool = materialise(spark, inputs.pool, f"{work}/pool")
     # The pool is every pin, or the first N of them in the seeded order: no need to count it.
     rows = report.inputs["pin_embeddings"]
     report.inputs["candidate pool"] = rows if args.candidates is None else min(args.candidates, rows)
@@ -380,62 +349,42 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
         vectors["content"] = (inputs.pins, inputs.pins_dim)
     ranks = []
     for method, (table, dim) in vectors.items():
-        candidates = table
-        if method != "embedding" or args.candidates is not None:
-            candidates = table.join(inputs.pool, "pin_id", "left_semi")
-            # Every query block scans the candidates once: with several blocks, join them once.
-            if E.blocks_for(n_pairs, dim, args.query_block_mb)[1] > 1:
-                candidates = materialise(spark, candidates, f"{work}/{method}/candidates")
-        ranks.append(
-            rank_by_similarity(
-                spark, method, table, dim, candidates, inputs.pairs, n_pairs, args.query_block_mb
+        with report.timed(method):
+            candidates = table
+            if method != "embedding" or args.candidates is not None:
+                candidates = table.join(inputs.pool, "pin_id", "left_semi")
+                # Every query block scans the candidates once: with several blocks, join them once.
+                if blocks_for(n_pairs, dim, args.query_block_mb)[1] > 1:
+                    candidates = write_and_reload(candidates, f"{work}/{method}/candidates")
+            ranks.append(
+                rank_by_similarity(method, table, dim, candidates, inputs.pairs, n_pairs, args.query_block_mb)
             )
-        )
-        report.seconds[method] = round(time.perf_counter() - clock, 3)
-        clock = time.perf_counter()
     if inputs.edges is not None:
-        ranks.append(rank_by_walks(spark, inputs, args, work))
-        report.seconds["graph"] = round(time.perf_counter() - clock, 3)
-        clock = time.perf_counter()
+        with report.timed("graph"):
+            ranks.append(
+                rank_by_walks(
+                    inputs.pairs, inputs.edges, inputs.pool, args.walks, args.walks_per_batch, f"{work}/graph"
+                )
+            )
         sc.setJobDescription("popularity: rank by boards per pin")
-        ranks.append(E.popularity_ranks(inputs.pairs, inputs.edges, inputs.pool))
+        ranks.append(popularity_ranks(inputs.pairs, inputs.edges, inputs.pool))
 
-    sc.setJobDescription("publish pair_ranks")
-    union = ranks[0]
-    for df in ranks[1:]:
-        union = union.unionByName(df)
-    path = f"{args.out}/pair_ranks"
-    version = write_delta(union, path, {"run_id": run_id, **{k: str(v) for k, v in params.items()}})
-    published = spark.read.format("delta").load(path)
-    order = {m: i for i, m in enumerate(["embedding", "content", "graph", "popularity"])}
-    rows = sorted(E.metrics(published, args.ks).collect(), key=lambda r: order[r["method"]])
-    report.methods = {r["method"]: {k: v for k, v in r.asDict().items() if k != "method"} for r in rows}
-    for r in sorted(E.paired_hits(published, args.ks).collect(), key=lambda r: (order[r["method"]], r["k"])):
-        wins, losses = r["reference_only"], r["method_only"]
-        report.paired.setdefault(r["method"], {})[f"hit@{r['k']}"] = {
-            "embedding_only": wins, "baseline_only": losses, "p_value": E.sign_test_p(wins, losses),
-        }  # fmt: skip
-    report.outputs["pair_ranks"] = f"{path} (Delta version {version})"
-    report.seconds["publish"] = round(time.perf_counter() - clock, 3)
-
-    clock = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="pinsage-evaluate-") as scratch:
+    with report.timed("publish"):
+        publish(spark, ranks, args, report)
+    with report.timed("health"), tempfile.TemporaryDirectory(prefix="pinsage-evaluate-") as scratch:
         if args.similarity_pairs > 0:
             similarity_health(spark, {m: t for m, (t, _) in vectors.items()}, args, report, scratch)
         if inputs.labels is not None:
             pca_map(spark, inputs, args, report, scratch)
-    report.seconds["health"] = round(time.perf_counter() - clock, 3)
     inputs.pairs.unpersist()
-    if not args.keep_work:
+    if not args.common.keep_work:
         delete_work(spark, work)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return job_main(
-        lambda: run(get_spark("pinsage-evaluate", args.master, args.conf), args), args.report_json
-    )
+    return spark_job_main("pinsage-evaluate", args.common, lambda spark: run(spark, args))
 
 
 if __name__ == "__main__":
