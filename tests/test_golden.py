@@ -150,7 +150,7 @@ def hashes(spark, tmp_path_factory):
                 f"{inp}/pins",
                 "--edges",
                 f"{inp}/edges",
-                "--walks-per-query",
+                "--walks-per-node",
                 "20",
                 "--walks-per-batch",
                 "20",
