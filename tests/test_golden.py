@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs import embed, embed_new, evaluate, generate_graph, neighborhoods
+from jobs import embed, embed_new, evaluate, neighborhoods
+from jobs.demo import generate_graph
 from pinsage_model import init_checkpoint, train
 from pinsage_model.checkpoint import read_checkpoint
 from tests.graphs import write_parquet
