@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pyarrow as pa
@@ -110,16 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=GraphSpec.seed)
     p.add_argument("--uniform-neighbors", action="store_true", help="also write weight-1 neighbor tables")
     a = p.parse_args(argv)
-    spec = GraphSpec(
-        pins=a.pins,
-        boards=a.boards,
-        feature_dim=a.feature_dim,
-        board_feature_dim=a.board_feature_dim,
-        topics=a.topics,
-        mean_board_size=a.mean_board_size,
-        seed=a.seed,
-        uniform_neighbors=a.uniform_neighbors,
-    )
+    spec = GraphSpec(**{f.name: getattr(a, f.name) for f in fields(GraphSpec) if hasattr(a, f.name)})
     tables = generate(spec)
     write_tables(tables, a.out)
     print(", ".join(f"{name} {t.num_rows:,} rows" for name, t in tables.items()) + f" -> {a.out}")

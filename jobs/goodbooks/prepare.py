@@ -21,18 +21,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.goodbooks.tables import (
-    TEXT_DIM,
-    book_text,
-    check_references,
-    encode_batches,
-    hold_out,
-    labels,
-    log_degree,
-    memberships,
-    pairs,
-    typed,
-)
+from jobs.goodbooks import tables
 from jobs.lib.cli import CommonArgs, add_common_args, at_least, common_args, new_run_id, spark_job_main
 from jobs.lib.io import InputError, path_exists, write_and_reload
 from jobs.lib.report import Report
@@ -127,7 +116,7 @@ def read_csv(spark: SparkSession, data_dir: str, name: str) -> DataFrame:
     if not path_exists(spark, path):
         raise InputError(name, None, f"{path} does not exist")
     raw = spark.read.option("header", True).option("escape", '"').option("mode", "FAILFAST").csv(path)
-    return typed(raw, name)
+    return tables.typed(raw, name)
 
 
 def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
@@ -156,30 +145,30 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
     with report.timed("read"):
         sc.setJobDescription("read and check the goodbooks CSV files")
         books, to_read, book_tags, tags = (read_csv(spark, args.data_dir, name) for name in CSV_FILES)
-        check_references(books, to_read)
+        tables.check_references(books, to_read)
 
     with report.timed("hold out"):
-        graph, heldout = hold_out(
-            memberships(to_read), args.seed, args.holdout_per_board, args.min_board_size, args.split
+        graph, heldout = tables.hold_out(
+            tables.memberships(to_read), args.seed, args.holdout_per_board, args.min_board_size, args.split
         )
         graph = publish("edges", graph)
         heldout = publish("heldout", heldout)
 
     with report.timed("text features"):
         sc.setJobDescription("encode title by authors on executors")
-        text = book_text(books).join(
-            log_degree(books.select(F.col("book_id").alias("pin_id")), graph), "pin_id"
+        text = tables.book_text(books).join(
+            tables.log_degree(books.select(F.col("book_id").alias("pin_id")), graph), "pin_id"
         )
         device, batch = args.device, args.encode_batch
         pins = text.mapInArrow(
-            lambda it: encode_batches(it, device, batch), "pin_id bigint, features array<float>"
+            lambda it: tables.encode_batches(it, device, batch), "pin_id bigint, features array<float>"
         )
         pins = publish("pins", pins)
-        publish("content", pins.select("pin_id", F.slice("features", 1, TEXT_DIM).alias("features")))
+        publish("content", pins.select("pin_id", F.slice("features", 1, tables.TEXT_DIM).alias("features")))
 
     with report.timed("pairs and labels"):
-        publish("labels", labels(books, book_tags, tags))
-        for split, df in pairs(graph, heldout, args.seed).items():
+        publish("labels", tables.labels(books, book_tags, tags))
+        for split, df in tables.pairs(graph, heldout, args.seed).items():
             publish(f"{split}_pairs", df)
     return report
 
