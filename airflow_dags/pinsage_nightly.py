@@ -3,12 +3,14 @@
 
 Every pin and board of the graph embedded with the current PinSage checkpoint, once a day:
 
-`settings` >> `neighbourhoods` >> `embed` >> `evaluate` >> `publish` (and `embed` >> `publish`)
+`settings` >> `neighbors` >> `embed` >> `evaluate` >> `publish` (and `embed` >> `publish`)
 
 - **settings** resolves this run's settings (each param left null takes the Airflow Variable
   `pinsage_<param>`, else the built-in default), checks them, and derives every path and command
   line from them; nothing else reads a Variable.
-- **neighbourhoods** (`jobs/neighborhoods.py`) writes `{output_root}/runs/{date}/neighbourhoods`.
+- **neighbors** (`jobs/neighborhoods.py`) writes `{output_root}/runs/{date}/neighbors`. This task
+  was called `neighbourhoods` (writing `runs/{date}/neighbourhoods`) before: the renamed task starts
+  a new task history, and runs of earlier dates keep their tables under the old folder.
 - **embed** (`jobs/embed.py`) writes `{output_root}/runs/{date}/pin_embeddings` and
   `board_embeddings`.
 - **evaluate** (`jobs/evaluate.py`) writes `{output_root}/runs/{date}/evaluation`; it is skipped
@@ -62,6 +64,14 @@ JSON_SETTINGS = ("spark_conf", "walks")
 WALK_OPTIONS = ("walks_per_node", "walk_length", "restart_prob", "top_t", "seed", "walks_per_batch")
 
 
+def flags(**values: str) -> list[str]:
+    """Keyword arguments as command-line flags, in order (table_path="x" -> --table-path x); one whose
+    value is empty is left out."""
+    return [
+        item for name, value in values.items() if value for item in ("--" + name.replace("_", "-"), value)
+    ]
+
+
 def plan_run(settings: dict[str, Any], date: str) -> dict[str, Any]:
     """Every path and command line of one run, from its resolved settings and its date (YYYY-MM-DD).
 
@@ -78,13 +88,15 @@ def plan_run(settings: dict[str, Any], date: str) -> dict[str, Any]:
     walks = settings.get("walks") or {}
     if not isinstance(walks, dict) or set(walks) - set(WALK_OPTIONS):
         raise ValueError(f"setting 'walks' must be a JSON object with keys among {', '.join(WALK_OPTIONS)}")
-    walk_flags = [a for k in WALK_OPTIONS if k in walks for a in ("--" + k.replace("_", "-"), str(walks[k]))]
+    walk_flags = flags(**{k: str(walks[k]) for k in WALK_OPTIONS if k in walks})
 
     root = str(settings["output_root"]).rstrip("/")
     run_dir, current = f"{root}/runs/{date}", f"{root}/current"
     jobs_dir = str(settings["jobs_dir"]).rstrip("/")
-    boards = ["--boards", settings["boards"]] if settings.get("boards") else []
+    boards = flags(boards=settings.get("boards") or "")
     pairs = settings.get("pairs") or ""
+    graph = flags(edges=settings["edges"], pins=settings["pins"])
+    neighbors = f"{run_dir}/neighbors"
     return {
         "date": date,
         "run_dir": run_dir,
@@ -94,30 +106,30 @@ def plan_run(settings: dict[str, Any], date: str) -> dict[str, Any]:
         "packages": settings.get("spark_packages") or None,
         "jars": settings.get("spark_jars") or None,
         "py_files": settings.get("py_files") or None,
-        "neighbourhoods_application": f"{jobs_dir}/neighborhoods.py",
-        "neighbourhoods_args": [
-            "--edges", settings["edges"], "--pins", settings["pins"], *boards,
-            *walk_flags, "--out", f"{run_dir}/neighbourhoods",
-        ],
+        "neighbors_application": f"{jobs_dir}/neighborhoods.py",
+        "neighbors_args": [*graph, *boards, *walk_flags, "--out", neighbors],
         "embed_application": f"{jobs_dir}/embed.py",
         "embed_args": [
-            "--pins", settings["pins"], "--edges", settings["edges"], *boards,
-            "--board-neighbors", f"{run_dir}/neighbourhoods/board_neighbors",
-            "--pin-neighbors", f"{run_dir}/neighbourhoods/pin_neighbors",
-            "--checkpoint", settings["checkpoint"], *(["--checkpoint-sha256", sha] if sha else []),
+            *flags(pins=settings["pins"], edges=settings["edges"]),
+            *boards,
+            *flags(
+                board_neighbors=f"{neighbors}/board_neighbors", pin_neighbors=f"{neighbors}/pin_neighbors"
+            ),
+            *flags(checkpoint=settings["checkpoint"], checkpoint_sha256=sha),
             # A retry picks up the layers its failed try completed (same checkpoint and inputs only).
-            "--out", run_dir, "--resume",
+            *flags(out=run_dir),
+            "--resume",
         ],
         "evaluate_application": f"{jobs_dir}/evaluate.py",
         # Empty when there are no pairs: the evaluate task then skips itself.
         "evaluate_args": (
-            ["--embeddings", f"{run_dir}/pin_embeddings", "--pairs", pairs, "--out", f"{run_dir}/evaluation"]
+            flags(embeddings=f"{run_dir}/pin_embeddings", pairs=pairs, out=f"{run_dir}/evaluation")
             if pairs
             else []
         ),
         "publish_application": f"{jobs_dir}/publish.py",
-        "publish_args": ["--source", run_dir, "--target", current],
-    }  # fmt: skip
+        "publish_args": flags(source=run_dir, target=current),
+    }
 
 
 class PinSageSubmit(SparkSubmitOperator):
@@ -199,11 +211,11 @@ with DAG(
             raise AirflowFailException(str(exc)) from None
 
     plan = settings()
-    neighbourhoods = spark_job("neighbourhoods", plan)
+    neighbors = spark_job("neighbors", plan)
     embed = spark_job("embed", plan)
     evaluate = spark_job("evaluate", plan, skip_without_args=True)
     # Runs after a skipped evaluation, not after a failed one.
     publish = spark_job("publish", plan, trigger_rule=TriggerRule.NONE_FAILED)
 
-    neighbourhoods >> embed >> evaluate >> publish
+    neighbors >> embed >> evaluate >> publish
     embed >> publish

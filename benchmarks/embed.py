@@ -11,7 +11,7 @@ On one generated graph and checkpoint per (size, model) it times three ways to e
    one machine can do with the same math; run as many times as the chain, the last reported;
 3. per-target: the paper's Algorithm 2, each minibatch of 512 target pins building and computing its
    own 2-hop computation graph with no reuse across minibatches. Timed on a sample of minibatches and
-   scaled to all pins (the row says how many pins were timed); the neighbour tables' CSR index, built
+   scaled to all pins (the row says how many pins were timed); the neighbor tables' CSR index, built
    once per run, is timed apart and counted once.
 
 It checks that spark and limit agree within 1e-5 (on every pin, or a uniform sample of 50,000 pins
@@ -19,8 +19,8 @@ for the paper-sized model; with --projection-precision bfloat16 or float16 it re
 and mean difference instead) and that per-target agrees with limit on the pins it computed. Peak memory
 is the largest resident set, sampled every 0.2 s: of the whole process tree (driver, JVM, Python
 workers) for spark, of the benchmark's own process (graph, model and activations) for limit.
-Graphs come from jobs/generate_graph.py with 5 memberships per pin on average and the memberships as
-neighbour tables (10 neighbour rows per pin over both tables); see `graph_spec`. Results go to
+Graphs come from jobs/demo/generate_graph.py with 5 memberships per pin on average and the memberships as
+neighbor tables (10 neighbor rows per pin over both tables); see `graph_spec`. Results go to
 DIR/embed.json and print as markdown rows.
 """
 
@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import threading
 import time
 import urllib.request
@@ -41,17 +42,18 @@ import psutil
 import pyarrow.parquet as pq
 import torch
 
+from jobs.demo.generate_graph import GraphSpec, generate, write_tables
 from jobs.embed import parse_args, run
-from jobs.generate_graph import GraphSpec, generate, write_tables
+from jobs.lib.io import read_delta
+from jobs.lib.report import Stopwatch
 from jobs.lib.session import get_spark
 from jobs.lib.vectors import PRECISIONS
 from pinsage_model.checkpoint import build_model, read_checkpoint, save_checkpoint
 from pinsage_model.config import ModelConfig
-from pinsage_model.init_checkpoint import random_model
-from pinsage_model.model import Neighbourhood
+from pinsage_model.model import Neighborhood, random_model
 
 MODELS = {"small": (32, 64, 32), "paper": (1024, 1024, 512)}  # (features, hidden, embedding)
-MEMBERSHIPS_PER_PIN = 5  # so neighbour rows (both tables) = 10 per pin
+MEMBERSHIPS_PER_PIN = 5  # so neighbor rows (both tables) = 10 per pin
 
 
 class PeakMemory:
@@ -94,7 +96,7 @@ def completed_stages(spark) -> dict[int, dict]:
 
 def graph_spec(pins: int, feature_dim: int) -> GraphSpec:
     boards = max(1, int(pins * MEMBERSHIPS_PER_PIN / 34.4))  # lognormal(log 25, 0.8) boards hold ~34.4 pins
-    return GraphSpec(pins=pins, boards=boards, feature_dim=feature_dim, seed=3, uniform_neighbours=True)
+    return GraphSpec(pins=pins, boards=boards, feature_dim=feature_dim, seed=3, uniform_neighbors=True)
 
 
 @dataclass
@@ -102,8 +104,8 @@ class InMemoryGraph:
     pin_ids: np.ndarray
     features: torch.Tensor
     board_ids: np.ndarray
-    board_nbrs: Neighbourhood  # dst = board index, src = pin index
-    pin_nbrs: Neighbourhood  # dst = pin index, src = board index
+    board_nbrs: Neighborhood  # dst = board index, src = pin index
+    pin_nbrs: Neighborhood  # dst = pin index, src = board index
 
 
 def load(root: str) -> InMemoryGraph:
@@ -122,12 +124,12 @@ def load(root: str) -> InMemoryGraph:
     def index(ids, values):
         return torch.from_numpy(np.searchsorted(ids, values).astype(np.int64))
 
-    board_nbrs = Neighbourhood(
+    board_nbrs = Neighborhood(
         index(board_ids, bn.column("board_id").to_numpy()),
         index(pin_ids, bn.column("pin_id").to_numpy()),
         torch.from_numpy(bn.column("weight").to_numpy()),
     )
-    pin_nbrs = Neighbourhood(
+    pin_nbrs = Neighborhood(
         index(pin_ids, pn.column("pin_id").to_numpy()),
         index(board_ids, pn.column("board_id").to_numpy()),
         torch.from_numpy(pn.column("weight").to_numpy()),
@@ -141,7 +143,7 @@ def limit(model, g: InMemoryGraph) -> torch.Tensor:
     return z
 
 
-def csr(nbrs: Neighbourhood, num_dst: int):
+def csr(nbrs: Neighborhood, num_dst: int):
     order = torch.argsort(nbrs.dst, stable=True)
     indptr = torch.zeros(num_dst + 1, dtype=torch.int64)
     indptr[1:] = torch.cumsum(torch.bincount(nbrs.dst, minlength=num_dst), 0)
@@ -149,7 +151,7 @@ def csr(nbrs: Neighbourhood, num_dst: int):
 
 
 def rows_of(table, targets: torch.Tensor):
-    """Neighbour rows of `targets` from a CSR table: (local target index, source, weight)."""
+    """Neighbor rows of `targets` from a CSR table: (local target index, source, weight)."""
     indptr, src, w = table
     starts, ends = indptr[targets], indptr[targets + 1]
     counts = ends - starts
@@ -163,7 +165,7 @@ def rows_of(table, targets: torch.Tensor):
 
 def per_target(model, g: InMemoryGraph, tables, targets: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Algorithm 2 for K = 2: each minibatch computes its own 2-hop graph, nothing reused across.
-    `tables`: the (pin, board) neighbour tables as CSR, built once for all minibatches."""
+    `tables`: the (pin, board) neighbor tables as CSR, built once for all minibatches."""
     pin_table, board_table = tables
     out = []
     with torch.inference_mode():
@@ -180,7 +182,7 @@ def per_target(model, g: InMemoryGraph, tables, targets: torch.Tensor, batch: in
 
 
 def spark_embeddings(spark, out: str, pin_ids: np.ndarray, sample: np.ndarray | None) -> np.ndarray:
-    df = spark.read.format("delta").load(f"{out}/pin_embeddings")
+    df = read_delta(spark, f"{out}/pin_embeddings")
     if sample is not None:
         df = df.join(spark.createDataFrame([(int(i),) for i in pin_ids[sample]], "pin_id bigint"), "pin_id")
     table = df.toArrow()
@@ -193,9 +195,15 @@ def spark_embeddings(spark, out: str, pin_ids: np.ndarray, sample: np.ndarray | 
 
 
 def bench_one(
-    spark, pins: int, model_name: str, root: str, per_target_pins: int, broadcast_mb: str, precision: str,
+    spark,
+    pins: int,
+    model_name: str,
+    root: str,
+    per_target_pins: int,
+    broadcast_mb: str,
+    precision: str,
     spark_runs: int = 2,
-) -> dict:  # fmt: skip
+) -> dict:
     d_in, hidden, d = MODELS[model_name]
     write_tables(generate(graph_spec(pins, d_in)), f"{root}/input")
     config = ModelConfig(2, d_in, 0, hidden, d, "importance", True)
@@ -203,27 +211,28 @@ def bench_one(
     ckpt = read_checkpoint(f"{root}/model.pt")
     row: dict = {"pins": pins, "model": model_name, "projection_precision": precision}
 
-    args = parse_args([
-        "--pins", f"{root}/input/pins", "--edges", f"{root}/input/edges",
-        "--board-neighbors", f"{root}/input/board_neighbors",
-        "--pin-neighbors", f"{root}/input/pin_neighbors",
-        "--checkpoint", f"{root}/model.pt", "--out", f"{root}/out", "--device", "cpu",
-        "--broadcast-projections-mb", broadcast_mb, "--projection-precision", precision,
-    ])  # fmt: skip
+    args = parse_args(
+        shlex.split(
+            f"--pins {root}/input/pins --edges {root}/input/edges "
+            f"--board-neighbors {root}/input/board_neighbors --pin-neighbors {root}/input/pin_neighbors "
+            f"--checkpoint {root}/model.pt --out {root}/out "
+            f"--device cpu --broadcast-projections-mb {broadcast_mb} --projection-precision {precision}"
+        )
+    )
     row["spark_runs_s"] = []
     with PeakMemory() as mem:
         for _ in range(spark_runs):  # the first run on a graph also warms the JVM and workers
             before = completed_stages(spark)
-            started = time.perf_counter()
+            clock = Stopwatch()
             report = run(spark, args, ckpt)
-            row["spark_runs_s"].append(round(time.perf_counter() - started, 2))
+            row["spark_runs_s"].append(round(clock.seconds(), 2))
     row["spark_s"] = row["spark_runs_s"][-1]
     stages = [st for key, st in completed_stages(spark).items() if key not in before]
     row["shuffle_write_mib"] = round(sum(st["shuffleWriteBytes"] for st in stages) / 2**20, 1)
     row["projections"] = [layer.projections for layer in report.layers]
     row["spark_phases_s"] = report.seconds
     row["spark_peak_gib"] = round(mem.peak / 2**30, 2)
-    row["neighbour_rows"] = report.input_rows["board_neighbors"] + report.input_rows["pin_neighbors"]
+    row["neighbor_rows"] = report.input_rows["board_neighbors"] + report.input_rows["pin_neighbors"]
     row["boards"] = report.layers[0].targets_written
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -232,9 +241,9 @@ def bench_one(
     row["limit_runs_s"] = []
     with PeakMemory(children=False) as mem:
         for _ in range(spark_runs):  # as many runs as the chain got, the last reported
-            started = time.perf_counter()
+            clock = Stopwatch()
             z = limit(model, g).numpy()
-            row["limit_runs_s"].append(round(time.perf_counter() - started, 2))
+            row["limit_runs_s"].append(round(clock.seconds(), 2))
     row["limit_s"] = row["limit_runs_s"][-1]
     row["limit_peak_gib"] = round(mem.peak / 2**30, 2)
 
@@ -283,10 +292,12 @@ def main() -> None:
     )
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
     p.add_argument(
-        "--spark-runs", type=int, default=2,
+        "--spark-runs",
+        type=int,
+        default=2,
         help="runs of the chain on each graph; the last is reported, all are recorded (the first "
         "pays for warming the JVM and the Python workers)",
-    )  # fmt: skip
+    )
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     conf = {"spark.ui.showConsoleProgress": "false", **dict(c.split("=", 1) for c in a.conf)}
@@ -314,16 +325,20 @@ def main() -> None:
     with open(f"{a.out}/embed.json", "w") as f:
         json.dump(meta, f, indent=2)
     print(meta["machine"])
-    print("| model | pins | nbr rows | spark s (first run) | limit s | per-target s | spark/limit | "
-          "per-target/spark | spark pins/s | spark peak GiB | limit peak GiB | max abs diff |")  # fmt: skip
+    print(
+        "| model | pins | nbr rows | spark s (first run) | limit s | per-target s | spark/limit | "
+        "per-target/spark | spark pins/s | spark peak GiB | limit peak GiB | max abs diff |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['model']} | {r['pins']:,} | {r['neighbour_rows']:,} | {r['spark_s']} "
-              f"({r['spark_runs_s'][0]}) | {r['limit_s']} | {r['per_target_s']} | "
-              f"{r['spark_over_limit']} ({r['first_run_over_limit']}) | "
-              f"{r['per_target_over_spark']} ({r['per_target_over_first_run']}) | "
-              f"{r['spark_pins_per_s']:,} | {r['spark_peak_gib']} | {r['limit_peak_gib']} | "
-              f"{r['spark_vs_limit_max_abs']:.1e} |")  # fmt: skip
+        print(
+            f"| {r['model']} | {r['pins']:,} | {r['neighbor_rows']:,} | {r['spark_s']} "
+            f"({r['spark_runs_s'][0]}) | {r['limit_s']} | {r['per_target_s']} | "
+            f"{r['spark_over_limit']} ({r['first_run_over_limit']}) | "
+            f"{r['per_target_over_spark']} ({r['per_target_over_first_run']}) | "
+            f"{r['spark_pins_per_s']:,} | {r['spark_peak_gib']} | {r['limit_peak_gib']} | "
+            f"{r['spark_vs_limit_max_abs']:.1e} |"
+        )
 
 
 if __name__ == "__main__":

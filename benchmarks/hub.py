@@ -1,8 +1,8 @@
-"""Benchmark a hub board: the neighbourhood job's top-T bound and task skew in the embed job's stages.
+"""Benchmark a hub board: the neighborhood job's top-T bound and task skew in the embed job's stages.
 
     python benchmarks/hub.py [--pins 1000000] [--hub 1000000] [--top-t 20] [--out DIR]
 
-Generates a graph with jobs/generate_graph.py's generator (5 memberships per pin on average, as in
+Generates a graph with jobs/demo/generate_graph.py's generator (5 memberships per pin on average, as in
 benchmarks/embed.py) plus one hub board holding `--hub` distinct pins, and writes it as Parquet. Then:
 
 1. runs jobs/neighborhoods.py and asserts the top-T bound: the hub has at most T rows in
@@ -13,7 +13,7 @@ benchmarks/embed.py) plus one hub board holding `--hub` distinct pins, and write
    (`--broadcast-projections-mb 512`, the default) and once with the shuffle join (`0`), and reads
    every task's duration from the Spark UI's REST API. Per layer it reports the stage that pools and
    writes the layer (the stage with output records) and any stage that reads one shuffle and writes
-   the next ("regroup": with the shuffle join, the join of projections to neighbour rows on the
+   the next ("regroup": with the shuffle join, the join of projections to neighbor rows on the
    source; in layer 1 also the distinct board ids); for each: tasks, median and max task
    seconds, max/median, and which task holds the hub's rows (found by matching each task's shuffle
    records against the hub's hash partition).
@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import statistics
 import time
 import urllib.request
@@ -41,12 +42,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import embed, neighborhoods
-from jobs.generate_graph import generate, write_tables
-from jobs.lib.io import delete_path
+from jobs.demo.generate_graph import generate, write_tables
+from jobs.lib.io import delete_path, read_delta
+from jobs.lib.report import Stopwatch
 from jobs.lib.session import get_spark
 from pinsage_model.checkpoint import read_checkpoint, save_checkpoint
 from pinsage_model.config import ModelConfig
-from pinsage_model.init_checkpoint import random_model
+from pinsage_model.model import random_model
 
 MODEL = (32, 64, 32)  # the embedding benchmark's small model: features, hidden, embedding
 
@@ -58,9 +60,13 @@ def hub_graph(pins: int, hub: int, root: str) -> dict:
     edges = tables["edges"]
     hub_id = int(np.max(edges.column("board_id").to_numpy())) + 1
     members = np.sort(np.random.default_rng(11).choice(pins, hub, replace=False)).astype(np.int64)
-    hub_edges = pa.table({
-        "pin_id": members, "board_id": np.full(hub, hub_id, np.int64), "weight": np.ones(hub, np.float32),
-    })  # fmt: skip
+    hub_edges = pa.table(
+        {
+            "pin_id": members,
+            "board_id": np.full(hub, hub_id, np.int64),
+            "weight": np.ones(hub, np.float32),
+        }
+    )
     edges = pa.concat_tables([edges, hub_edges])
     write_tables({"pins": tables["pins"], "edges": edges}, root)
     boards = len(np.unique(edges.column("board_id").to_numpy()))
@@ -68,13 +74,13 @@ def hub_graph(pins: int, hub: int, root: str) -> dict:
 
 
 def check_top_t(spark: SparkSession, out: str, work: str, hub_id: int, top_t: int) -> dict:
-    """Assert the top-T bound on the published neighbour tables; the walks' distinct visits before
+    """Assert the top-T bound on the published neighbor tables; the walks' distinct visits before
     the cut (from the kept visit counts) show whether the bound had anything to cut."""
-    bn = spark.read.format("delta").load(f"{out}/board_neighbors")
-    pn = spark.read.format("delta").load(f"{out}/pin_neighbors")
+    bn = read_delta(spark, f"{out}/board_neighbors")
+    pn = read_delta(spark, f"{out}/pin_neighbors")
     per_board = bn.groupBy("board_id").count()
     per_pin = pn.groupBy("pin_id").count()
-    visits = spark.read.format("delta").load(f"{work}/counts").select("src_t", "src", "visited").distinct()
+    visits = read_delta(spark, f"{work}/counts").select("src_t", "src", "visited").distinct()
     before = visits.groupBy("src_t", "src").count()
     r = {
         "hub_board_neighbors_rows": bn.where(F.col("board_id") == hub_id).count(),
@@ -128,7 +134,7 @@ def layer_stages(spark: SparkSession, before: set[int], k: int) -> list[dict]:
 
 def role(stage: dict) -> str | None:
     """pool: runs the pooling map and writes the layer table; regroup: reads a shuffle and writes the
-    gather's (the join of projections to neighbour rows on the source, with shuffled projections;
+    gather's (the join of projections to neighbor rows on the source, with shuffled projections;
     the distinct board ids of layer 1)."""
     if stage["outputRecords"] > 0:
         return "pool"
@@ -200,43 +206,55 @@ def stage_rows(spark: SparkSession, inputs: dict, hub_id: int, k: int, stages: l
         else:
             hub = "spread"
         records = [t["taskMetrics"]["shuffleReadMetrics"]["recordsRead"] for t in done]
-        rows.append({
-            "layer": k, "stage": r, "stage_id": st["stageId"], "tasks": len(done),
-            "median_s": round(median, 2), "max_s": round(top, 2), "max_over_median": round(top / median, 2),
-            "largest_task_holds_hub": hub, "max_records": max(records),
-            "median_records": int(statistics.median(records)),
-        })  # fmt: skip
+        rows.append(
+            {
+                "layer": k,
+                "stage": r,
+                "stage_id": st["stageId"],
+                "tasks": len(done),
+                "median_s": round(median, 2),
+                "max_s": round(top, 2),
+                "max_over_median": round(top / median, 2),
+                "largest_task_holds_hub": hub,
+                "max_records": max(records),
+                "median_records": int(statistics.median(records)),
+            }
+        )
     return rows
 
 
 def embed_run(spark, root: str, nbrs: str, mode: str, broadcast_mb: str, hub_id: int) -> dict:
     out = f"{root}/embed-{mode}"
     delete_path(spark, out)
-    args = embed.parse_args([
-        "--pins", f"{root}/input/pins", "--edges", f"{root}/input/edges",
-        "--board-neighbors", f"{nbrs}/board_neighbors", "--pin-neighbors", f"{nbrs}/pin_neighbors",
-        "--checkpoint", f"{root}/model.pt", "--out", out, "--device", "cpu",
-        "--broadcast-projections-mb", broadcast_mb,
-    ])  # fmt: skip
+    args = embed.parse_args(
+        shlex.split(
+            f"--pins {root}/input/pins --edges {root}/input/edges --board-neighbors {nbrs}/board_neighbors "
+            f"--pin-neighbors {nbrs}/pin_neighbors --checkpoint {root}/model.pt --out {out} --device cpu "
+            f"--broadcast-projections-mb {broadcast_mb}"
+        )
+    )
     before = job_ids(spark)
-    started = time.perf_counter()
+    clock = Stopwatch()
     report = embed.run(spark, args, read_checkpoint(f"{root}/model.pt"))
-    seconds = round(time.perf_counter() - started, 1)
+    seconds = round(clock.seconds(), 1)
     inputs = {
         "pins": spark.read.parquet(f"{root}/input/pins"),
         "edges": spark.read.parquet(f"{root}/input/edges"),
-        "board_neighbors": spark.read.format("delta").load(f"{nbrs}/board_neighbors"),
-        "pin_neighbors": spark.read.format("delta").load(f"{nbrs}/pin_neighbors"),
+        "board_neighbors": read_delta(spark, f"{nbrs}/board_neighbors"),
+        "pin_neighbors": read_delta(spark, f"{nbrs}/pin_neighbors"),
     }
     stages = []
     for layer in report.layers:
         found = layer_stages(spark, before, layer.k)
         stages += stage_rows(spark, inputs, hub_id, layer.k, found)
     return {
-        "mode": mode, "seconds": seconds, "phases_s": report.seconds,
+        "mode": mode,
+        "seconds": seconds,
+        "phases_s": report.seconds,
         "projections": [layer.projections for layer in report.layers],
-        "layer_seconds": [layer.seconds for layer in report.layers], "stages": stages,
-    }  # fmt: skip
+        "layer_seconds": [layer.seconds for layer in report.layers],
+        "stages": stages,
+    }
 
 
 def main() -> None:
@@ -265,22 +283,26 @@ def main() -> None:
     save_checkpoint(random_model(config, seed=5), f"{root}/model.pt")
     print(json.dumps(result["graph"]), flush=True)
 
-    nbrs = f"{root}/neighbourhoods"
+    nbrs = f"{root}/neighbors"
     delete_path(spark, nbrs)
-    args = neighborhoods.parse_args([
-        "--edges", f"{root}/input/edges", "--pins", f"{root}/input/pins", "--out", nbrs,
-        "--walks-per-node", str(a.walks_per_node), "--walk-length", str(a.walk_length),
-        "--walks-per-batch", str(a.walks_per_node), "--top-t", str(a.top_t), "--keep-work",
-    ])  # fmt: skip
-    started = time.perf_counter()
+    args = neighborhoods.parse_args(
+        shlex.split(
+            f"--edges {root}/input/edges --pins {root}/input/pins --out {nbrs} --top-t {a.top_t} --keep-work "
+            f"--walks-per-node {a.walks_per_node} --walk-length {a.walk_length} "
+            f"--walks-per-batch {a.walks_per_node}"
+        )
+    )
+    clock = Stopwatch()
     report = neighborhoods.run(spark, args)
-    result["neighbourhoods"] = {
-        "seconds": round(time.perf_counter() - started, 1), "walks": report.counts["walks"],
-        "top_t": a.top_t, "walks_per_node": a.walks_per_node,
+    result["neighbors"] = {
+        "seconds": round(clock.seconds(), 1),
+        "walks": report.counts["walks"],
+        "top_t": a.top_t,
+        "walks_per_node": a.walks_per_node,
         **check_top_t(spark, nbrs, f"{nbrs}/_work/{report.run_id}", hub_id, a.top_t),
-    }  # fmt: skip
+    }
     delete_path(spark, f"{nbrs}/_work")
-    print(json.dumps(result["neighbourhoods"]), flush=True)
+    print(json.dumps(result["neighbors"]), flush=True)
 
     result["embed"] = []
     for mode, mb in (("broadcast", "512"), ("shuffle", "0")):
@@ -294,24 +316,36 @@ def main() -> None:
     os.makedirs(a.out, exist_ok=True)
     with open(f"{a.out}/hub.json", "w") as f:
         json.dump(result, f, indent=2)
-    g, nb = result["graph"], result["neighbourhoods"]
+    g, nb = result["graph"], result["neighbors"]
     print(result["machine"])
     print(
         f"graph: {g['pins']:,} pins, {g['boards']:,} boards, {g['edges']:,} edges, hub {g['hub_members']:,}"
     )
-    print(f"top-T (T = {a.top_t}): hub rows in board_neighbors {nb['hub_board_neighbors_rows']} "
-          f"(walks visited {nb['hub_distinct_pins_visited']:,} distinct pins), most rows of a pin in "
-          f"pin_neighbors {nb['max_pin_neighbors_rows_per_pin']} (most distinct boards visited "
-          f"{nb['max_distinct_boards_visited_per_pin']}), hub in-degree in pin_neighbors "
-          f"{nb['hub_in_degree_pin_neighbors']:,} of {nb['pins_in_pin_neighbors']:,} pins")  # fmt: skip
-    head = ("projections", "layer", "stage", "tasks", "median task s", "max task s", "max/median",
-            "largest task holds hub")  # fmt: skip
+    print(
+        f"top-T (T = {a.top_t}): hub rows in board_neighbors {nb['hub_board_neighbors_rows']} "
+        f"(walks visited {nb['hub_distinct_pins_visited']:,} distinct pins), most rows of a pin in "
+        f"pin_neighbors {nb['max_pin_neighbors_rows_per_pin']} (most distinct boards visited "
+        f"{nb['max_distinct_boards_visited_per_pin']}), hub in-degree in pin_neighbors "
+        f"{nb['hub_in_degree_pin_neighbors']:,} of {nb['pins_in_pin_neighbors']:,} pins"
+    )
+    head = (
+        "projections",
+        "layer",
+        "stage",
+        "tasks",
+        "median task s",
+        "max task s",
+        "max/median",
+        "largest task holds hub",
+    )
     print("| " + " | ".join(head) + " |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |")
     for run in result["embed"]:
         for s in run["stages"]:
-            print(f"| {run['mode']} | {s['layer']} | {s['stage']} | {s['tasks']} | {s['median_s']} | "
-                  f"{s['max_s']} | {s['max_over_median']} | {s['largest_task_holds_hub']} |")  # fmt: skip
+            print(
+                f"| {run['mode']} | {s['layer']} | {s['stage']} | {s['tasks']} | {s['median_s']} | "
+                f"{s['max_s']} | {s['max_over_median']} | {s['largest_task_holds_hub']} |"
+            )
 
 
 if __name__ == "__main__":

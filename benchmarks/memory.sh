@@ -6,8 +6,8 @@ set -euo pipefail
 out=${1:-bench-output/memory}
 py=.venv/bin/python
 rm -rf "$out"
-$py jobs/generate_graph.py --out "$out/input" --pins 1000000 --boards 145000 --feature-dim 1024 --uniform-neighbours
-$py -m pinsage_model.init_checkpoint --out "$out/model.pt" --pin-feature-dim 1024 --hidden-dim 64 --embed-dim 32
+$py jobs/demo/generate_graph.py --out "$out/input" --pins 1000000 --boards 145000 --feature-dim 1024 --uniform-neighbors
+$py jobs/demo/init_checkpoint.py --out "$out/model.pt" --pin-feature-dim 1024 --hidden-dim 64 --embed-dim 32
 echo "feature table on disk: $(du -sh "$out/input/pins" | cut -f1)"
 # Broadcasting the pins' projections (244 MB) would not fit a 1 GiB driver: cap broadcasts at 64 MB.
 /usr/bin/time -v $py jobs/embed.py --pins "$out/input/pins" --edges "$out/input/edges" \

@@ -4,7 +4,7 @@
 
 On the embedding benchmark's generated graph (benchmarks/embed.py's `graph_spec`, 32-dim features;
 generated into DIR/input unless already there) it times the steps of layer 2 (pins from boards:
-every pin's own row with its features, plus its neighbour rows) up to the point where the pooling
+every pin's own row with its features, plus its neighbor rows) up to the point where the pooling
 map would start, each ending in Spark's no-op sink so nothing is written:
 
 1. read: the pins and pin_neighbors tables from Parquet;
@@ -26,7 +26,6 @@ import logging
 import os
 import platform
 import statistics
-import time
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -36,8 +35,9 @@ from embed import MODELS, graph_spec
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs.generate_graph import generate, write_tables
-from jobs.lib import transforms as T
+from jobs.demo.generate_graph import generate, write_tables
+from jobs.lib import transforms
+from jobs.lib.report import Stopwatch
 from jobs.lib.session import get_spark
 
 
@@ -48,13 +48,13 @@ def nothing(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     yield from ()
 
 
-def steps(pins: DataFrame, neighbours: DataFrame) -> dict[str, DataFrame]:
+def steps(pins: DataFrame, neighbors: DataFrame) -> dict[str, DataFrame]:
     targets = pins.select(F.col("pin_id").alias("node_id"), F.col("features").alias("vec"))
-    links = T.links(neighbours, "pin_id", "board_id")
-    union = T.layer_rows(targets, links, None)
+    links = transforms.links(neighbors, "pin_id", "board_id")
+    union = transforms.layer_rows(targets, links, None)
     rows = union.repartition("dst")
     by_target = rows.sortWithinPartitions("dst")
-    gathered = T.gather(targets, links, None)
+    gathered = transforms.gather(targets, links, None)
     return {
         "read": union,
         "shuffle": rows,
@@ -79,15 +79,15 @@ def main() -> None:
         open(done, "w").close()
     spark = get_spark("pinsage-bench-rows", None, {"spark.ui.showConsoleProgress": "false"})
     pins = spark.read.parquet(f"{root}/input/pins")
-    neighbours = spark.read.parquet(f"{root}/input/pin_neighbors")
+    neighbors = spark.read.parquet(f"{root}/input/pin_neighbors")
     rows = []
-    for name, df in steps(pins, neighbours).items():
+    for name, df in steps(pins, neighbors).items():
         spark.sparkContext.setJobDescription(f"rows: {name}")
         seconds = []
         for _ in range(a.reps + 1):  # the first run warms up and is not counted
-            started = time.perf_counter()
+            clock = Stopwatch()
             df.write.format("noop").mode("overwrite").save()
-            seconds.append(round(time.perf_counter() - started, 2))
+            seconds.append(round(clock.seconds(), 2))
         row = {"step": name, "runs_s": seconds[1:], "min_s": min(seconds[1:])}
         row["median_s"] = statistics.median(seconds[1:])
         rows.append(row)

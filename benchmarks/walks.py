@@ -1,8 +1,8 @@
-"""Benchmark the random-walk neighbourhood job: walks per second and growth with the edge count.
+"""Benchmark the random-walk neighborhood job: walks per second and growth with the edge count.
 
     python benchmarks/walks.py [--edges 250000 500000 1000000 2000000] [--walks-per-node 10] [--out DIR]
 
-For each size it generates a graph with jobs/generate_graph.py's generator (pins = edges / 10,
+For each size it generates a graph with jobs/demo/generate_graph.py's generator (pins = edges / 10,
 boards sized so the graph has at least about the requested number of memberships), runs jobs/neighborhoods.py
 in local mode on every core, and prints one markdown row per size: edges, nodes, walks, seconds in
 the walk phase and in total, walks per second. Results also go to DIR/walks.json.
@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import platform
-import time
+import shlex
 
-from jobs.generate_graph import GraphSpec, generate, write_tables
+from jobs.demo.generate_graph import GraphSpec, generate, write_tables
+from jobs.lib.report import Stopwatch
 from jobs.lib.session import get_spark
 from jobs.neighborhoods import parse_args, run
 
@@ -38,14 +39,15 @@ def main() -> None:
         spec = GraphSpec(pins=target // 10, boards=int(target / 33.0), feature_dim=4, seed=1)
         tables = generate(spec)
         write_tables({"edges": tables["edges"]}, f"{root}/input")
-        args = parse_args([
-            "--edges", f"{root}/input/edges", "--out", f"{root}/out",
-            "--walks-per-node", str(a.walks_per_node), "--walk-length", str(a.walk_length),
-            "--walks-per-batch", str(a.walks_per_node),
-        ])  # fmt: skip
-        started = time.perf_counter()
+        args = parse_args(
+            shlex.split(
+                f"--edges {root}/input/edges --out {root}/out --walks-per-node {a.walks_per_node} "
+                f"--walk-length {a.walk_length} --walks-per-batch {a.walks_per_node}"
+            )
+        )
+        clock = Stopwatch()
         report = run(spark, args)
-        total = time.perf_counter() - started
+        total = clock.seconds()
         row = {
             "edges": report.counts["edges kept"],
             "nodes": report.counts["pins with edges"] + report.counts["boards with edges"],
@@ -64,8 +66,10 @@ def main() -> None:
     print("| edges | nodes | walks | walk phase (s) | total (s) | walks/s |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['edges']:,} | {r['nodes']:,} | {r['walks']:,} | {r['walk_seconds']:.1f} | "
-              f"{r['total_seconds']:.1f} | {r['walks_per_second']:,} |")  # fmt: skip
+        print(
+            f"| {r['edges']:,} | {r['nodes']:,} | {r['walks']:,} | {r['walk_seconds']:.1f} | "
+            f"{r['total_seconds']:.1f} | {r['walks_per_second']:,} |"
+        )
 
 
 if __name__ == "__main__":

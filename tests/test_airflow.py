@@ -11,6 +11,7 @@ import os
 import pathlib
 import sys
 from datetime import datetime, timedelta, timezone
+from shlex import split
 from unittest import mock
 
 import numpy as np
@@ -30,8 +31,8 @@ SPARK_BIN = pathlib.Path(pyspark.__file__).parent / "bin"
 DATE = datetime(2026, 3, 1, tzinfo=timezone.utc)
 CONN_ID = "pinsage_test_spark"
 GRAPH = {
-    "settings": {"neighbourhoods", "embed", "evaluate", "publish"},
-    "neighbourhoods": {"embed"},
+    "settings": {"neighbors", "embed", "evaluate", "publish"},
+    "neighbors": {"embed"},
     "embed": {"evaluate", "publish"},
     "evaluate": {"publish"},
     "publish": set(),
@@ -97,6 +98,7 @@ def test_the_dag_folder_imports_without_errors_and_holds_one_dag(nightly):
     dag = bag.get_dag("pinsage_nightly")
     assert dag.catchup is False and dag.max_active_runs == 1
     assert dag.doc_md and "runs/{date}" in dag.doc_md
+    assert "new task history" in dag.doc_md
     assert dag.default_args["retries"] == 2
     assert all(t.retries == 2 for t in dag.tasks)
 
@@ -113,28 +115,22 @@ def test_the_delta_package_matches_the_installed_spark_and_delta(nightly):
 
 
 SETTINGS = {
-    "pins": "s3://b/pins", "edges": "s3://b/edges", "checkpoint": "/models/pinsage.pt",
-    "output_root": "s3://b/pinsage/", "jobs_dir": "/opt/pinsage/jobs",
-}  # fmt: skip
+    "pins": "s3://b/pins",
+    "edges": "s3://b/edges",
+    "checkpoint": "/models/pinsage.pt",
+    "output_root": "s3://b/pinsage/",
+    "jobs_dir": "/opt/pinsage/jobs",
+}
 
 
 def test_the_plan_writes_under_the_run_date_and_publishes_to_current(nightly):
     plan = nightly[1].plan_run(SETTINGS, "2026-03-01")
     run = "s3://b/pinsage/runs/2026-03-01"
-    assert plan["neighbourhoods_args"] == [
-        "--edges",
-        "s3://b/edges",
-        "--pins",
-        "s3://b/pins",
-        "--out",
-        f"{run}/neighbourhoods",
-    ]
-    assert plan["embed_args"] == [
-        "--pins", "s3://b/pins", "--edges", "s3://b/edges",
-        "--board-neighbors", f"{run}/neighbourhoods/board_neighbors",
-        "--pin-neighbors", f"{run}/neighbourhoods/pin_neighbors",
-        "--checkpoint", "/models/pinsage.pt", "--out", run, "--resume",
-    ]  # fmt: skip
+    assert plan["neighbors_args"] == split(f"--edges s3://b/edges --pins s3://b/pins --out {run}/neighbors")
+    assert plan["embed_args"] == split(
+        f"--pins s3://b/pins --edges s3://b/edges --board-neighbors {run}/neighbors/board_neighbors "
+        f"--pin-neighbors {run}/neighbors/pin_neighbors --checkpoint /models/pinsage.pt --out {run} --resume"
+    )
     assert plan["evaluate_args"] == []
     assert plan["publish_args"] == ["--source", run, "--target", "s3://b/pinsage/current"]
     assert plan["embed_application"] == "/opt/pinsage/jobs/embed.py"
@@ -143,25 +139,26 @@ def test_the_plan_writes_under_the_run_date_and_publishes_to_current(nightly):
 def test_optional_settings_add_their_flags(nightly):
     sha = "0f" * 32
     plan = nightly[1].plan_run(
-        {**SETTINGS, "boards": "s3://b/boards", "checkpoint_sha256": sha, "pairs": "s3://b/pairs",
-         "walks": {"walks_per_node": 30, "top_t": 10}, "spark_conf": {"spark.executor.cores": 4}},
+        {
+            **SETTINGS,
+            "boards": "s3://b/boards",
+            "checkpoint_sha256": sha,
+            "pairs": "s3://b/pairs",
+            "walks": {"walks_per_node": 30, "top_t": 10},
+            "spark_conf": {"spark.executor.cores": 4},
+        },
         "2026-03-01",
-    )  # fmt: skip
+    )
     run = "s3://b/pinsage/runs/2026-03-01"
-    assert plan["neighbourhoods_args"] == [
-        "--edges", "s3://b/edges", "--pins", "s3://b/pins", "--boards", "s3://b/boards",
-        "--walks-per-node", "30", "--top-t", "10", "--out", f"{run}/neighbourhoods",
-    ]  # fmt: skip
+    assert plan["neighbors_args"] == split(
+        f"--edges s3://b/edges --pins s3://b/pins --boards s3://b/boards --walks-per-node 30 --top-t 10 "
+        f"--out {run}/neighbors"
+    )
     assert plan["embed_args"][4:6] == ["--boards", "s3://b/boards"]
     assert plan["embed_args"][-5:] == ["--checkpoint-sha256", sha, "--out", run, "--resume"]
-    assert plan["evaluate_args"] == [
-        "--embeddings",
-        f"{run}/pin_embeddings",
-        "--pairs",
-        "s3://b/pairs",
-        "--out",
-        f"{run}/evaluation",
-    ]
+    assert plan["evaluate_args"] == split(
+        f"--embeddings {run}/pin_embeddings --pairs s3://b/pairs --out {run}/evaluation"
+    )
     assert plan["conf"] == {"spark.executor.cores": "4"}
 
 
@@ -172,22 +169,37 @@ def test_every_planned_command_line_is_accepted_by_its_job(nightly):
     import jobs.publish
 
     plan = nightly[1].plan_run(
-        {**SETTINGS, "boards": "s3://b/boards", "checkpoint_sha256": "0f" * 32, "pairs": "s3://b/pairs",
-         "walks": {"walks_per_node": 30, "walk_length": 4, "restart_prob": 0.5, "top_t": 10, "seed": 7,
-                   "walks_per_batch": 15}},
+        {
+            **SETTINGS,
+            "boards": "s3://b/boards",
+            "checkpoint_sha256": "0f" * 32,
+            "pairs": "s3://b/pairs",
+            "walks": {
+                "walks_per_node": 30,
+                "walk_length": 4,
+                "restart_prob": 0.5,
+                "top_t": 10,
+                "seed": 7,
+                "walks_per_batch": 15,
+            },
+        },
         "2026-03-01",
-    )  # fmt: skip
+    )
     run = "s3://b/pinsage/runs/2026-03-01"
-    walk = jobs.neighborhoods.parse_args(plan["neighbourhoods_args"])
-    assert (walk.out, walk.boards, walk.walks_per_batch) == (f"{run}/neighbourhoods", "s3://b/boards", 15)
+    walk = jobs.neighborhoods.parse_args(plan["neighbors_args"])
+    assert (walk.out, walk.boards, walk.walks_per_batch) == (f"{run}/neighbors", "s3://b/boards", 15)
     assert (walk.params.walks_per_node, walk.params.walk_length, walk.params.restart_prob) == (30, 4, 0.5)
     assert (walk.params.top_t, walk.params.seed) == (10, 7)
     embed = jobs.embed.parse_args(plan["embed_args"])
     assert (embed.out, embed.boards, embed.checkpoint_sha256) == (run, "s3://b/boards", "0f" * 32)
     assert jobs.evaluate.parse_args(plan["evaluate_args"]).pairs == "s3://b/pairs"
     assert jobs.publish.parse_args(plan["publish_args"]).target == "s3://b/pinsage/current"
-    for task_id, module in (("neighbourhoods", jobs.neighborhoods), ("embed", jobs.embed),
-                            ("evaluate", jobs.evaluate), ("publish", jobs.publish)):  # fmt: skip
+    for task_id, module in (
+        ("neighbors", jobs.neighborhoods),
+        ("embed", jobs.embed),
+        ("evaluate", jobs.evaluate),
+        ("publish", jobs.publish),
+    ):
         assert plan[f"{task_id}_application"] == f"/opt/pinsage/jobs/{os.path.basename(module.__file__)}"
 
 
@@ -233,10 +245,15 @@ def fake_spark(tmp_path, monkeypatch):
 
 def wiring_conf(tmp_path, **extra) -> dict:
     return {
-        "pins": "/data/pins", "edges": "/data/edges", "checkpoint": "/models/m.pt",
-        "output_root": str(tmp_path / "out"), "spark_conn_id": CONN_ID, "spark_packages": "",
-        "jobs_dir": "/opt/jobs", **extra,
-    }  # fmt: skip
+        "pins": "/data/pins",
+        "edges": "/data/edges",
+        "checkpoint": "/models/m.pt",
+        "output_root": str(tmp_path / "out"),
+        "spark_conn_id": CONN_ID,
+        "spark_packages": "",
+        "jobs_dir": "/opt/jobs",
+        **extra,
+    }
 
 
 def test_with_pairs_evaluate_runs_before_publish(nightly, fake_spark, tmp_path):
@@ -246,15 +263,17 @@ def test_with_pairs_evaluate_runs_before_publish(nightly, fake_spark, tmp_path):
     assert {k: ti.state for k, ti in tis.items()} == dict.fromkeys(GRAPH, "success")
     submits = fake_spark()
     assert [s[s.index("--name") + 1] for s in submits] == [
-        "pinsage-neighbourhoods", "pinsage-embed", "pinsage-evaluate", "pinsage-publish",
-    ]  # fmt: skip
+        "pinsage-neighbors",
+        "pinsage-embed",
+        "pinsage-evaluate",
+        "pinsage-publish",
+    ]
     evaluate = submits[2]
     assert evaluate[evaluate.index("--master") + 1] == "local[2]"
     out = f"{tmp_path}/out/runs/2026-03-01"
-    assert evaluate[evaluate.index("/opt/jobs/evaluate.py") :] == [
-        "/opt/jobs/evaluate.py", "--embeddings", f"{out}/pin_embeddings", "--pairs", "/data/pairs",
-        "--out", f"{out}/evaluation",
-    ]  # fmt: skip
+    assert evaluate[evaluate.index("/opt/jobs/evaluate.py") :] == split(
+        f"/opt/jobs/evaluate.py --embeddings {out}/pin_embeddings --pairs /data/pairs --out {out}/evaluation"
+    )
     assert "--packages" not in evaluate
 
 
@@ -265,8 +284,10 @@ def test_without_pairs_evaluate_is_skipped_and_publish_still_runs(nightly, fake_
     assert tis["evaluate"].state == "skipped"
     assert all(ti.state == "success" for k, ti in tis.items() if k != "evaluate")
     assert [os.path.basename(next(a for a in s if a.endswith(".py"))) for s in fake_spark()] == [
-        "neighborhoods.py", "embed.py", "publish.py",
-    ]  # fmt: skip
+        "neighborhoods.py",
+        "embed.py",
+        "publish.py",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -281,7 +302,7 @@ def test_a_failed_job_stops_the_run_and_only_bad_input_skips_the_retries(
     assert run.state == "failed"
     assert tis["embed"].state == "failed" and tis["embed"].try_number == tries
     assert tis["evaluate"].state == tis["publish"].state == "upstream_failed"
-    assert len(fake_spark()) == 1 + tries  # neighbourhoods once, embed per try, never publish
+    assert len(fake_spark()) == 1 + tries  # neighbors once, embed per try, never publish
 
 
 def test_a_missing_required_setting_fails_before_any_submit(nightly, fake_spark, tmp_path):
@@ -308,19 +329,28 @@ def test_a_nightly_run_publishes_and_a_rerun_of_its_date_replaces_it(nightly, sp
     paths = write_graph(graph, str(tmp_path / "in"), with_boards=False)
     out = tmp_path / "out"
     spark_conf = {
-        "spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
-        "spark.log.level": "WARN", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-        "spark.sql.shuffle.partitions": "2", "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.log.level": "WARN",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.shuffle.partitions": "2",
+        "spark.databricks.delta.snapshotPartitions": "2",
         # Each job is a short-lived JVM on a small graph: the quick JIT tier costs far less CPU.
         "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
-    }  # fmt: skip
+    }
     # The first run takes everything from Variables, the rerun overrides the checkpoint by param.
     variables = {
-        "pins": paths["pins"], "edges": paths["edges"], "output_root": str(out),
+        "pins": paths["pins"],
+        "edges": paths["edges"],
+        "output_root": str(out),
         "checkpoint": write_checkpoint(str(tmp_path / "a.pt"), seed=1),
-        "spark_conn_id": CONN_ID, "spark_packages": "", "spark_jars": _resolved_jars(),
-        "spark_conf": json.dumps(spark_conf), "walks": json.dumps({"walks_per_node": 5, "walk_length": 4, "walks_per_batch": 5}),
-    }  # fmt: skip
+        "spark_conn_id": CONN_ID,
+        "spark_packages": "",
+        "spark_jars": _resolved_jars(),
+        "spark_conf": json.dumps(spark_conf),
+        "walks": json.dumps({"walks_per_node": 5, "walk_length": 4, "walks_per_batch": 5}),
+    }
     for name, value in variables.items():
         monkeypatch.setenv(f"AIRFLOW_VAR_PINSAGE_{name.upper()}", value)
     run_dir, current = f"{out}/runs/2026-03-01", f"{out}/current"
@@ -342,7 +372,7 @@ def test_a_nightly_run_publishes_and_a_rerun_of_its_date_replaces_it(nightly, sp
     # The rerun re-embeds with another checkpoint; its walks would repeat the first run's exactly
     # (same edges and seed, see test_neighborhoods), so they are marked done to keep the test short.
     b = write_checkpoint(str(tmp_path / "b.pt"), seed=2)
-    rerun, tis = run_dag({"checkpoint": b}, mark_success="neighbourhoods")
+    rerun, tis = run_dag({"checkpoint": b}, mark_success="neighbors")
     assert rerun.state == "success", {k: ti.state for k, ti in tis.items()}
     assert os.listdir(out / "runs") == ["2026-03-01"]
     replaced = embeddings(spark, f"{current}/pin_embeddings")

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs import embed, embed_new, evaluate, generate_graph, neighborhoods, train
-from jobs.demo import init_checkpoint
+from jobs import embed, embed_new, evaluate, neighborhoods, train
+from jobs.demo import generate_graph, init_checkpoint
 from pinsage_model.checkpoint import read_checkpoint
 from tests.graphs import write_parquet
 

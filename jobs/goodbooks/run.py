@@ -1,14 +1,14 @@
-"""goodbooks-10k end to end: prepare -> neighbourhoods -> train -> embed -> evaluate, then a report.
+"""goodbooks-10k end to end: prepare -> neighbors -> train -> embed -> evaluate, then a report.
 
-    python jobs/goodbooks.py --data-dir DIR --out O [--variants pinsage,margin,mean,max,no-hard]
+    python jobs/goodbooks/run.py --data-dir DIR --out O [--variants pinsage,margin,mean,max,no-hard]
         [--train-flags '--epochs 4'] [--walk-flags '...'] [--candidates N] [--seed 0] [--resume]
 
 Each step is the project's own command line, run as its own process (each prints the command it
 runs, so any step can be rerun by hand). PinSage (importance pooling, hard-negative curriculum) is
 evaluated against the content-only, graph-only and popularity baselines; the ablations retrain with
 the paper's max-margin loss, with mean or max pooling, or without hard negatives, and evaluate the
-same test pairs. Writes O/report.md with the
-numbers and links to the evaluation's PNGs, and O/report.json.
+same test pairs. Writes O/report.md with the numbers and links to the evaluation's PNGs, and
+O/report.json.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 
-from jobs.lib.cli import spark_conf
-from jobs.lib.evaluation import format_p
+from jobs.lib.cli import CommonArgs, add_common_args, common_args, job_main
+from jobs.lib.evaluation.metrics import format_p
+from jobs.lib.report import Report
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUIET = ["--conf", "spark.ui.showConsoleProgress=false"]
 
 
@@ -33,11 +33,13 @@ QUIET = ["--conf", "spark.ui.showConsoleProgress=false"]
 # of a repeated flag wins). Besides the training pairs, each epoch draws a million fresh pairs of
 # books that share a list: the held-out pairs alone are too few to learn the top of the ranking.
 # The softmax loss ranks the top better than the paper's hinge here (the "margin" variant shows by
-# how much; README, Results on goodbooks-10k).
-TRAIN_DEFAULTS = (
-    "--epochs", "6", "--batch-size", "8192", "--lr", "0.005", "--embed-dim", "64",
-    "--co-membership-pairs", "1000000", "--loss", "softmax", "--temperature", "0.1",
-)  # fmt: skip
+# how much; docs/goodbooks.md).
+TRAIN_DEFAULTS = tuple(
+    shlex.split(
+        "--epochs 6 --batch-size 8192 --lr 0.005 --embed-dim 64 "
+        "--co-membership-pairs 1000000 --loss softmax --temperature 0.1"
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,8 @@ class GoodbooksArgs:
     train_flags: tuple[str, ...] = ()
     walk_flags: tuple[str, ...] = ()
     candidates: int | None = None
-    conf: dict[str, str] = field(default_factory=dict)
     resume: bool = False
+    common: CommonArgs = field(default_factory=CommonArgs)
 
 
 def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
@@ -84,26 +86,22 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
     p.add_argument(
         "--train-flags",
         default="",
-        help="flags for pinsage_model.train after the defaults ("
-        + " ".join(TRAIN_DEFAULTS)
-        + "), which they override",
+        help=f"flags for jobs/train.py after the defaults ({shlex.join(TRAIN_DEFAULTS)}), which they "
+        "override",
     )
     p.add_argument("--walk-flags", default="", help="extra flags for jobs/neighborhoods.py")
     p.add_argument("--candidates", type=int, help="rank among a sample of this many pins (default: all)")
-    p.add_argument(
-        "--conf", action="append", default=[], metavar="KEY=VALUE", help="Spark conf for every job"
-    )
     p.add_argument(
         "--resume",
         action="store_true",
         help="skip each step whose report O/reports/<step>.json an earlier run left (it succeeded)",
     )
+    add_common_args(p, work_tables=False)
     a = p.parse_args(argv)
     variants = tuple(v for v in a.variants.split(",") if v)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or "pinsage" not in variants:
         p.error(f"--variants: must include pinsage, each of {', '.join(VARIANTS)}; got {a.variants!r}")
-    conf = spark_conf(p, a.conf)
     return GoodbooksArgs(
         a.data_dir.rstrip("/"),
         a.out.rstrip("/"),
@@ -112,80 +110,84 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
         tuple(shlex.split(a.train_flags)),
         tuple(shlex.split(a.walk_flags)),
         a.candidates,
-        conf,
         a.resume,
+        common_args(p, a),
     )
 
 
-def run(args: GoodbooksArgs) -> dict:
+def flags(**values: str) -> list[str]:
+    """Keyword arguments as a command line's flags, in order: table_path="x" -> --table-path x."""
+    return [item for name, value in values.items() for item in ("--" + name.replace("_", "-"), value)]
+
+
+@dataclass
+class ChainReport(Report):
+    """The chain's report: `seconds` per step (kept across --resume), the collected numbers."""
+
+    out: str
+    results: dict = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        return [f"goodbooks-10k: wrote {self.out}/report.md and {self.out}/report.json"]
+
+
+def run(args: GoodbooksArgs) -> ChainReport:
     py, out = sys.executable, args.out
-    conf = [x for k, v in args.conf.items() for x in ("--conf", f"{k}={v}")]
-    data, nbrs = f"{out}/data", f"{out}/neighbourhoods"
+    master = ["--master", args.common.master] if args.common.master else []
+    spark = [*master, *QUIET, *(x for k, v in args.common.conf.items() for x in ("--conf", f"{k}={v}"))]
+    data, nbrs = f"{out}/data", f"{out}/neighbors"
     os.makedirs(f"{out}/reports", exist_ok=True)
     os.makedirs(f"{out}/models", exist_ok=True)
+    report = ChainReport(out)
     timings = f"{out}/reports/seconds.json"
-    seconds = {}
     if args.resume and os.path.exists(timings):
         with open(timings) as f:
-            seconds = json.load(f)
+            report.seconds = json.load(f)
 
     def step(name: str, cmd: list[str]) -> None:
         """Run one of the project's command lines, which writes O/reports/<name>.json when it
         succeeds; stop the chain when it fails."""
-        report = f"{out}/reports/{name}.json"
-        if args.resume and os.path.exists(report):
-            print(f"\n== {name}: done by an earlier run ({report})", flush=True)
+        step_report = f"{out}/reports/{name}.json"
+        if args.resume and os.path.exists(step_report):
+            print(f"\n== {name}: done by an earlier run ({step_report})", flush=True)
             return
-        cmd = [py, *cmd, "--report-json", report]
+        cmd = [py, *cmd, "--report-json", step_report]
         print(f"\n== {name}: {shlex.join(cmd)}", flush=True)
-        clock = time.perf_counter()
-        done = subprocess.run(cmd, cwd=ROOT)
+        with report.timed(name):
+            done = subprocess.run(cmd, cwd=ROOT)
         if done.returncode != 0:
             sys.exit(f"goodbooks: step '{name}' failed with exit status {done.returncode}")
-        seconds[name] = round(time.perf_counter() - clock, 1)
         with open(timings, "w") as f:
-            json.dump(seconds, f, indent=2)
+            json.dump(report.seconds, f, indent=2)
 
-    seed = ["--seed", str(args.seed)]
-    step(
-        "prepare",
-        ["jobs/prepare_goodbooks.py", "--data-dir", args.data_dir, "--out", data, *seed, *QUIET, *conf],
+    seed = flags(seed=str(args.seed))
+    step("prepare", ["jobs/goodbooks/prepare.py", *flags(data_dir=args.data_dir, out=data), *seed, *spark])
+    walk_inputs = flags(edges=f"{data}/edges", pins=f"{data}/pins", out=nbrs)
+    step("neighbors", ["jobs/neighborhoods.py", *walk_inputs, *seed, *args.walk_flags, *spark])
+    graph = flags(
+        pins=f"{data}/pins",
+        edges=f"{data}/edges",
+        board_neighbors=f"{nbrs}/board_neighbors",
+        pin_neighbors=f"{nbrs}/pin_neighbors",
     )
-    step(
-        "neighbourhoods",
-        ["jobs/neighborhoods.py", "--edges", f"{data}/edges", "--pins", f"{data}/pins", "--out", nbrs, *seed,
-         *args.walk_flags, *QUIET, *conf],
-    )  # fmt: skip
-    graph = ["--pins", f"{data}/pins", "--edges", f"{data}/edges", "--board-neighbors",
-             f"{nbrs}/board_neighbors", "--pin-neighbors", f"{nbrs}/pin_neighbors"]  # fmt: skip
-    pairs = ["--pairs", f"{data}/train_pairs", "--validation-pairs", f"{data}/validation_pairs"]
-    sample = ["--candidates", str(args.candidates)] if args.candidates else []
-    baselines = ["--pins", f"{data}/content", "--edges", f"{data}/edges", "--labels", f"{data}/labels"]
+    pairs = flags(pairs=f"{data}/train_pairs", validation_pairs=f"{data}/validation_pairs")
+    sample = flags(candidates=str(args.candidates)) if args.candidates else []
+    baselines = flags(pins=f"{data}/content", edges=f"{data}/edges", labels=f"{data}/labels")
     for name in args.variants:
         ckpt, embeddings = f"{out}/models/{name}.pt", f"{out}/runs/{name}"
-        step(
-            f"train-{name}",
-            ["-m", "pinsage_model.train", *graph, *pairs, "--out", ckpt, *seed, *TRAIN_DEFAULTS,
-             *VARIANTS[name].train_flags, *args.train_flags],
-        )  # fmt: skip
-        step(
-            f"embed-{name}",
-            ["jobs/embed.py", *graph, "--checkpoint", ckpt, "--out", embeddings, *QUIET, *conf],
-        )
-        step(
-            f"evaluate-{name}",
-            ["jobs/evaluate.py", "--embeddings", f"{embeddings}/pin_embeddings",
-             "--pairs", f"{data}/test_pairs", "--out", f"{out}/evaluation/{name}", *seed,
-             *(baselines if name == "pinsage" else []), *sample,
-             *QUIET, *conf],
-        )  # fmt: skip
-    results = collect(args, seconds)
+        train = [*graph, *pairs, "--out", ckpt, *seed, *master, *TRAIN_DEFAULTS, *VARIANTS[name].train_flags]
+        step(f"train-{name}", ["jobs/train.py", *train, *args.train_flags])
+        step(f"embed-{name}", ["jobs/embed.py", *graph, "--checkpoint", ckpt, "--out", embeddings, *spark])
+        test = flags(embeddings=f"{embeddings}/pin_embeddings", pairs=f"{data}/test_pairs")
+        evaluation = [*test, "--out", f"{out}/evaluation/{name}", *seed]
+        evaluation += [*(baselines if name == "pinsage" else []), *sample]
+        step(f"evaluate-{name}", ["jobs/evaluate.py", *evaluation, *spark])
+    report.results = collect(args, report.seconds)
     with open(f"{out}/report.json", "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
+        json.dump(report.results, f, indent=2, sort_keys=True)
     with open(f"{out}/report.md", "w") as f:
-        f.write(render(results))
-    print(f"\nwrote {out}/report.md and {out}/report.json")
-    return results
+        f.write(render(report.results))
+    return report
 
 
 def collect(args: GoodbooksArgs, seconds: dict[str, float]) -> dict:
@@ -314,8 +316,8 @@ def render(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(parse_args(argv))
-    return 0
+    args = parse_args(argv)
+    return job_main(lambda: run(args), args.common.report_json)
 
 
 if __name__ == "__main__":

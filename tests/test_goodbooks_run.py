@@ -1,4 +1,4 @@
-"""jobs/goodbooks.py's chain and report: the commands it runs, --resume skipping finished steps, and a
+"""jobs/goodbooks/run.py's chain and report: the commands it runs, --resume skipping finished steps, and a
 report that carries every method's numbers from the step reports."""
 
 from __future__ import annotations
@@ -8,17 +8,21 @@ import os
 
 import pytest
 
-from jobs import goodbooks as job
+from jobs.goodbooks import run as job
 
 METRICS = {"hit@10": 0.25, "hit@100": 0.5, "hit@500": 0.75, "mrr": 0.125, "scaled_mrr": 0.375}
 
 
 def write_reports(root: str, variants: tuple[str, ...]) -> None:
-    reports = {
-        "prepare": {"rows": {"pins": 40, "edges": 300, "heldout": 30, "train_pairs": 20,
-                             "validation_pairs": 5, "test_pairs": 4}},
-        "neighbourhoods": {},
-    }  # fmt: skip
+    rows = {
+        "pins": 40,
+        "edges": 300,
+        "heldout": 30,
+        "train_pairs": 20,
+        "validation_pairs": 5,
+        "test_pairs": 4,
+    }
+    reports = {"prepare": {"rows": rows}, "neighbors": {}}
     for i, name in enumerate(variants):
         methods = {"embedding": {**METRICS, "hit@10": 0.1 * (i + 1), "pairs": 4}}
         if name == "pinsage":
@@ -55,7 +59,7 @@ def test_resume_skips_finished_steps_and_the_report_carries_every_method(tmp_pat
     monkeypatch.setattr(job.subprocess, "run", lambda cmd, cwd: ran.append(cmd))
     results = job.run(
         job.parse_args(["--data-dir", "d", "--out", out, "--variants", "pinsage,mean,margin", "--resume"])
-    )
+    ).results
     assert ran == []
     assert results["variants"]["mean"]["metrics"]["hit@10"] == pytest.approx(0.2)
     assert set(results["baselines"]) == {"content", "graph"}
@@ -85,15 +89,17 @@ def test_the_chain_runs_each_project_command_in_order_and_stops_at_a_failure(tmp
 
     monkeypatch.setattr(job.subprocess, "run", fake)
     argv = ["--data-dir", "data", "--out", out, "--variants", "pinsage", "--train-flags", "--epochs 2"]
+    argv += ["--master", "local[1]", "--conf", "spark.x=1"]
     with pytest.raises(SystemExit, match="step 'embed-pinsage' failed with exit status 1"):
         job.run(job.parse_args(argv))
-    scripts = [cmd[1] if cmd[1] != "-m" else cmd[2] for cmd in ran]
-    assert scripts == [
-        "jobs/prepare_goodbooks.py",
+    assert [cmd[1] for cmd in ran] == [
+        "jobs/goodbooks/prepare.py",
         "jobs/neighborhoods.py",
-        "pinsage_model.train",
+        "jobs/train.py",
         "jobs/embed.py",
     ]
+    assert all(os.path.exists(os.path.join(job.ROOT, cmd[1])) for cmd in ran)
+    assert ran[1][ran[1].index("--out") + 1] == f"{out}/neighbors"
     train = ran[2]
     assert train[-4:] == ["--epochs", "2", "--report-json", f"{out}/reports/train-pinsage.json"]
     assert ["--pooling", "importance"] == train[train.index("--pooling") : train.index("--pooling") + 2]
@@ -103,6 +109,22 @@ def test_the_chain_runs_each_project_command_in_order_and_stops_at_a_failure(tmp
     assert train[defaults : defaults + len(job.TRAIN_DEFAULTS)] == list(job.TRAIN_DEFAULTS)
     assert defaults < len(train) - 4
     assert all(cmd[-2] == "--report-json" for cmd in ran)
+    spark_flags = ["--master", "local[1]", *job.QUIET, "--conf", "spark.x=1"]
+    for cmd in (ran[0], ran[1], ran[3]):
+        assert cmd[-2 - len(spark_flags) : -2] == spark_flags
+    assert "spark.x=1" not in train and train[train.index("--master") + 1] == "local[1]"
+
+
+def test_main_writes_the_chain_report_as_json(tmp_path, monkeypatch):
+    out = str(tmp_path / "gb")
+    write_reports(out, ("pinsage",))
+    monkeypatch.setattr(job.subprocess, "run", lambda cmd, cwd: None)
+    argv = ["--data-dir", "d", "--out", out, "--variants", "pinsage", "--resume"]
+    assert job.main([*argv, "--report-json", f"{tmp_path}/chain.json"]) == 0
+    with open(f"{tmp_path}/chain.json") as f:
+        saved = json.load(f)
+    with open(f"{out}/report.json") as f:
+        assert saved["results"] == json.load(f)
 
 
 def test_variants_must_include_pinsage_and_be_known():

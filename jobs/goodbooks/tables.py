@@ -1,6 +1,6 @@
 """goodbooks-10k as a pin/board graph: books are pins, to-read lists are boards.
 
-Pure transforms over the raw CSV tables, used by jobs/prepare_goodbooks.py, plus the executor code
+Pure transforms over the raw CSV tables, used by jobs/goodbooks/prepare.py, plus the executor code
 that turns "title by authors" into a sentence embedding.
 
 Related-pin pairs come from held-out memberships. From every list with at least `min_board_size`
@@ -59,6 +59,7 @@ CSV_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     "tags.csv": {"ids": ("tag_id",), "text": ("tag_name",)},
 }
 BOOK_GOODREADS_ID = "goodreads_book_id"  # books.csv's key into book_tags.csv
+EXAMPLE_IDS = 3  # offending ids quoted in an error message
 
 
 def typed(raw: DataFrame, table: str) -> DataFrame:
@@ -81,12 +82,26 @@ def typed(raw: DataFrame, table: str) -> DataFrame:
     return out
 
 
+def check_references(books: DataFrame, to_read: DataFrame) -> None:
+    """Raise InputError when books.csv repeats a book_id or to_read.csv names a book it lacks,
+    quoting a few of the offending ids."""
+    repeated = books.groupBy("book_id").count().where(F.col("count") > 1).limit(EXAMPLE_IDS).collect()
+    if repeated:
+        ids = ", ".join(str(r["book_id"]) for r in repeated)
+        raise InputError("books.csv", "book_id", f"ids are not unique (e.g. {ids})")
+    unknown = to_read.join(books, "book_id", "left_anti").limit(EXAMPLE_IDS).collect()
+    if unknown:
+        ids = ", ".join(str(r["book_id"]) for r in unknown)
+        raise InputError("to_read.csv", "book_id", f"names books missing from books.csv (e.g. {ids})")
+
+
 def memberships(to_read: DataFrame) -> DataFrame:
     """(board_id, pin_id) once per distinct (user, book) row."""
     return to_read.select(F.col("user_id").alias("board_id"), F.col("book_id").alias("pin_id")).distinct()
 
 
 def split_of(seed: int, board: Column, fractions: tuple[float, float, float]) -> Column:
+    """The split a list goes to: a seeded uniform draw per list against the cumulative fractions."""
     u = uniform(seed, board, SPLIT)
     train, validation, _ = fractions
     return (
@@ -194,7 +209,7 @@ _ENCODERS: dict[str, object] = {}
 _LOCK = threading.Lock()
 
 
-def load_encoder(device: str):
+def load_encoder(device: str) -> object:
     """The packaged all-MiniLM-L6-v2 (`pip install .[text]`), loaded from site-packages without any
     network access, once per Python worker."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,1 @@
+"""Demo helpers, apart from the production jobs: a generated graph, a random checkpoint, nearest pins."""

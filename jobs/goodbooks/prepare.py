@@ -1,0 +1,182 @@
+"""goodbooks-10k as the pipeline's input tables: books are pins, to-read lists are boards.
+
+    spark-submit jobs/goodbooks/prepare.py --data-dir DIR --out O [--seed 0] [--holdout-per-board 2]
+        [--min-board-size 5] [--split 0.8,0.1,0.1] [--device auto]
+
+Reads books.csv, to_read.csv, book_tags.csv and tags.csv from DIR and writes Delta tables under O:
+pins (a 384-dim all-MiniLM-L6-v2 embedding of "title by authors", computed on executors, plus the
+scaled log degree), content (the text vector alone, for the content-only baseline), edges (the
+memberships left in the graph), heldout (the removed memberships and their split), train_pairs,
+validation_pairs, test_pairs (query_pin, pos_pin) and labels (pin_id, genre shelf). How pairs are
+held out so nothing of a test pair reaches the graph or the training pairs: jobs/goodbooks/tables.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.goodbooks import tables
+from jobs.lib.cli import CommonArgs, add_common_args, at_least, common_args, new_run_id, spark_job_main
+from jobs.lib.io import InputError, path_exists, write_and_reload
+from jobs.lib.report import Report
+
+log = logging.getLogger("pinsage.goodbooks.prepare")
+
+OUTPUTS = ("edges", "heldout", "pins", "content", "labels", "train_pairs", "validation_pairs", "test_pairs")
+CSV_FILES = ("books.csv", "to_read.csv", "book_tags.csv", "tags.csv")
+SPLIT_TOLERANCE = 1e-9  # how far from 1 the three split fractions may sum (decimal input)
+
+
+@dataclass(frozen=True)
+class PrepareArgs:
+    data_dir: str
+    out: str
+    seed: int = 0
+    holdout_per_board: int = 2
+    min_board_size: int = 5
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    device: str = "auto"
+    encode_batch: int = 256
+    common: CommonArgs = field(default_factory=CommonArgs)
+
+
+def _split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VALIDATION,TEST fractions, got {text!r}") from None
+    if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > SPLIT_TOLERANCE or parts[2] == 0:
+        raise argparse.ArgumentTypeError(f"expected three fractions summing to 1, test > 0, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def parse_args(argv: list[str] | None = None) -> PrepareArgs:
+    d = PrepareArgs("", "")
+    p = argparse.ArgumentParser(
+        description="goodbooks-10k as pins, edges, held-out pairs and labels.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data-dir", required=True, help="folder with books.csv, to_read.csv, book_tags.csv, tags.csv"
+    )
+    p.add_argument("--out", required=True, help="output root for the Delta tables")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of every held-out choice")
+    p.add_argument(
+        "--holdout-per-board",
+        type=at_least(1),
+        default=d.holdout_per_board,
+        help="memberships removed per list",
+    )
+    p.add_argument(
+        "--min-board-size", type=int, default=d.min_board_size, help="lists smaller keep all members"
+    )
+    p.add_argument(
+        "--split", type=_split, default="0.8,0.1,0.1", help="list fractions: train,validation,test"
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="text encoder device")
+    p.add_argument("--encode-batch", type=at_least(1), default=d.encode_batch, help="texts per encoder call")
+    add_common_args(p, work_tables=False)
+    a = p.parse_args(argv)
+    if a.min_board_size < a.holdout_per_board + 1:
+        p.error("--min-board-size must exceed --holdout-per-board: a query must stay in the list")
+    return PrepareArgs(
+        a.data_dir.rstrip("/"),
+        a.out.rstrip("/"),
+        a.seed,
+        a.holdout_per_board,
+        a.min_board_size,
+        a.split,
+        a.device,
+        a.encode_batch,
+        common_args(p, a),
+    )
+
+
+@dataclass
+class PrepareReport(Report):
+    run_id: str
+    rows: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        return [
+            f"run {self.run_id}: goodbooks-10k prepared",
+            *(f"  {name}: {count:,} rows" for name, count in self.rows.items()),
+        ]
+
+
+def read_csv(spark: SparkSession, data_dir: str, name: str) -> DataFrame:
+    path = f"{data_dir}/{name}"
+    if not path_exists(spark, path):
+        raise InputError(name, None, f"{path} does not exist")
+    raw = spark.read.option("header", True).option("escape", '"').option("mode", "FAILFAST").csv(path)
+    return tables.typed(raw, name)
+
+
+def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
+    report = PrepareReport(new_run_id())
+    sc = spark.sparkContext
+    metadata = {
+        "run_id": report.run_id,
+        "source": "goodbooks-10k",
+        "params": {
+            "seed": args.seed,
+            "holdout_per_board": args.holdout_per_board,
+            "min_board_size": args.min_board_size,
+            "split": list(args.split),
+        },
+    }
+
+    def publish(name: str, df: DataFrame) -> DataFrame:
+        sc.setJobDescription(f"write {name}")
+        path = f"{args.out}/{name}"
+        stored = write_and_reload(df, path, metadata)
+        report.outputs[name] = path
+        report.rows[name] = stored.count()
+        log.info("wrote %s: %d rows", path, report.rows[name])
+        return stored
+
+    with report.timed("read"):
+        sc.setJobDescription("read and check the goodbooks CSV files")
+        books, to_read, book_tags, tags = (read_csv(spark, args.data_dir, name) for name in CSV_FILES)
+        tables.check_references(books, to_read)
+
+    with report.timed("hold out"):
+        graph, heldout = tables.hold_out(
+            tables.memberships(to_read), args.seed, args.holdout_per_board, args.min_board_size, args.split
+        )
+        graph = publish("edges", graph)
+        heldout = publish("heldout", heldout)
+
+    with report.timed("text features"):
+        sc.setJobDescription("encode title by authors on executors")
+        text = tables.book_text(books).join(
+            tables.log_degree(books.select(F.col("book_id").alias("pin_id")), graph), "pin_id"
+        )
+        device, batch = args.device, args.encode_batch
+        pins = text.mapInArrow(
+            lambda it: tables.encode_batches(it, device, batch), "pin_id bigint, features array<float>"
+        )
+        pins = publish("pins", pins)
+        publish("content", pins.select("pin_id", F.slice("features", 1, tables.TEXT_DIM).alias("features")))
+
+    with report.timed("pairs and labels"):
+        publish("labels", tables.labels(books, book_tags, tags))
+        for split, df in tables.pairs(graph, heldout, args.seed).items():
+            publish(f"{split}_pairs", df)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return spark_job_main("pinsage-goodbooks-prepare", args.common, lambda spark: run(spark, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
