@@ -16,13 +16,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jobs.lib.io import InputError
+from jobs.lib.vectors import PRECISIONS
 from pinsage_model.checkpoint import CheckpointError
-
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -47,6 +45,43 @@ def add_common_args(parser: argparse.ArgumentParser, work_tables: bool = True) -
     parser.add_argument("--report-json", help="also write the run report as JSON to this local file")
     if work_tables:
         parser.add_argument("--keep-work", action="store_true", help="keep the work tables in OUT/_work")
+
+
+DEFAULT_BROADCAST_MB = 512
+
+
+def add_model_args(parser: argparse.ArgumentParser, broadcast_help: str) -> None:
+    """The flags of a job that runs the model's layers (embed, embed_new): the checkpoint, where the
+    layers run, and how projections move between stages."""
+    parser.add_argument("--checkpoint", required=True, help="format_version 1 checkpoint file")
+    parser.add_argument(
+        "--checkpoint-sha256",
+        metavar="HEX",
+        help="refuse the checkpoint unless its SHA-256 is this (checked before it is parsed)",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--broadcast-projections-mb",
+        type=at_least(0),
+        default=DEFAULT_BROADCAST_MB,
+        metavar="MB",
+        help=broadcast_help + " (0: never)",
+    )
+    parser.add_argument(
+        "--projection-precision",
+        choices=tuple(PRECISIONS),
+        default="float32",
+        help="encoding of the projections moved between stages (shuffled with the neighbor rows, or "
+        "collected for the broadcast): bfloat16 or float16 halve those bytes and round each value "
+        "to 8 or 11 significant bits (docs: reduced-precision projections)",
+    )
+
+
+def add_walks_per_batch(parser: argparse.ArgumentParser) -> None:
+    """--walks-per-batch, for every job that walks."""
+    parser.add_argument(
+        "--walks-per-batch", type=at_least(1), default=25, help="walk indices simulated per Spark job"
+    )
 
 
 def common_args(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> CommonArgs:
@@ -122,8 +157,19 @@ def job_main(run: Callable[[], Any], report_json: str | None) -> int:
     return EXIT_OK
 
 
-def spark_job_main(app_name: str, common: CommonArgs, run: Callable[[SparkSession], Any]) -> int:
-    """`job_main` for a Spark job: the session comes from the one factory, with the common flags."""
+def spark_job_main(
+    app_name: str,
+    common: CommonArgs,
+    run: Callable[..., Any],
+    load: Callable[[], Any] | None = None,
+) -> int:
+    """`job_main` for a Spark job: `run(spark)` with the session from the one factory, configured by
+    the common flags. With `load`, `run(spark, load())`, `load` running before the session starts, so
+    a bad file it reads (a checkpoint) is refused without starting Spark."""
     from jobs.lib.session import get_spark
 
-    return job_main(lambda: run(get_spark(app_name, common.master, common.conf)), common.report_json)
+    def job() -> Any:
+        loaded = () if load is None else (load(),)
+        return run(get_spark(app_name, common.master, common.conf), *loaded)
+
+    return job_main(job, common.report_json)
