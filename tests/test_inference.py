@@ -62,7 +62,7 @@ def test_project_handles_empty_iterator_and_empty_batch(ref):
 
 
 def gathered_rows():
-    """Targets 10 (3 neighbours), 11 (none), 12 (2 neighbours), sorted by (dst, kind, src)."""
+    """Targets 10 (3 neighbors), 11 (none), 12 (2 neighbors), sorted by (dst, kind, src)."""
     rng = np.random.default_rng(0)
     rows = []
     for dst, n in ((10, 3), (11, 0), (12, 2)):
@@ -152,7 +152,7 @@ def test_broadcast_projections_give_the_same_result_and_drop_unknown_sources(ref
     for r in rows:
         thin.append(r if r[1] == 0 else (r[0], 1, int(key_to_id[(r[0], r[2])]), r[3], None, None))
     thin.insert(2, (10, 1, 77, 5.0, None, None))
-    assert sources  # the fixture has neighbour rows
+    assert sources  # the fixture has neighbor rows
     pooled = Counter()
     for size, projections in (
         (len(thin), FakeBroadcast(Projections(ids, matrix))),  # binary search
@@ -202,7 +202,7 @@ def test_pool_and_combine_handles_empty_iterator(ref):
     assert list(pool_and_combine_batches(iter([to_batch([])]), model_ref, k=1)) == []
 
 
-def test_neighbour_rows_of_an_unknown_target_are_dropped_and_counted(ref):
+def test_neighbor_rows_of_an_unknown_target_are_dropped_and_counted(ref):
     model_ref, w = ref
     rows = gathered_rows()
     orphan = [r for r in rows if not (r[0] == 12 and r[1] == 0)]  # target 12 is not a node

@@ -77,6 +77,22 @@ def add_model_args(parser: argparse.ArgumentParser, broadcast_help: str) -> None
     )
 
 
+def add_walk_args(
+    parser: argparse.ArgumentParser, walks_per_node: int, top_t: int | None = None, seed: bool = True
+) -> None:
+    """The random walk's flags (jobs.lib.walks.WalkParams), checked the same way in every job that
+    walks; --top-t only where the job keeps a top-t (`top_t` its default), --seed unless the job
+    declares its own."""
+    parser.add_argument("--walks-per-node", type=at_least(1), default=walks_per_node)
+    parser.add_argument("--walk-length", type=at_least(1), default=8)
+    parser.add_argument("--restart-prob", type=below_one, default=0.3, help="in [0, 1)")
+    if top_t is not None:
+        parser.add_argument("--top-t", type=at_least(1), default=top_t)
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="seed of every walk")
+    add_walks_per_batch(parser)
+
+
 def add_walks_per_batch(parser: argparse.ArgumentParser) -> None:
     """--walks-per-batch, for every job that walks."""
     parser.add_argument(
@@ -126,6 +142,17 @@ def fraction(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def below_one(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected float, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 

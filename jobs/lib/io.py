@@ -188,13 +188,15 @@ def last_commit(spark: SparkSession, path: str) -> dict:
         "operation": row["operation"],
         "metrics": dict(row["operationMetrics"] or {}),
         "user_metadata": raw,
-        "metadata": _json_object(raw),
+        "metadata": (json_object(raw) or {}) if raw else {},
     }
 
 
-def _json_object(raw: str | None) -> dict:
+def json_object(raw: str) -> dict | None:
+    """A commit's userMetadata decoded, or None unless it is a JSON object (written by something
+    other than these jobs)."""
     try:
-        decoded = json.loads(raw) if raw else {}
+        decoded = json.loads(raw)
     except ValueError:
-        return {}
-    return decoded if isinstance(decoded, dict) else {}
+        return None
+    return decoded if isinstance(decoded, dict) else None
