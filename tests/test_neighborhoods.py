@@ -7,7 +7,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.lib import walks
 from jobs.neighborhoods import main, parse_args, run
 from tests.graphs import write_parquet
 
@@ -163,30 +162,6 @@ def test_same_seed_gives_identical_tables_whatever_the_partitioning(spark, tmp_p
     )
     run(spark, args)
     assert neighborhoods(spark, args.out) != results[0], "the seed must matter"
-
-
-def test_hub_adjacency_is_bucketed_and_each_walker_meets_one_row(spark):
-    hub = [(p, 1000, 1.0) for p in range(3000)] + [(0, 1000, 5000.0)]  # one heavy edge, many light ones
-    edges = (
-        spark.createDataFrame(
-            [(p, b, w) for p, b, w in hub[1:]] + [(1, 2000, 1.0), (2, 2000, 1.0)],
-            "pin_id bigint, board_id bigint, weight double",
-        )
-        .groupBy("pin_id", "board_id")
-        .agg({"weight": "max"})
-        .withColumnRenamed("max(weight)", "weight")
-    )
-    adjacency = walks.undirected(edges)
-    stats = walks.node_stats(adjacency).cache()
-    table = walks.buckets(adjacency, stats).cache()
-    hub_rows = table.where("node_t = 1 AND node = 1000").count()
-    assert hub_rows <= 2 * 3000, "a node lists at most 2 * degree bucket rows"
-    walkers = walks.start_walkers(stats, range(0, 3))
-    for s in range(1, 4):
-        walkers = walks.step(walkers, table, walks.WalkParams(restart_prob=0.3), s)
-    rows = walkers.agg({"*": "count"}).collect()[0][0]
-    assert rows == stats.count() * 3, "a step must move each walker to exactly one node"
-    assert walkers.where("cur IS NULL").count() == 0
 
 
 def test_hub_neighborhood_is_bounded_by_top_t(spark, tmp_path):
