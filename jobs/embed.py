@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.lib.chain import board_tables, run_key, run_layer
-from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, common_args, new_run_id, spark_job_main
+from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, job_args, new_run_id, spark_job_main
 from jobs.lib.inference import ModelRef
 from jobs.lib.io import (
     InputError,
@@ -89,21 +89,7 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
     )
     add_common_args(p)
     a = p.parse_args(argv)
-    return EmbedArgs(
-        pins=a.pins,
-        edges=a.edges,
-        boards=a.boards,
-        board_neighbors=a.board_neighbors,
-        pin_neighbors=a.pin_neighbors,
-        checkpoint=a.checkpoint,
-        out=a.out.rstrip("/"),
-        device=a.device,
-        broadcast_mb=a.broadcast_projections_mb,
-        checkpoint_sha256=a.checkpoint_sha256,
-        resume=a.resume,
-        projection_precision=a.projection_precision,
-        common=common_args(p, a),
-    )
+    return job_args(EmbedArgs, p, a, out=a.out.rstrip("/"))
 
 
 @dataclass

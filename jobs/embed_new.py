@@ -28,7 +28,7 @@ from jobs.lib.cli import (
     add_common_args,
     add_model_args,
     add_walks_per_batch,
-    common_args,
+    job_args,
     new_run_id,
     spark_job_main,
 )
@@ -82,19 +82,7 @@ def parse_args(argv: list[str] | None = None) -> EmbedNewArgs:
     )
     add_common_args(p)
     a = p.parse_args(argv)
-    return EmbedNewArgs(
-        new_pins=a.new_pins,
-        new_edges=a.new_edges,
-        base=a.base.rstrip("/"),
-        checkpoint=a.checkpoint,
-        checkpoint_sha256=a.checkpoint_sha256,
-        edges=a.edges,
-        walks_per_batch=a.walks_per_batch,
-        broadcast_mb=a.broadcast_projections_mb,
-        device=a.device,
-        projection_precision=a.projection_precision,
-        common=common_args(p, a),
-    )
+    return job_args(EmbedNewArgs, p, a, base=a.base.rstrip("/"))
 
 
 @dataclass

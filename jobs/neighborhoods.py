@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.lib import walks
-from jobs.lib.cli import CommonArgs, add_common_args, add_walk_args, common_args, new_run_id, spark_job_main
+from jobs.lib.cli import CommonArgs, add_common_args, add_walk_args, job_args, new_run_id, spark_job_main
 from jobs.lib.io import (
     committed_rows,
     delete_path,
@@ -63,9 +63,7 @@ def parse_args(argv: list[str] | None = None) -> NeighborhoodArgs:
     add_common_args(p)
     a = p.parse_args(argv)
     params = walks.WalkParams(a.walks_per_node, a.walk_length, a.restart_prob, a.top_t, a.seed)
-    return NeighborhoodArgs(
-        a.edges, a.out.rstrip("/"), a.pins, a.boards, params, a.walks_per_batch, common_args(p, a)
-    )
+    return job_args(NeighborhoodArgs, p, a, out=a.out.rstrip("/"), params=params)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import SparkSession
 from pyspark.sql.types import StructType
 
-from jobs.lib.cli import CommonArgs, add_common_args, common_args, spark_job_main
+from jobs.lib.cli import CommonArgs, add_common_args, job_args, spark_job_main
 from jobs.lib.io import (
     InputError,
     committed_rows,
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> PublishArgs:
     source, target = a.source.rstrip("/"), a.target.rstrip("/")
     if source == target:
         p.error("--source and --target must differ")
-    return PublishArgs(source, target, common_args(p, a))
+    return job_args(PublishArgs, p, a, source=source, target=target)
 
 
 @dataclass

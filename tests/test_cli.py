@@ -9,6 +9,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRAPH = ["--pins", "p", "--edges", "e", "--board-neighbors", "b", "--pin-neighbors", "n"]
 
 
 def run_job(*args: str) -> subprocess.CompletedProcess:
@@ -38,20 +39,7 @@ def test_help_lists_the_contract():
 
 def test_a_bad_checkpoint_exits_2_before_spark_starts(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
-    result = run_job(
-        "--pins",
-        "p",
-        "--edges",
-        "e",
-        "--board-neighbors",
-        "b",
-        "--pin-neighbors",
-        "n",
-        "--checkpoint",
-        str(tmp_path / "model.pt"),
-        "--out",
-        str(tmp_path / "out"),
-    )
+    result = run_job(*GRAPH, "--checkpoint", str(tmp_path / "model.pt"), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert (
         result.stderr.strip()
@@ -71,20 +59,7 @@ def test_a_checkpoint_that_does_not_match_the_pinned_sha256_is_refused_unread(tm
 
     ckpt = write_checkpoint(str(tmp_path / "model.pt"))
     result = run_job(
-        "--pins",
-        "p",
-        "--edges",
-        "e",
-        "--board-neighbors",
-        "b",
-        "--pin-neighbors",
-        "n",
-        "--checkpoint",
-        ckpt,
-        "--checkpoint-sha256",
-        "0" * 64,
-        "--out",
-        str(tmp_path / "out"),
+        *GRAPH, "--checkpoint", ckpt, "--checkpoint-sha256", "0" * 64, "--out", str(tmp_path / "out")
     )
     assert result.returncode == 2
     assert "was pinned; not loaded" in result.stderr
@@ -93,7 +68,7 @@ def test_a_checkpoint_that_does_not_match_the_pinned_sha256_is_refused_unread(tm
 
 # ---- the same flag means the same thing in every job (parsed only, no Spark) ------------------
 
-EMBED = ["--pins", "p", "--edges", "e", "--board-neighbors", "b", "--pin-neighbors", "n", "--checkpoint", "c"]
+EMBED = [*GRAPH, "--checkpoint", "c"]
 EMBED_NEW = ["--new-pins", "p", "--new-edges", "e", "--base", "o", "--checkpoint", "c"]
 
 

@@ -70,27 +70,17 @@ def neighborhoods(spark, out) -> dict[tuple[str, int], dict[int, float]]:
     return result
 
 
+def walk_args(edges: str, out: str, walks: int, length: int, restart: float, top_t: int):
+    """Every walk index in one batch, as the exact-distribution tests run it."""
+    flags = {"walks-per-node": walks, "walk-length": length, "restart-prob": restart, "top-t": top_t}
+    argv = [item for flag, value in flags.items() for item in (f"--{flag}", str(value))]
+    return parse_args(["--edges", edges, "--out", out, *argv, "--walks-per-batch", str(walks)])
+
+
 def test_visit_frequencies_match_the_exact_walk_distribution(spark, tmp_path):
     walks, length, restart = 1000, 4, 0.3
     edges = write_edges(str(tmp_path / "edges"), EDGES)
-    args = parse_args(
-        [
-            "--edges",
-            edges,
-            "--out",
-            str(tmp_path / "out"),
-            "--walks-per-node",
-            str(walks),
-            "--walk-length",
-            str(length),
-            "--restart-prob",
-            str(restart),
-            "--top-t",
-            "50",
-            "--walks-per-batch",
-            str(walks),
-        ]
-    )
+    args = walk_args(edges, str(tmp_path / "out"), walks, length, restart, 50)
     run(spark, args)
     got = neighborhoods(spark, args.out)
     exact = exact_expected_visits(EDGES, walks, length, restart)
@@ -105,24 +95,7 @@ def test_visit_frequencies_match_the_exact_walk_distribution(spark, tmp_path):
 def test_top_t_keeps_at_least_95_percent_of_the_exact_top_t_mass(spark, tmp_path):
     walks, length, restart, top_t = 500, 6, 0.2, 2
     edges = write_edges(str(tmp_path / "edges"), EDGES)
-    args = parse_args(
-        [
-            "--edges",
-            edges,
-            "--out",
-            str(tmp_path / "out"),
-            "--walks-per-node",
-            str(walks),
-            "--walk-length",
-            str(length),
-            "--restart-prob",
-            str(restart),
-            "--top-t",
-            str(top_t),
-            "--walks-per-batch",
-            str(walks),
-        ]
-    )
+    args = walk_args(edges, str(tmp_path / "out"), walks, length, restart, top_t)
     run(spark, args)
     got = neighborhoods(spark, args.out)
     for source, expected in exact_expected_visits(EDGES, walks, length, restart).items():

@@ -15,12 +15,14 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
 
 from jobs.lib.io import InputError
 from jobs.lib.vectors import PRECISIONS
 from pinsage_model.checkpoint import CheckpointError
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -64,6 +66,7 @@ def add_model_args(parser: argparse.ArgumentParser, broadcast_help: str) -> None
         "--broadcast-projections-mb",
         type=at_least(0),
         default=DEFAULT_BROADCAST_MB,
+        dest="broadcast_mb",
         metavar="MB",
         help=broadcast_help + " (0: never)",
     )
@@ -108,6 +111,13 @@ def common_args(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> 
         report_json=parsed.report_json,
         keep_work=getattr(parsed, "keep_work", False),
     )
+
+
+def job_args(cls: type[T], parser: argparse.ArgumentParser, parsed: argparse.Namespace, **given: Any) -> T:
+    """A job's Args dataclass from a parsed command line: each field from the flag of the same name
+    (its dest), `common` from `common_args`, and `given` for fields that are not a flag as parsed."""
+    values = {f.name: getattr(parsed, f.name) for f in fields(cls) if hasattr(parsed, f.name)}
+    return cls(**{**values, **given, "common": common_args(parser, parsed)})
 
 
 def spark_conf(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
