@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.lib.chain import board_tables, run_key, run_layer
-from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, job_args, new_run_id, spark_job_main
+from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, job_args, model_job_main, new_run_id
 from jobs.lib.inference import ModelRef
 from jobs.lib.io import (
     InputError,
@@ -37,7 +37,7 @@ from jobs.lib.io import (
 from jobs.lib.report import LayerReport, RunReport, Stopwatch
 from jobs.lib.transforms import board_ids_from_links, board_vectors, embed_pins, links, node_table
 from jobs.lib.validate import check_links, check_nodes, conform
-from pinsage_model.checkpoint import Checkpoint, read_checkpoint
+from pinsage_model.checkpoint import Checkpoint
 from pinsage_model.config import ModelConfig
 
 log = logging.getLogger("pinsage.embed")
@@ -291,15 +291,7 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # The checkpoint is read before Spark starts, so a bad or swapped file fails fast; executors
-    # re-check the hash of the broadcast bytes before parsing them.
-    return spark_job_main(
-        "pinsage-embed",
-        args.common,
-        lambda spark, checkpoint: run(spark, args, checkpoint),
-        load=lambda: read_checkpoint(args.checkpoint, args.checkpoint_sha256),
-    )
+    return model_job_main("pinsage-embed", parse_args(argv), run)
 
 
 if __name__ == "__main__":

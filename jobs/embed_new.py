@@ -29,8 +29,8 @@ from jobs.lib.cli import (
     add_model_args,
     add_walks_per_batch,
     job_args,
+    model_job_main,
     new_run_id,
-    spark_job_main,
 )
 from jobs.lib.inference import ModelRef
 from jobs.lib.io import (
@@ -47,7 +47,7 @@ from jobs.lib.io import (
 from jobs.lib.report import Report
 from jobs.lib.transforms import embed_pins, links, node_table
 from jobs.lib.validate import check_links, check_nodes, conform
-from pinsage_model.checkpoint import Checkpoint, read_checkpoint
+from pinsage_model.checkpoint import Checkpoint
 from pinsage_model.config import ModelConfig
 
 log = logging.getLogger("pinsage.embed_new")
@@ -256,13 +256,7 @@ def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> Embe
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return spark_job_main(
-        "pinsage-embed-new",
-        args.common,
-        lambda spark, checkpoint: run(spark, args, checkpoint),
-        load=lambda: read_checkpoint(args.checkpoint, args.checkpoint_sha256),
-    )
+    return model_job_main("pinsage-embed-new", parse_args(argv), run)
 
 
 if __name__ == "__main__":

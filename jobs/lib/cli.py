@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from jobs.lib.io import InputError
 from jobs.lib.vectors import PRECISIONS
-from pinsage_model.checkpoint import CheckpointError
+from pinsage_model.checkpoint import CheckpointError, read_checkpoint
 
 T = TypeVar("T")
 
@@ -210,3 +210,15 @@ def spark_job_main(
         return run(get_spark(app_name, common.master, common.conf), *loaded)
 
     return job_main(job, common.report_json)
+
+
+def model_job_main(app_name: str, args: Any, run: Callable[..., Any]) -> int:
+    """`spark_job_main` for a job that runs the model: `run(spark, args, checkpoint)`. The checkpoint
+    (args.checkpoint, pinned to args.checkpoint_sha256 when given) is read before Spark starts, so a
+    bad or swapped file fails fast; executors re-check the hash of the broadcast bytes."""
+    return spark_job_main(
+        app_name,
+        args.common,
+        lambda spark, checkpoint: run(spark, args, checkpoint),
+        load=lambda: read_checkpoint(args.checkpoint, args.checkpoint_sha256),
+    )

@@ -38,14 +38,11 @@ class WalkParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.walks_per_node < 1:
-            raise ValueError(f"walks_per_node must be at least 1, got {self.walks_per_node}")
-        if self.walk_length < 1:
-            raise ValueError(f"walk_length must be at least 1, got {self.walk_length}")
+        for name in ("walks_per_node", "walk_length", "top_t"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.restart_prob < 1.0:
             raise ValueError(f"restart_prob must be in [0, 1), got {self.restart_prob}")
-        if self.top_t < 1:
-            raise ValueError(f"top_t must be at least 1, got {self.top_t}")
 
 
 def memberships(edges: DataFrame) -> DataFrame:
@@ -57,19 +54,15 @@ def memberships(edges: DataFrame) -> DataFrame:
 
 def undirected(edges: DataFrame) -> DataFrame:
     """(node_t, node, nbr_t, nbr, weight) in both directions from deduplicated memberships."""
-    pins_side = edges.select(
-        F.lit(PIN).alias("node_t"),
-        F.col("pin_id").alias("node"),
-        F.lit(BOARD).alias("nbr_t"),
-        F.col("board_id").alias("nbr"),
-        "weight",
-    )
-    boards_side = edges.select(
-        F.lit(BOARD).alias("node_t"),
-        F.col("board_id").alias("node"),
-        F.lit(PIN).alias("nbr_t"),
-        F.col("pin_id").alias("nbr"),
-        "weight",
+    pins_side, boards_side = (
+        edges.select(
+            F.lit(node_t).alias("node_t"),
+            F.col(node).alias("node"),
+            F.lit(1 - node_t).alias("nbr_t"),
+            F.col(nbr).alias("nbr"),
+            "weight",
+        )
+        for node_t, node, nbr in ((PIN, "pin_id", "board_id"), (BOARD, "board_id", "pin_id"))
     )
     return pins_side.unionByName(boards_side)
 
