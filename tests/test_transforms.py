@@ -6,6 +6,7 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from jobs.lib import transforms
+from jobs.lib.inference import NEIGHBOR_ROW, OWN_ROW
 from schemas import GATHERED, NEIGHBORS, PROJECTIONS
 
 
@@ -43,10 +44,10 @@ def test_gather_puts_each_target_first_then_its_neighbors_in_order(spark):
     rows = transforms.gather(targets, neighbors, projections)
     expected = spark.createDataFrame(
         [
-            (10, 0, None, None, b"t10", None),
-            (10, 1, 1, 1.5, None, b"p1"),
-            (10, 1, 2, 0.5, None, b"p2"),
-            (11, 0, None, None, b"t11", None),
+            (10, OWN_ROW, None, None, b"t10", None),
+            (10, NEIGHBOR_ROW, 1, 1.5, None, b"p1"),
+            (10, NEIGHBOR_ROW, 2, 0.5, None, b"p2"),
+            (11, OWN_ROW, None, None, b"t11", None),
         ],
         "dst bigint, kind byte, src bigint, weight double, self_vec binary, proj binary",
     )
