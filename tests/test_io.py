@@ -42,6 +42,18 @@ def test_committed_rows_counts_the_version_when_delta_keeps_no_metrics(spark, ro
     assert io.committed_rows(spark, path, {**commit, "metrics": {}}) == 2
 
 
+def test_committed_rows_counts_a_real_commit_written_without_metrics(spark, rows, tmp_path):
+    key = "spark.databricks.delta.history.metricsEnabled"
+    spark.conf.set(key, "false")
+    try:
+        path = str(tmp_path / "t")
+        commit = io.write_delta_commit(rows, path)
+    finally:
+        spark.conf.unset(key)
+    assert "numOutputRows" not in commit["metrics"]  # the commit really carries no row count to read
+    assert io.committed_rows(spark, path, commit) == 2
+
+
 def test_append_delta_starts_over_on_the_first_batch(spark, rows, tmp_path):
     path = str(tmp_path / "t")
     io.write_delta(rows, path)
