@@ -102,10 +102,10 @@ def test_walking_from_a_subset_of_sources_gives_them_what_walking_from_all_gives
         [(1, 10, 1.0), (2, 10, 2.0), (2, 11, 1.0), (3, 11, 1.0), (3, 12, 0.5), (4, 12, 1.0)], MEMBERSHIPS
     )
     graph = walks.build_walk_graph(edges, str(tmp_path / "graph"))
-    params = walks.WalkParams(walks_per_node=6, walk_length=3, seed=7)
+    params = walks.WalkParams(walks_per_node=4, walk_length=2, seed=7)
     every = walks.run_walks(graph, params, 4, str(tmp_path / "all"))
     sources = spark.createDataFrame([(walks.PIN, 2), (walks.BOARD, 12)], "node_t int, node bigint")
-    some = walks.run_walks(graph, params, 6, str(tmp_path / "some"), sources)
+    some = walks.run_walks(graph, params, 2, str(tmp_path / "some"), sources)
     wanted = every.where(f"(src_t = {walks.PIN} AND src = 2) OR (src_t = {walks.BOARD} AND src = 12)")
     assert_df_equality(some, wanted, ignore_row_order=True, ignore_nullable=True)
     assert {(r.src_t, r.src) for r in some.select("src_t", "src").distinct().collect()} == {
