@@ -3,33 +3,51 @@
     spark-submit jobs/embed_new.py --new-pins P --new-edges E --base O --checkpoint C
 
 New pins (and existing pins listed again, e.g. with new features or memberships) get their
-neighbourhoods from the same random walk as jobs/neighborhoods.py, over the base run's edges plus
+neighborhoods from the same random walk as jobs/neighborhoods.py, over the base run's edges plus
 the new edges, walked from these pins only. Their pin layers k = 2, 4, ..., K are then computed with
 the model of the full run, pooling the board representations h_b(k-1) that the full run stored
-(O/board_embeddings, and O/board_layers/layer_<k> when K > 2); no board is recomputed. The result is
-merged into O/pin_embeddings with one Delta MERGE: new pins inserted, pins already there updated.
+(O/board_embeddings, and O/board_layers/layer_<k> when K > 2: jobs.lib.chain.board_tables); no
+board is recomputed. The result is merged into O/pin_embeddings with one Delta MERGE: new pins
+inserted, pins already there updated.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.lib import transforms as T
-from jobs.lib import walks as W
-from jobs.lib.cli import job_main, new_run_id, spark_conf
+from jobs.lib import walks
+from jobs.lib.chain import board_tables, run_key, run_layer
+from jobs.lib.cli import (
+    CommonArgs,
+    add_common_args,
+    add_model_args,
+    add_walks_per_batch,
+    job_args,
+    model_job_main,
+    new_run_id,
+)
 from jobs.lib.inference import ModelRef
-from jobs.lib.io import InputError, delete_work, is_delta, last_commit, read_snapshot, snapshot, write_delta
-from jobs.lib.session import get_spark
+from jobs.lib.io import (
+    InputError,
+    delete_work,
+    is_delta,
+    last_commit,
+    merge_delta,
+    read_delta,
+    read_snapshot,
+    snapshot,
+    write_and_reload,
+)
+from jobs.lib.report import Report
+from jobs.lib.transforms import embed_pins, links, node_table
 from jobs.lib.validate import check_links, check_nodes, conform
-from pinsage_model.checkpoint import Checkpoint, read_checkpoint
+from pinsage_model.checkpoint import Checkpoint
 from pinsage_model.config import ModelConfig
 
 log = logging.getLogger("pinsage.embed_new")
@@ -46,10 +64,8 @@ class EmbedNewArgs:
     walks_per_batch: int = 25
     broadcast_mb: int = 512
     device: str = "auto"
-    master: str | None = None
-    conf: dict[str, str] = field(default_factory=dict)
-    keep_work: bool = False
-    report_json: str | None = None
+    projection_precision: str = "float32"
+    common: CommonArgs = CommonArgs()
 
 
 def parse_args(argv: list[str] | None = None) -> EmbedNewArgs:
@@ -57,42 +73,27 @@ def parse_args(argv: list[str] | None = None) -> EmbedNewArgs:
     p.add_argument("--new-pins", required=True, help="pins to (re-)embed: pin_id, features")
     p.add_argument("--new-edges", required=True, help="their memberships: pin_id, board_id[, weight]")
     p.add_argument("--base", required=True, help="output root of the last full jobs/embed.py run")
-    p.add_argument("--checkpoint", required=True, help="the checkpoint of the base run")
-    p.add_argument("--checkpoint-sha256", metavar="HEX", help="refuse the checkpoint unless it has this hash")
     p.add_argument("--edges", help="the base graph's edges (default: the table the base run recorded)")
-    p.add_argument("--walks-per-batch", type=int, default=25, help="walk indices simulated per Spark job")
-    p.add_argument(
-        "--broadcast-projections-mb", type=int, default=512, metavar="MB",
-        help="broadcast the projected boards instead of shuffling them when they are at most this big "
-        "(rows x hidden_dim x 4 bytes); 0 always shuffles",
-    )  # fmt: skip
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--master", help="Spark master when run with python (default local[*])")
-    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
-    p.add_argument("--keep-work", action="store_true", help="keep intermediate tables in BASE/_work")
-    p.add_argument("--report-json", help="also write the run report as JSON to this local file")
+    add_walks_per_batch(p)
+    add_model_args(
+        p,
+        "broadcast the projected boards instead of shuffling them when they are at most this big "
+        "(rows x hidden_dim x 4 bytes)",
+    )
+    add_common_args(p)
     a = p.parse_args(argv)
-    if a.walks_per_batch < 1:
-        p.error("--walks-per-batch must be at least 1")
-    if a.broadcast_projections_mb < 0:
-        p.error("--broadcast-projections-mb must be at least 0")
-    conf = spark_conf(p, a.conf)
-    return EmbedNewArgs(
-        a.new_pins, a.new_edges, a.base.rstrip("/"), a.checkpoint, a.checkpoint_sha256, a.edges,
-        a.walks_per_batch, a.broadcast_projections_mb, a.device, a.master, conf, a.keep_work, a.report_json,
-    )  # fmt: skip
+    return job_args(EmbedNewArgs, p, a, base=a.base.rstrip("/"))
 
 
 @dataclass
-class EmbedNewReport:
+class EmbedNewReport(Report):
     run_id: str
     base_run_id: str
     checkpoint_sha256: str
     counts: dict[str, int] = field(default_factory=dict)
     output: dict = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
 
-    def render(self) -> str:
+    def lines(self) -> list[str]:
         lines = [f"run {self.run_id}: new pins against full run {self.base_run_id}"]
         lines += [f"  {k}: {v:,}" for k, v in self.counts.items()]
         if self.output:
@@ -100,8 +101,7 @@ class EmbedNewReport:
                 f"merged into {self.output['path']}: version {self.output['version']}, "
                 f"{self.output['inserted']:,} inserted, {self.output['updated']:,} updated"
             )
-        lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
-        return "\n".join(lines)
+        return lines
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class Base:
 
     run_id: str
     metadata: dict
-    walk: W.WalkParams
+    walk: walks.WalkParams
     boards: dict[int, str]  # layer k (odd) -> Delta path of h_b(k) as (board_id, embedding)
 
 
@@ -125,13 +125,12 @@ def read_base(spark: SparkSession, root: str, config: ModelConfig, checkpoint_sh
     run_id = meta.get("base_run_id", meta["run_id"])
     if meta.get("checkpoint_sha256") != checkpoint_sha256:
         raise InputError(
-            "pin_embeddings", None,
+            "pin_embeddings",
+            None,
             f"was computed with checkpoint sha256 {meta.get('checkpoint_sha256')}, but --checkpoint has "
             f"{checkpoint_sha256}: new pins must be embedded with the model of the full run",
-        )  # fmt: skip
-    K = config.num_layers
-    boards = {k: f"{root}/board_layers/layer_{k}" for k in range(1, K - 1, 2)}
-    boards[K - 1] = f"{root}/board_embeddings"
+        )
+    boards = {k: f"{root}/{name}" for k, name in board_tables(config.num_layers).items()}
     for k, path in boards.items():
         name = path.removeprefix(root + "/")
         if not is_delta(spark, path):
@@ -145,52 +144,37 @@ def read_base(spark: SparkSession, root: str, config: ModelConfig, checkpoint_sh
         walk_params = last_commit(spark, pin_neighbors)["metadata"].get("walk")
     if walk_params is None:
         raise InputError(
-            "pin_neighbors", None,
+            "pin_neighbors",
+            None,
             f"{pin_neighbors} does not record the walk that built it (it was not written by "
-            "jobs/neighborhoods.py), so new pins cannot get neighbourhoods drawn the same way",
-        )  # fmt: skip
-    return Base(run_id, meta, W.WalkParams(**walk_params), boards)
+            "jobs/neighborhoods.py), so new pins cannot get neighborhoods drawn the same way",
+        )
+    return Base(run_id, meta, walks.WalkParams(**walk_params), boards)
 
 
 def walk_edges(spark: SparkSession, base_edges: dict, new_edges: DataFrame) -> DataFrame:
-    """The base graph's memberships (at the recorded version) plus the new ones, as the neighbourhood
+    """The base graph's memberships (at the recorded version) plus the new ones, as the neighborhood
     job builds its graph: NULL ids dropped, a membership listed twice kept once with its largest
     weight."""
     edges = conform(read_snapshot(spark, "edges", base_edges), "edges")
-    return W.memberships(edges.unionByName(new_edges))
+    return walks.memberships(edges.unionByName(new_edges))
 
 
 def board_layer(spark: SparkSession, path: str) -> DataFrame:
-    return (
-        spark.read.format("delta")
-        .load(path)
-        .select(F.col("board_id").alias("node_id"), F.col("embedding").alias("vec"))
-    )
+    """A stored board layer (board_id, embedding) as a node table (node_id, vec)."""
+    stored = read_delta(spark, path)
+    return stored.select(F.col("board_id").alias("node_id"), F.col("embedding").alias("vec"))
 
 
-def merge_pins(spark: SparkSession, path: str, embeddings: DataFrame, metadata: dict) -> dict:
-    """Upsert (pin_id, embedding) rows into the Delta table at `path` in one MERGE commit."""
-    from delta.tables import DeltaTable
-
-    key = "spark.databricks.delta.commitInfo.userMetadata"
-    spark.conf.set(key, json.dumps(metadata, sort_keys=True))
-    try:
-        (
-            DeltaTable.forPath(spark, path).alias("t")
-            .merge(embeddings.alias("s"), "t.pin_id = s.pin_id")
-            .whenMatchedUpdateAll()
-            .whenNotMatchedInsertAll()
-            .execute()
-        )  # fmt: skip
-    finally:
-        spark.conf.unset(key)
-    commit = last_commit(spark, path)
-    return {
-        "path": path,
-        "version": commit["version"],
-        "inserted": int(commit["metrics"].get("numTargetRowsInserted", 0)),
-        "updated": int(commit["metrics"].get("numTargetRowsUpdated", 0)),
-    }
+def new_pin_neighbors(
+    spark: SparkSession, base: Base, pins: DataFrame, edges: DataFrame, walks_per_batch: int, work: str
+) -> DataFrame:
+    """The new pins' neighbor rows (dst, src, weight), walked as the base run's neighborhoods were."""
+    graph = walks.build_walk_graph(write_and_reload(edges, f"{work}/edges"), work)
+    sources = pins.select(F.lit(walks.PIN).alias("node_t"), F.col("pin_id").alias("node"))
+    counts = walks.run_walks(graph, base.walk, walks_per_batch, work, sources)
+    top = walks.top_neighbor_tables(counts, base.walk.top_t)["pin_neighbors"]
+    return links(write_and_reload(top, f"{work}/pin_neighbors"), "pin_id", "board_id")
 
 
 def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> EmbedNewReport:
@@ -199,82 +183,80 @@ def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> Embe
     report = EmbedNewReport(new_run_id(), base.run_id, checkpoint.sha256)
     sc = spark.sparkContext
     work = f"{args.base}/_work/{report.run_id}"
-    clock = time.perf_counter()
 
-    sc.setJobDescription("validate new pins and edges")
-    inputs = {"new_pins": snapshot(spark, "new_pins", args.new_pins)}
-    inputs["new_edges"] = snapshot(spark, "new_edges", args.new_edges)
-    pins = conform(read_snapshot(spark, "new_pins", inputs["new_pins"]), "pins")
-    new_edges = conform(read_snapshot(spark, "new_edges", inputs["new_edges"]), "edges")
-    note = f"the checkpoint's pin_feature_dim is {config.pin_feature_dim}"
-    report.counts["new pins"] = check_nodes(pins, "new_pins", "pin_id", config.pin_feature_dim, note)
-    report.counts["new edges"] = check_links(new_edges, "new_edges", ("pin_id", "board_id")).rows
-    base_edges = base.metadata["inputs"]["edges"]
-    if args.edges:
-        base_edges = snapshot(spark, "edges", args.edges)
-    report.seconds["inputs"] = round(time.perf_counter() - clock, 3)
+    with report.timed("inputs"):
+        sc.setJobDescription("validate new pins and edges")
+        inputs = {"new_pins": snapshot(spark, "new_pins", args.new_pins)}
+        inputs["new_edges"] = snapshot(spark, "new_edges", args.new_edges)
+        pins = conform(read_snapshot(spark, "new_pins", inputs["new_pins"]), "pins")
+        new_edges = conform(read_snapshot(spark, "new_edges", inputs["new_edges"]), "edges")
+        note = f"the checkpoint's pin_feature_dim is {config.pin_feature_dim}"
+        report.counts["new pins"] = check_nodes(pins, "new_pins", "pin_id", config.pin_feature_dim, note)
+        report.counts["new edges"] = check_links(new_edges, "new_edges", ("pin_id", "board_id")).rows
+        base_edges = base.metadata["inputs"]["edges"]
+        if args.edges:
+            base_edges = snapshot(spark, "edges", args.edges)
 
-    clock = time.perf_counter()
-    write_delta(walk_edges(spark, base_edges, new_edges), f"{work}/edges")
-    graph = W.build_walk_graph(spark.read.format("delta").load(f"{work}/edges"), work)
-    sources = pins.select(F.lit(W.PIN).alias("node_t"), F.col("pin_id").alias("node"))
-    counts = W.run_walks(graph, base.walk, args.walks_per_batch, work, sources)
-    write_delta(W.top_neighbor_tables(counts, base.walk.top_t)["pin_neighbors"], f"{work}/pin_neighbors")
-    neighbours = T.links(spark.read.format("delta").load(f"{work}/pin_neighbors"), "pin_id", "board_id")
-    report.counts["neighbour rows"] = neighbours.count()
-    report.seconds["walks"] = round(time.perf_counter() - clock, 3)
+    with report.timed("walks"):
+        edges = walk_edges(spark, base_edges, new_edges)
+        neighbors = new_pin_neighbors(spark, base, pins, edges, args.walks_per_batch, work)
+        report.counts["neighbor rows"] = neighbors.count()
 
-    clock = time.perf_counter()
-    ref = ModelRef(sc.broadcast(checkpoint.data), checkpoint.sha256, args.device)
-    current = T.node_table(pins, "pin_id", with_features=True)
-    for k in range(2, config.num_layers + 1, 2):
-        sc.setJobDescription(
-            f"layer {k}/{config.num_layers}: new pins from stored h_b({k - 1}) with Q_{k}, W_{k}"
-        )
-        # Only the boards some new pin pools are projected.
-        boards = board_layer(spark, base.boards[k - 1]).join(
-            neighbours.select(F.col("src").alias("node_id")).distinct(), "node_id", "left_semi"
-        )
-        projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
-        lookup, projections, size_mb = T.broadcast_if_small(
-            sc, T.project(boards, ref, k, projected), boards.count(), config.hidden_dim, args.broadcast_mb
-        )
-        log.info("layer %d/%d: projections of stored boards %.0f MB, %s", k, config.num_layers, size_mb,
-                 "broadcast" if lookup is not None else "shuffled")  # fmt: skip
-        gathered = T.gather(current, neighbours, projections)
-        path = f"{work}/layer_{k}_pins"
-        write_delta(T.pool_and_combine(gathered, ref, k, written, pooled, lookup), path)
-        if lookup is not None:
-            lookup.destroy()
-        current = spark.read.format("delta").load(path)
-        report.counts[f"layer {k}: stored boards projected"] = projected.value
-        # A board that only the new edges create has no stored representation until the next full run.
-        report.counts[f"layer {k}: neighbour rows naming boards without a stored h_b (dropped)"] = (
-            report.counts["neighbour rows"] - pooled.value
-        )
-    report.seconds["layers"] = round(time.perf_counter() - clock, 3)
+    ref = ModelRef(sc.broadcast(checkpoint.data), checkpoint.sha256, args.device, args.projection_precision)
+    key = run_key(checkpoint.sha256, {**inputs, "edges": base_edges}, args.projection_precision)
+    with report.timed("layers"):
+        current = node_table(pins, "pin_id", with_features=True)
+        K = config.num_layers
+        for layer in (layer for layer in config.schedule() if layer.target == "pin"):
+            k = layer.k
+            sc.setJobDescription(f"layer {k}/{K}: find the stored boards h_b({k - 1}) new pins pool")
+            # Only the boards some new pin pools are projected.
+            boards = board_layer(spark, base.boards[k - 1]).join(
+                neighbors.select(F.col("src").alias("node_id")).distinct(), "node_id", "left_semi"
+            )
+            current, layer_report = run_layer(
+                layer,
+                ref,
+                targets=current,
+                neighbors=neighbors,
+                sources=boards,
+                source_rows=boards.count(),
+                path=f"{work}/layer_{k}_pins",
+                broadcast_mb=args.broadcast_mb,
+                description=f"layer {k}/{K}: new pins from stored h_b({k - 1}) with Q_{k}, W_{k}",
+                metadata={"run_key": key, "run_id": report.run_id, "layer": k},
+            )
+            report.counts[f"layer {k}: stored boards projected"] = layer_report.sources_projected
+            # A board that only the new edges create has no stored representation until the next full run.
+            report.counts[f"layer {k}: neighbor rows naming boards without a stored h_b (dropped)"] = (
+                report.counts["neighbor rows"] - layer_report.neighbor_rows
+            )
 
-    clock = time.perf_counter()
-    sc.setJobDescription("merge into pin_embeddings")
-    metadata = {
-        **base.metadata, "run_id": report.run_id, "base_run_id": base.run_id, "operation": "embed_new",
-        "new_inputs": inputs,
-    }  # fmt: skip
-    report.output = merge_pins(spark, f"{args.base}/pin_embeddings", T.embed_pins(current, ref), metadata)
-    report.seconds["merge"] = round(time.perf_counter() - clock, 3)
-    if not args.keep_work:
+    with report.timed("merge"):
+        sc.setJobDescription("merge into pin_embeddings")
+        metadata = {
+            **base.metadata,
+            "run_id": report.run_id,
+            "base_run_id": base.run_id,
+            "operation": "embed_new",
+            "new_inputs": inputs,
+            "new_pins_projection_precision": args.projection_precision,
+        }
+        path = f"{args.base}/pin_embeddings"
+        commit = merge_delta(embed_pins(current, ref), path, "pin_id", metadata)
+        report.output = {
+            "path": path,
+            "version": commit["version"],
+            "inserted": int(commit["metrics"].get("numTargetRowsInserted", 0)),
+            "updated": int(commit["metrics"].get("numTargetRowsUpdated", 0)),
+        }
+    if not args.common.keep_work:
         delete_work(spark, work)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    def job() -> EmbedNewReport:
-        checkpoint = read_checkpoint(args.checkpoint, args.checkpoint_sha256)
-        return run(get_spark("pinsage-embed-new", args.master, args.conf), args, checkpoint)
-
-    return job_main(job, args.report_json)
+    return model_job_main("pinsage-embed-new", parse_args(argv), run)
 
 
 if __name__ == "__main__":

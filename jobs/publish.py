@@ -12,18 +12,25 @@ TARGET is untouched.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
 from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 from pyspark.sql.types import StructType
 
-from jobs.lib.cli import job_main, spark_conf
-from jobs.lib.io import InputError, is_delta, path_exists, write_delta
-from jobs.lib.session import get_spark
+from jobs.lib.cli import CommonArgs, add_common_args, job_args, spark_job_main
+from jobs.lib.io import (
+    InputError,
+    committed_rows,
+    is_delta,
+    json_object,
+    last_commit,
+    path_exists,
+    read_delta,
+    write_delta_commit,
+)
+from jobs.lib.report import Report
 from schemas.tables import BOARD_EMBEDDINGS, PIN_EMBEDDINGS
 
 log = logging.getLogger("pinsage.publish")
@@ -37,42 +44,35 @@ TABLES = {"board_embeddings": BOARD_EMBEDDINGS, "pin_embeddings": PIN_EMBEDDINGS
 class PublishArgs:
     source: str
     target: str
-    master: str | None = None
-    conf: dict[str, str] = field(default_factory=dict)
-    report_json: str | None = None
+    common: CommonArgs = CommonArgs()
 
 
 def parse_args(argv: list[str] | None = None) -> PublishArgs:
     p = argparse.ArgumentParser(description="Publish a run's embedding tables as the current ones.")
     p.add_argument("--source", required=True, help="a finished run's output root (ROOT/runs/DS)")
     p.add_argument("--target", required=True, help="the published root (ROOT/current)")
-    p.add_argument("--master", help="Spark master when run with python (default local[*])")
-    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
-    p.add_argument("--report-json", help="also write the run report as JSON to this local file")
+    add_common_args(p, work_tables=False)
     a = p.parse_args(argv)
-    conf = spark_conf(p, a.conf)
     source, target = a.source.rstrip("/"), a.target.rstrip("/")
     if source == target:
         p.error("--source and --target must differ")
-    return PublishArgs(source, target, a.master, conf, a.report_json)
+    return job_args(PublishArgs, p, a, source=source, target=target)
 
 
 @dataclass
-class PublishReport:
+class PublishReport(Report):
     source: str
     target: str
     tables: dict[str, dict] = field(default_factory=dict)
-    seconds: float = 0.0
 
-    def render(self) -> str:
+    def lines(self) -> list[str]:
         lines = [f"published {self.source} to {self.target}"]
         for name, t in self.tables.items():
             lines.append(
                 f"{name}: {t['rows']:,} rows, source version {t['source_version']} -> Delta version "
                 f"{t['version']} at {t['path']}"
             )
-        lines.append(f"time: {self.seconds:.1f}s")
-        return "\n".join(lines)
+        return lines
 
 
 def source_commit(spark: SparkSession, name: str, path: str, schema: StructType) -> dict:
@@ -82,52 +82,48 @@ def source_commit(spark: SparkSession, name: str, path: str, schema: StructType)
         raise InputError(name, None, f"path {path} does not exist: the run has not written it")
     if not is_delta(spark, path):
         raise InputError(name, None, f"{path} is not a Delta table")
-    from delta.tables import DeltaTable
-
-    table = DeltaTable.forPath(spark, path)
-    stored = {f.name: f.dataType.simpleString() for f in table.toDF().schema.fields}
+    stored = {f.name: f.dataType.simpleString() for f in read_delta(spark, path).schema.fields}
     for expected in schema.fields:
         found = stored.get(expected.name)
         if found != expected.dataType.simpleString():
             problem = "missing" if found is None else f"is {found}"
             raise InputError(name, expected.name, f"{problem}, expected {expected.dataType.simpleString()}")
-    row = table.history(1).collect()[0]
-    raw = row["userMetadata"]
-    try:
-        metadata = json.loads(raw) if raw else {}
-    except ValueError:
-        metadata = None
-    if not isinstance(metadata, dict):  # written by something other than these jobs: keep it verbatim
+    commit = last_commit(spark, path)
+    raw = commit["user_metadata"]
+    metadata = json_object(raw) if raw else {}
+    if metadata is None:  # written by something other than these jobs: keep it verbatim
         metadata = {"source_user_metadata": raw}
-    return {"version": int(row["version"]), "metadata": metadata}
+    return {"version": commit["version"], "metadata": metadata}
 
 
 def run(spark: SparkSession, args: PublishArgs) -> PublishReport:
-    started = time.perf_counter()
     report = PublishReport(args.source, args.target)
-    # Every source is checked before the first write, so a refused publish leaves TARGET as it was.
-    commits = {name: source_commit(spark, name, f"{args.source}/{name}", s) for name, s in TABLES.items()}
-    for name in TABLES:
-        source, commit = f"{args.source}/{name}", commits[name]
-        spark.sparkContext.setJobDescription(f"publish {name} from {source}")
-        # Read at the version whose metadata is recorded, even if the source gains a commit meanwhile.
-        df = spark.read.format("delta").option("versionAsOf", commit["version"]).load(source)
-        metadata = {**commit["metadata"], "published_from": source, "source_version": commit["version"]}
-        path = f"{args.target}/{name}"
-        version = write_delta(df, path, metadata)
-        rows = spark.read.format("delta").option("versionAsOf", version).load(path).count()
-        report.tables[name] = {
-            "path": path, "version": version, "rows": rows, "source": source,
-            "source_version": commit["version"],
-        }  # fmt: skip
-        log.info("published %s: %d rows from %s version %d", name, rows, source, commit["version"])
-    report.seconds = round(time.perf_counter() - started, 3)
+    with report.timed("publish"):
+        # Every source is checked before the first write, so a refused publish leaves TARGET as it was.
+        commits = {name: source_commit(spark, name, f"{args.source}/{name}", s) for name, s in TABLES.items()}
+        for name in TABLES:
+            source, commit = f"{args.source}/{name}", commits[name]
+            spark.sparkContext.setJobDescription(f"publish {name} from {source}")
+            # Read at the version whose metadata is recorded, even if the source gains a commit meanwhile.
+            df = read_delta(spark, source, commit["version"])
+            metadata = {**commit["metadata"], "published_from": source, "source_version": commit["version"]}
+            path = f"{args.target}/{name}"
+            written = write_delta_commit(df, path, metadata)
+            rows = committed_rows(spark, path, written)
+            report.tables[name] = {
+                "path": path,
+                "version": int(written["version"]),
+                "rows": rows,
+                "source": source,
+                "source_version": commit["version"],
+            }
+            log.info("published %s: %d rows from %s version %d", name, rows, source, commit["version"])
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return job_main(lambda: run(get_spark("pinsage-publish", args.master, args.conf), args), args.report_json)
+    return spark_job_main("pinsage-publish", args.common, lambda spark: run(spark, args))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,13 @@ from schemas.tables import (
     GATHERED,
     INPUT_SCHEMAS,
     LAYER,
-    NEIGHBOURS,
+    NEIGHBORS,
     OPTIONAL_COLUMNS,
     PIN_EMBEDDINGS,
     PIN_NEIGHBORS,
     PINS,
     PROJECTIONS,
     accepted,
-    columns,
 )
 
 __all__ = [
@@ -26,12 +25,11 @@ __all__ = [
     "GATHERED",
     "INPUT_SCHEMAS",
     "LAYER",
-    "NEIGHBOURS",
+    "NEIGHBORS",
     "OPTIONAL_COLUMNS",
     "PINS",
     "PIN_EMBEDDINGS",
     "PIN_NEIGHBORS",
     "PROJECTIONS",
     "accepted",
-    "columns",
 ]

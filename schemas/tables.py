@@ -33,20 +33,22 @@ EDGES = StructType(
         StructField("weight", FloatType(), True),  # optional column, 1.0 when absent
     ]
 )
-BOARD_NEIGHBORS = StructType(
-    [
-        StructField("board_id", LongType(), True),
-        StructField("pin_id", LongType(), True),
-        StructField("weight", FloatType(), True),
-    ]
-)
-PIN_NEIGHBORS = StructType(
-    [
-        StructField("pin_id", LongType(), True),
-        StructField("board_id", LongType(), True),
-        StructField("weight", FloatType(), True),
-    ]
-)
+
+
+def _neighbor_table(target: str, source: str) -> StructType:
+    """A neighbor table: `target` pools `source` with `weight` (the two tables differ only in which id
+    comes first)."""
+    return StructType(
+        [
+            StructField(target, LongType(), True),
+            StructField(source, LongType(), True),
+            StructField("weight", FloatType(), True),
+        ]
+    )
+
+
+BOARD_NEIGHBORS = _neighbor_table("board_id", "pin_id")
+PIN_NEIGHBORS = _neighbor_table("pin_id", "board_id")
 # Related-item pairs (training positives, validation pairs): pos_pin is related to query_pin.
 PAIRS = StructType([StructField("query_pin", LongType(), False), StructField("pos_pin", LongType(), False)])
 
@@ -61,9 +63,9 @@ BOARD_EMBEDDINGS = StructType(
 # ---- internal --------------------------------------------------------------------------------
 # One Delta table per layer under --out/_work/<run key>: h(k) of every node of the layer's target type.
 LAYER = StructType([StructField("node_id", LongType(), False), StructField("vec", BinaryType(), True)])
-# Neighbour rows as the layers read them (transforms.links): target dst pools source src. NULL ids
+# Neighbor rows as the layers read them (transforms.links): target dst pools source src. NULL ids
 # are removed; ids that are not nodes drop out inside the layer (and are counted there).
-NEIGHBOURS = StructType(
+NEIGHBORS = StructType(
     [
         StructField("dst", LongType(), False),
         StructField("src", LongType(), False),
@@ -72,9 +74,10 @@ NEIGHBOURS = StructType(
 )
 # Output of a projection map: Q_k applied to every source node once.
 PROJECTIONS = StructType([StructField("src", LongType(), False), StructField("proj", BinaryType(), False)])
-# Rows a pooling task sees for a target, sorted by (dst, kind, src, weight): kind 0 is the target's
-# own representation (self_vec; ARRAY<FLOAT> instead of BINARY while it is still input features),
-# kind 1 a neighbour row with its weight and projection (proj NULL when projections are broadcast).
+# Rows a pooling task sees for a target, sorted by (dst, kind, src, weight): kind OWN_ROW (see
+# jobs.lib.inference) is the target's own representation (self_vec; ARRAY<FLOAT> instead of BINARY
+# while it is still input features), kind NEIGHBOR_ROW a neighbor row with its weight and projection
+# (proj NULL when projections are broadcast).
 GATHERED = StructType(
     [
         StructField("dst", LongType(), False),
@@ -94,6 +97,9 @@ INPUT_SCHEMAS: dict[str, StructType] = {
     "pin_neighbors": PIN_NEIGHBORS,
     "pairs": PAIRS,
     "validation_pairs": PAIRS,
+    # The evaluation reads published embeddings through the same validators as the embed job's
+    # inputs (labels carry a STRING column, which jobs.lib.evaluation checks itself).
+    "pin_embeddings": PIN_EMBEDDINGS,
 }
 OPTIONAL_COLUMNS: dict[str, set[str]] = {"edges": {"weight"}, "boards": {"features"}}
 
@@ -123,9 +129,6 @@ PAIR_RANKS = StructType(
         StructField("candidates", LongType(), False),
     ]
 )
-# The evaluation reads published embeddings through the same validators as the embed job's inputs
-# (labels carry a STRING column, which jobs.lib.evaluation checks itself).
-INPUT_SCHEMAS["pin_embeddings"] = PIN_EMBEDDINGS
 
 
 def accepted(field: StructField) -> tuple[DataType, ...]:
@@ -135,7 +138,3 @@ def accepted(field: StructField) -> tuple[DataType, ...]:
     if isinstance(field.dataType, FloatType):
         return ACCEPTED_TYPES["weight"]
     return ACCEPTED_TYPES["vector"]
-
-
-def columns(schema: StructType) -> list[str]:
-    return [f.name for f in schema.fields]

@@ -13,8 +13,8 @@ from pinsage_model.checkpoint import save_checkpoint
 from pinsage_model.config import ModelConfig
 from pinsage_model.model import random_model
 
-LONELY_PIN = 29  # a pin with no neighbour rows
-LONELY_BOARD = 107  # a board with no neighbour rows
+LONELY_PIN = 29  # a pin with no neighbor rows
+LONELY_BOARD = 107  # a board with no neighbor rows
 UNKNOWN_PIN, UNKNOWN_BOARD = 999, 888  # named by dangling rows only
 
 
@@ -40,7 +40,7 @@ def vector_type() -> pa.DataType:
 
 def small_graph(seed: int = 0, pin_dim: int = 6, board_dim: int = 0) -> SmallGraph:
     """30 pins and 8 boards (ids 100..107) with random memberships and weights, plus: a pin with no
-    neighbours, a board with no neighbours (in edges only), and dangling rows naming unknown ids."""
+    neighbors, a board with no neighbors (in edges only), and dangling rows naming unknown ids."""
     rng = np.random.default_rng(seed)
     pins = {p: rng.normal(size=pin_dim).round(4).tolist() for p in range(30)}
     boards = {b: rng.normal(size=board_dim).round(4).tolist() for b in range(100, 108)}
@@ -61,27 +61,35 @@ def write_graph(graph: SmallGraph, root: str, with_boards: bool) -> dict[str, st
     paths = {
         "pins": write_parquet(
             f"{root}/pins",
-            {"pin_id": pa.array(ids, pa.int64()),
-             "features": pa.array(list(graph.pins.values()), vector_type())},
+            {
+                "pin_id": pa.array(ids, pa.int64()),
+                "features": pa.array(list(graph.pins.values()), vector_type()),
+            },
         ),
         "edges": write_parquet(
             f"{root}/edges",
-            {"pin_id": pa.array([p for p, _ in graph.edges], pa.int64()),
-             "board_id": pa.array([b for _, b in graph.edges], pa.int64())},
+            {
+                "pin_id": pa.array([p for p, _ in graph.edges], pa.int64()),
+                "board_id": pa.array([b for _, b in graph.edges], pa.int64()),
+            },
         ),
         "board_neighbors": write_parquet(
             f"{root}/board_neighbors",
-            {"board_id": pa.array([r[0] for r in graph.board_rows], pa.int64()),
-             "pin_id": pa.array([r[1] for r in graph.board_rows], pa.int64()),
-             "weight": pa.array([r[2] for r in graph.board_rows], pa.float32())},
+            {
+                "board_id": pa.array([r[0] for r in graph.board_rows], pa.int64()),
+                "pin_id": pa.array([r[1] for r in graph.board_rows], pa.int64()),
+                "weight": pa.array([r[2] for r in graph.board_rows], pa.float32()),
+            },
         ),
         "pin_neighbors": write_parquet(
             f"{root}/pin_neighbors",
-            {"pin_id": pa.array([r[0] for r in graph.pin_rows], pa.int64()),
-             "board_id": pa.array([r[1] for r in graph.pin_rows], pa.int64()),
-             "weight": pa.array([r[2] for r in graph.pin_rows], pa.float32())},
+            {
+                "pin_id": pa.array([r[0] for r in graph.pin_rows], pa.int64()),
+                "board_id": pa.array([r[1] for r in graph.pin_rows], pa.int64()),
+                "weight": pa.array([r[2] for r in graph.pin_rows], pa.float32()),
+            },
         ),
-    }  # fmt: skip
+    }
     if with_boards:
         paths["boards"] = write_parquet(
             f"{root}/boards",
@@ -96,9 +104,14 @@ def write_graph(graph: SmallGraph, root: str, with_boards: bool) -> dict[str, st
 
 def write_checkpoint(path: str, seed: int = 0, **overrides) -> str:
     fields = dict(
-        num_layers=2, pin_feature_dim=6, board_feature_dim=0, hidden_dim=5, embed_dim=4,
-        pooling="importance", normalize_output=True,
-    )  # fmt: skip
+        num_layers=2,
+        pin_feature_dim=6,
+        board_feature_dim=0,
+        hidden_dim=5,
+        embed_dim=4,
+        pooling="importance",
+        normalize_output=True,
+    )
     fields.update(overrides)
     save_checkpoint(random_model(ModelConfig(**fields), seed), path)
     return path
@@ -106,9 +119,19 @@ def write_checkpoint(path: str, seed: int = 0, **overrides) -> str:
 
 def embed_argv(paths: dict[str, str], checkpoint: str, out: str) -> list[str]:
     argv = [
-        "--pins", paths["pins"], "--edges", paths["edges"], "--board-neighbors", paths["board_neighbors"],
-        "--pin-neighbors", paths["pin_neighbors"], "--checkpoint", checkpoint, "--out", out,
-    ]  # fmt: skip
+        "--pins",
+        paths["pins"],
+        "--edges",
+        paths["edges"],
+        "--board-neighbors",
+        paths["board_neighbors"],
+        "--pin-neighbors",
+        paths["pin_neighbors"],
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        out,
+    ]
     if "boards" in paths:
         argv += ["--boards", paths["boards"]]
     return argv

@@ -57,21 +57,23 @@ def pins_with(tmp_path, ids, features, id_type=ID, vec_type=VEC) -> str:
 GOOD = [0.1] * 6
 
 
+# Every validator failure is checked on hand-built rows in tests/test_validate.py; these run the
+# whole job to check the contract around them: exit status 2, the message, --out untouched.
 @pytest.mark.parametrize(
     ("table", "kwargs", "expected"),
     [
-        ("pins", dict(ids=[1, 2], features=[GOOD, GOOD[:5]]), ["table 'pins', column 'features'", "(ragged)"]),
-        ("pins", dict(ids=[1, 2], features=[GOOD[:5], GOOD[:5]]), ["do not have length 6", "pin_feature_dim"]),
-        ("pins", dict(ids=[1, 2], features=[GOOD, GOOD[:5] + [float("nan")]]), ["column 'features'", "NaN or Inf", "pin_id 2"]),
-        ("pins", dict(ids=[1, 2], features=[GOOD[:5] + [float("-inf")], GOOD]), ["NaN or Inf", "pin_id 1"]),
-        ("pins", dict(ids=[1, 2], features=[GOOD, None]), ["column 'features'", "NULL features"]),
-        ("pins", dict(ids=[1, 2], features=[GOOD, GOOD[:5] + [None]]), ["NULL elements"]),
-        ("pins", dict(ids=[1, 1, 2], features=[GOOD, GOOD, GOOD]), ["table 'pins', column 'pin_id'", "duplicate ids", "1 (2 times)"]),
-        ("pins", dict(ids=[1, None], features=[GOOD, GOOD]), ["column 'pin_id'", "NULL id"]),
-        ("pins", dict(ids=["a", "b"], features=[GOOD, GOOD], id_type=pa.string()), ["column 'pin_id'", "has type string, expected bigint or int"]),
-        ("pins", dict(ids=[1, 2], features=[[1, 2, 3, 4, 5, 6]] * 2, vec_type=pa.list_(pa.int32())), ["column 'features'", "has type array<int>"]),
+        (
+            "pins",
+            dict(ids=[1, 2], features=[GOOD, GOOD[:5]]),
+            ["table 'pins', column 'features'", "(ragged)"],
+        ),
+        (
+            "pins",
+            dict(ids=[1, 2], features=[GOOD[:5], GOOD[:5]]),
+            ["do not have length 6", "pin_feature_dim"],
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_pins(setup, capsys, table, kwargs, expected):
     paths, ckpt, out, tmp_path = setup
     paths = {**paths, table: pins_with(tmp_path, **kwargs)}
@@ -91,28 +93,25 @@ def test_missing_path(setup, capsys):
     )
 
 
-@pytest.mark.parametrize("weight", [0.0, -1.0, float("nan"), float("inf"), None])
-def test_bad_neighbour_weights(setup, capsys, weight):
+def test_bad_neighbor_weights(setup, capsys):
+    weight = -1.0
     paths, ckpt, out, tmp_path = setup
     bad = write_parquet(
         str(tmp_path / "bn"),
-        {"board_id": pa.array([100, 101], pa.int64()), "pin_id": pa.array([1, 2], pa.int64()),
-         "weight": pa.array([1.0, weight], pa.float32())},
-    )  # fmt: skip
-    fails_cleanly(
-        {**paths, "board_neighbors": bad}, ckpt, out, capsys,
-        "table 'board_neighbors', column 'weight'", "non-positive weight", "(101, 2)",
-    )  # fmt: skip
-
-
-def test_duplicate_board_ids(setup, capsys):
-    paths, ckpt, out, tmp_path = setup
-    boards = write_parquet(
-        str(tmp_path / "b"),
-        {"board_id": pa.array([100, 100], pa.int64()), "features": pa.array([[0.0] * 3] * 2, VEC)},
+        {
+            "board_id": pa.array([100, 101], pa.int64()),
+            "pin_id": pa.array([1, 2], pa.int64()),
+            "weight": pa.array([1.0, weight], pa.float32()),
+        },
     )
     fails_cleanly(
-        {**paths, "boards": boards}, ckpt, out, capsys, "table 'boards', column 'board_id'", "duplicate"
+        {**paths, "board_neighbors": bad},
+        ckpt,
+        out,
+        capsys,
+        "table 'board_neighbors', column 'weight'",
+        "non-positive weight",
+        "(101, 2)",
     )
 
 

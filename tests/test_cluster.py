@@ -47,19 +47,45 @@ def cluster(tmp_path_factory):
     spark_class = str(SPARK_HOME / "bin" / "spark-class")
     procs = [
         subprocess.Popen(
-            [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)],
-            env=env, stdout=open(logs / "master.log", "w"), stderr=subprocess.STDOUT,
+            [
+                spark_class,
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui),
+            ],
+            env=env,
+            stdout=open(logs / "master.log", "w"),
+            stderr=subprocess.STDOUT,
         )
-    ]  # fmt: skip
+    ]
     url = f"spark://127.0.0.1:{port}"
     for i in range(2):
         procs.append(
             subprocess.Popen(
-                [spark_class, "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", "1",
-                 "--memory", "2g", "--webui-port", str(free_port()), "--work-dir", str(logs / f"work{i}")],
-                env=env, stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT,
+                [
+                    spark_class,
+                    "org.apache.spark.deploy.worker.Worker",
+                    url,
+                    "--host",
+                    "127.0.0.1",
+                    "--cores",
+                    "1",
+                    "--memory",
+                    "2g",
+                    "--webui-port",
+                    str(free_port()),
+                    "--work-dir",
+                    str(logs / f"work{i}"),
+                ],
+                env=env,
+                stdout=open(logs / f"worker{i}.log", "w"),
+                stderr=subprocess.STDOUT,
             )
-        )  # fmt: skip
+        )
     try:
         deadline = time.time() + 120
         while True:
@@ -106,13 +132,26 @@ def test_spark_submit_on_a_standalone_cluster_matches_local_mode(spark, cluster,
     jars = _resolved_jars()
     assert jars, "make setup records the Delta JARs"
     submit = [
-        str(SPARK_HOME / "bin" / "spark-submit"), "--master", url, "--jars", jars,
-        "--py-files", project_zip(tmp_path / "pinsage_spark.zip"),
-        "--conf", f"spark.pyspark.python={sys.executable}", "--conf", "spark.sql.shuffle.partitions=4",
-        "--conf", "spark.ui.enabled=false", "--conf", "spark.databricks.delta.snapshotPartitions=2",
-        "--executor-memory", "1g",
-        str(ROOT / "jobs" / "embed.py"), *embed_argv(paths, ckpt, str(tmp_path / "cluster")),
-    ]  # fmt: skip
+        str(SPARK_HOME / "bin" / "spark-submit"),
+        "--master",
+        url,
+        "--jars",
+        jars,
+        "--py-files",
+        project_zip(tmp_path / "pinsage_spark.zip"),
+        "--conf",
+        f"spark.pyspark.python={sys.executable}",
+        "--conf",
+        "spark.sql.shuffle.partitions=4",
+        "--conf",
+        "spark.ui.enabled=false",
+        "--conf",
+        "spark.databricks.delta.snapshotPartitions=2",
+        "--executor-memory",
+        "1g",
+        str(ROOT / "jobs" / "embed.py"),
+        *embed_argv(paths, ckpt, str(tmp_path / "cluster")),
+    ]
     result = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "output pin_embeddings: 30 rows" in result.stdout

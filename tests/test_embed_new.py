@@ -54,12 +54,14 @@ def embeddings(spark, path: str) -> dict[int, np.ndarray]:
 
 
 def full_run(spark, root: str, pins: str, edges: str, ckpt: str, board_neighbors: str | None = None) -> str:
-    """Neighbourhoods then embed; `board_neighbors` replaces the walked board neighbourhoods."""
+    """Neighborhoods then embed; `board_neighbors` replaces the walked board neighborhoods."""
     neighborhoods.run(spark, neighborhoods.parse_args(["--edges", edges, "--out", f"{root}/nbrs", *WALK]))
     paths = {
-        "pins": pins, "edges": edges, "pin_neighbors": f"{root}/nbrs/pin_neighbors",
+        "pins": pins,
+        "edges": edges,
+        "pin_neighbors": f"{root}/nbrs/pin_neighbors",
         "board_neighbors": board_neighbors or f"{root}/nbrs/board_neighbors",
-    }  # fmt: skip
+    }
     embed.run(spark, embed.parse_args(embed_argv(paths, ckpt, f"{root}/out")), read_checkpoint(ckpt))
     return f"{root}/out"
 
@@ -79,13 +81,22 @@ def test_new_pins_equal_a_full_rerun_where_their_boards_did_not_change(spark, ba
     rng = np.random.default_rng(5)
     new = {p: rng.normal(size=6).round(4).tolist() for p in (30, 31, 32)}
     before = embeddings(spark, f"{out}/pin_embeddings")
-    args = ["--new-pins", pins_table(str(tmp_path / "new_pins"), new),
-            "--new-edges", edges_table(str(tmp_path / "new_edges"), NEW_EDGES),
-            "--base", out, "--checkpoint", ckpt, "--walks-per-batch", "12"]  # fmt: skip
+    args = [
+        "--new-pins",
+        pins_table(str(tmp_path / "new_pins"), new),
+        "--new-edges",
+        edges_table(str(tmp_path / "new_edges"), NEW_EDGES),
+        "--base",
+        out,
+        "--checkpoint",
+        ckpt,
+        "--walks-per-batch",
+        "12",
+    ]
     report = embed_new.run(spark, embed_new.parse_args(args), read_checkpoint(ckpt))
     merged = embeddings(spark, f"{out}/pin_embeddings")
 
-    # Full rerun over the grown graph, with the boards' neighbourhoods of the base run (their inputs).
+    # Full rerun over the grown graph, with the boards' neighborhoods of the base run (their inputs).
     all_pins = pins_table(str(tmp_path / "all_pins"), {**graph.pins, **new})
     all_edges = edges_table(str(tmp_path / "all_edges"), graph.edges + NEW_EDGES)
     full = full_run(
@@ -94,7 +105,7 @@ def test_new_pins_equal_a_full_rerun_where_their_boards_did_not_change(spark, ba
     rerun = embeddings(spark, f"{full}/pin_embeddings")
     for pin in (30, 32):
         np.testing.assert_allclose(merged[pin], rerun[pin], rtol=0, atol=1e-6)
-    assert report.counts["layer 2: neighbour rows naming boards without a stored h_b (dropped)"] >= 1
+    assert report.counts["layer 2: neighbor rows naming boards without a stored h_b (dropped)"] >= 1
     assert {p: before[p].tolist() for p in before} == {p: merged[p].tolist() for p in before}
     assert (report.output["inserted"], report.output["updated"]) == (3, 0)
     commit = last_commit(spark, f"{out}/pin_embeddings")
@@ -124,9 +135,16 @@ def test_an_existing_pin_listed_again_is_updated_in_place(spark, base, tmp_path)
     graph, _, ckpt, out, _ = base
     before = embeddings(spark, f"{out}/pin_embeddings")
     changed = {3: [x * -1.0 for x in graph.pins[3]]}
-    args = ["--new-pins", pins_table(str(tmp_path / "p"), changed),
-            "--new-edges", edges_table(str(tmp_path / "e"), [(3, 105)]),
-            "--base", out, "--checkpoint", ckpt]  # fmt: skip
+    args = [
+        "--new-pins",
+        pins_table(str(tmp_path / "p"), changed),
+        "--new-edges",
+        edges_table(str(tmp_path / "e"), [(3, 105)]),
+        "--base",
+        out,
+        "--checkpoint",
+        ckpt,
+    ]
     report = embed_new.run(spark, embed_new.parse_args(args), read_checkpoint(ckpt))
     after = embeddings(spark, f"{out}/pin_embeddings")
     assert (report.output["inserted"], report.output["updated"]) == (0, 1)
@@ -139,9 +157,16 @@ def test_a_base_run_of_another_checkpoint_is_refused_and_left_unchanged(spark, b
     _, _, _, out, _ = base
     other = write_checkpoint(str(tmp_path / "other.pt"), seed=99)
     version = last_commit(spark, f"{out}/pin_embeddings")["version"]
-    args = ["--new-pins", pins_table(str(tmp_path / "p"), {40: [0.5] * 6}),
-            "--new-edges", edges_table(str(tmp_path / "e"), [(40, 100)]),
-            "--base", out, "--checkpoint", other]  # fmt: skip
+    args = [
+        "--new-pins",
+        pins_table(str(tmp_path / "p"), {40: [0.5] * 6}),
+        "--new-edges",
+        edges_table(str(tmp_path / "e"), [(40, 100)]),
+        "--base",
+        out,
+        "--checkpoint",
+        other,
+    ]
     assert embed_new.main(args) == 2
     err = capsys.readouterr().err
     assert "table 'pin_embeddings'" in err and "checkpoint sha256" in err

@@ -81,7 +81,9 @@ BUILD = {
         "float64": lambda vs: pa.array([None if v is None else float(v) for v in vs], pa.float64()),
         "string": lambda vs: pa.array([None if v is None else str(v) for v in vs], pa.string()),
         "bool": lambda vs: pa.array([None if v is None else v % 2 == 0 for v in vs], pa.bool_()),
-        "struct": lambda vs: pa.array([None if v is None else {"id": v} for v in vs], pa.struct([("id", pa.int64())])),
+        "struct": lambda vs: pa.array(
+            [None if v is None else {"id": v} for v in vs], pa.struct([("id", pa.int64())])
+        ),
         "list_int64": lambda vs: pa.array([None if v is None else [v] for v in vs], pa.list_(pa.int64())),
     },
     "vector": {
@@ -89,12 +91,20 @@ BUILD = {
         "list_float64": lambda rs: pa.array(rs, pa.list_(pa.float64())),
         "large_list_float32": lambda rs: pa.array(rs, pa.large_list(pa.float32())),
         "fixed_size_list_float32": _fixed,
-        "list_int32": lambda rs: pa.array([None if r is None else [_small_int(x) for x in r] for r in rs], pa.list_(pa.int32())),
-        "list_string": lambda rs: pa.array([None if r is None else [str(x) for x in r] for r in rs], pa.list_(pa.string())),
-        "list_list_float32": lambda rs: pa.array([None if r is None else [r] for r in rs], pa.list_(pa.list_(pa.float32()))),
+        "list_int32": lambda rs: pa.array(
+            [None if r is None else [_small_int(x) for x in r] for r in rs], pa.list_(pa.int32())
+        ),
+        "list_string": lambda rs: pa.array(
+            [None if r is None else [str(x) for x in r] for r in rs], pa.list_(pa.string())
+        ),
+        "list_list_float32": lambda rs: pa.array(
+            [None if r is None else [r] for r in rs], pa.list_(pa.list_(pa.float32()))
+        ),
         "string": lambda rs: pa.array([None if r is None else str(r) for r in rs], pa.string()),
         "float64": lambda rs: pa.array([r[0] if r else None for r in rs], pa.float64()),
-        "struct": lambda rs: pa.array([None if r is None else {"v": r} for r in rs], pa.struct([("v", pa.list_(pa.float32()))])),
+        "struct": lambda rs: pa.array(
+            [None if r is None else {"v": r} for r in rs], pa.struct([("v", pa.list_(pa.float32()))])
+        ),
     },
     "weight": {
         "float32": lambda ws: pa.array(ws, pa.float32()),
@@ -103,12 +113,15 @@ BUILD = {
         "string": lambda ws: pa.array([None if w is None else str(w) for w in ws], pa.string()),
         "bool": lambda ws: pa.array([None if w is None or math.isnan(w) else w > 0 for w in ws], pa.bool_()),
         "decimal": lambda ws: pa.array(
-            [Decimal(f"{w:.3f}") if w is not None and math.isfinite(w) and abs(w) < 1e6 else None for w in ws],
+            [
+                Decimal(f"{w:.3f}") if w is not None and math.isfinite(w) and abs(w) < 1e6 else None
+                for w in ws
+            ],
             pa.decimal128(12, 3),
         ),
         "list_float32": lambda ws: pa.array([None if w is None else [w] for w in ws], pa.list_(pa.float32())),
     },
-}  # fmt: skip
+}
 GOOD = {
     "id": ("int64", "int32", "int64_dictionary"),
     "vector": ("list_float32", "list_float64", "large_list_float32", "fixed_size_list_float32"),
@@ -191,7 +204,7 @@ def problems(hostile: Hostile) -> set[str | None]:
         features = values("features")
         if features is not None and not all(valid_vector(f) for f in features):
             found.add("features")
-    else:  # neighbour and membership rows may name NULL or unknown ids: they are dropped, not refused
+    else:  # neighbor and membership rows may name NULL or unknown ids: they are dropped, not refused
         weights = values("weight")
         if weights is not None and not all(valid_weight(w) for w in weights):
             found.add("weight")
@@ -213,9 +226,20 @@ ANYTHING = {"id": link_id, "vector": any_row, "weight": any_weight}
 # One kind of defect in some rows of a column; a tuple: one of these values in each of those rows.
 DEFECTS = {
     "id": {"NULL": None, "duplicate": None},
-    "vector": {"NULL": None, "NULL element": None, "wrong length": None, "non-finite": NON_FINITE, "extreme": EXTREME},
-    "weight": {"NULL": None, "non-finite": NON_FINITE, "not positive": NOT_POSITIVE, "positive extreme": POSITIVE_EXTREME},
-}  # fmt: skip
+    "vector": {
+        "NULL": None,
+        "NULL element": None,
+        "wrong length": None,
+        "non-finite": NON_FINITE,
+        "extreme": EXTREME,
+    },
+    "weight": {
+        "NULL": None,
+        "non-finite": NON_FINITE,
+        "not positive": NOT_POSITIVE,
+        "positive extreme": POSITIVE_EXTREME,
+    },
+}
 
 
 @st.composite
@@ -312,7 +336,11 @@ def hostile_tables(draw, table: str, stratum: str = "mixed") -> Hostile:
 
 # ---- property 1: the validators -------------------------------------------------------------------
 
-LINK_IDS = {"edges": ("pin_id", "board_id"), "board_neighbors": ("board_id", "pin_id"), "pin_neighbors": ("pin_id", "board_id")}  # fmt: skip
+LINK_IDS = {
+    "edges": ("pin_id", "board_id"),
+    "board_neighbors": ("board_id", "pin_id"),
+    "pin_neighbors": ("pin_id", "board_id"),
+}
 
 
 def validate(spark, table: str, path: str):
@@ -371,10 +399,13 @@ def test_validators_accept_only_valid_tables_and_blame_a_faulty_column(
 def test_a_null_id_beside_an_id_near_the_int64_maximum_is_reported_as_a_null_id(spark, tmp_path):
     # With a NULL present the ids went through float64, and 2**63 - 1 came back as 2**63.
     hostile = Hostile(
-        "pins", 2,
-        (Column("pin_id", "id", "int64", (None, INT64_MAX)),
-         Column("features", "vector", "list_float32", ([0.5] * DIM, [0.5] * (DIM - 1)))),
-    )  # fmt: skip
+        "pins",
+        2,
+        (
+            Column("pin_id", "id", "int64", (None, INT64_MAX)),
+            Column("features", "vector", "list_float32", ([0.5] * DIM, [0.5] * (DIM - 1))),
+        ),
+    )
     with pytest.raises(InputError, match=r"table 'pins', column 'pin_id': 1 rows have a NULL id"):
         validate(spark, "pins", hostile.write(str(tmp_path / "pins")))
 
@@ -391,10 +422,14 @@ def test_two_columns_of_one_name_and_different_types_are_reported_with_the_clash
     # Spark fails a job reading the footer, and the message used to be py4j's "An error occurred while
     # calling oNN.load."
     hostile = Hostile(
-        "edges", 1,
-        (Column("pin_id", "id", "int64", (1,)), Column("board_id", "id", "int64", (2,)),
-         Column("pin_id", "id", "string", (3,))),
-    )  # fmt: skip
+        "edges",
+        1,
+        (
+            Column("pin_id", "id", "int64", (1,)),
+            Column("board_id", "id", "int64", (2,)),
+            Column("pin_id", "id", "string", (3,)),
+        ),
+    )
     with pytest.raises(
         InputError, match=r"^table 'edges': cannot read \S+ as parquet: [^:]*incompatible types: [^:]*pin_id$"
     ):
@@ -402,15 +437,18 @@ def test_two_columns_of_one_name_and_different_types_are_reported_with_the_clash
 
 
 @pytest.mark.xfail(
-    raises=Py4JJavaError, strict=True,
+    raises=Py4JJavaError,
+    strict=True,
     reason="Spark takes a Parquet table's schema from one file; a file that disagrees fails mid-check",
-)  # fmt: skip
+)
 def test_a_table_whose_parquet_files_disagree_on_a_column_type_is_bad_input(spark, tmp_path):
     folder = tmp_path / "pins"
     folder.mkdir()
     for i, ids in enumerate([pa.array([1], pa.int64()), pa.array(["2"], pa.string())]):
-        pq.write_table(pa.table({"pin_id": ids, "features": pa.array([[0.5] * DIM], pa.list_(pa.float32()))}),
-                       folder / f"part-{i}.parquet")  # fmt: skip
+        pq.write_table(
+            pa.table({"pin_id": ids, "features": pa.array([[0.5] * DIM], pa.list_(pa.float32()))}),
+            folder / f"part-{i}.parquet",
+        )
     with pytest.raises(InputError, match=r"table 'pins', column 'pin_id'"):
         validate(spark, "pins", str(folder))
 
@@ -455,9 +493,12 @@ invalid_input = (
 
 
 @settings(
-    max_examples=8, deadline=None, derandomize=True, database=None,
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],  # capsys: read, so emptied, per example
-)  # fmt: skip
+)
 @given(hostile=invalid_input)
 def test_embed_job_refuses_a_bad_table_with_status_2_and_leaves_out_unchanged(published, capsys, hostile):
     paths, checkpoint, out, root = published

@@ -9,7 +9,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from jobs.lib.inference import ModelRef, Projections, head_batches, pool_and_combine_batches, project_batches
+from jobs.lib.inference import (
+    NEIGHBOR_ROW,
+    OWN_ROW,
+    ModelRef,
+    Projections,
+    head_batches,
+    pool_and_combine_batches,
+    project_batches,
+)
 from jobs.lib.vectors import to_binary, to_matrix
 from tests.graphs import write_checkpoint
 
@@ -62,13 +70,15 @@ def test_project_handles_empty_iterator_and_empty_batch(ref):
 
 
 def gathered_rows():
-    """Targets 10 (3 neighbours), 11 (none), 12 (2 neighbours), sorted by (dst, kind, src)."""
+    """Targets 10 (3 neighbors), 11 (none), 12 (2 neighbors), sorted by (dst, kind, src)."""
     rng = np.random.default_rng(0)
     rows = []
     for dst, n in ((10, 3), (11, 0), (12, 2)):
-        rows.append((dst, 0, None, None, rng.normal(size=2).astype(np.float32), None))
+        rows.append((dst, OWN_ROW, None, None, rng.normal(size=2).astype(np.float32), None))
         for src in range(n):
-            rows.append((dst, 1, src, float(rng.uniform(0.5, 2)), None, rng.random(4).astype(np.float32)))
+            rows.append(
+                (dst, NEIGHBOR_ROW, src, float(rng.uniform(0.5, 2)), None, rng.random(4).astype(np.float32))
+            )
     return rows
 
 
@@ -92,8 +102,8 @@ def to_batch(rows) -> pa.RecordBatch:
 def expected_layer_1(rows, w):
     out = {}
     for dst in sorted({r[0] for r in rows}):
-        own = next(r[4] for r in rows if r[0] == dst and r[1] == 0).astype(np.float64)
-        nbrs = [(r[3], r[5].astype(np.float64)) for r in rows if r[0] == dst and r[1] == 1]
+        own = next(r[4] for r in rows if r[0] == dst and r[1] == OWN_ROW).astype(np.float64)
+        nbrs = [(r[3], r[5].astype(np.float64)) for r in rows if r[0] == dst and r[1] == NEIGHBOR_ROW]
         total = sum(x for x, _ in nbrs)
         pooled = sum(x / total * m for x, m in nbrs) if nbrs else np.zeros(4)
         out[dst] = normalize(
@@ -142,7 +152,7 @@ def test_broadcast_projections_give_the_same_result_and_drop_unknown_sources(ref
     table = {}
     thin = []
     for r in rows:
-        if r[1] == 1:
+        if r[1] == NEIGHBOR_ROW:
             table[(r[0], r[2])] = r[5]
     sources = sorted({src for _, src in table})
     # Each (dst, src) pair has its own vector in gathered_rows; give every row its own source id.
@@ -150,9 +160,11 @@ def test_broadcast_projections_give_the_same_result_and_drop_unknown_sources(ref
     key_to_id = dict(zip(sorted(table), ids, strict=True))
     matrix = np.stack([table[key] for key in sorted(table)])
     for r in rows:
-        thin.append(r if r[1] == 0 else (r[0], 1, int(key_to_id[(r[0], r[2])]), r[3], None, None))
+        thin.append(
+            r if r[1] == OWN_ROW else (r[0], NEIGHBOR_ROW, int(key_to_id[(r[0], r[2])]), r[3], None, None)
+        )
     thin.insert(2, (10, 1, 77, 5.0, None, None))
-    assert sources  # the fixture has neighbour rows
+    assert sources  # the fixture has neighbor rows
     pooled = Counter()
     for size, projections in (
         (len(thin), FakeBroadcast(Projections(ids, matrix))),  # binary search
@@ -202,10 +214,10 @@ def test_pool_and_combine_handles_empty_iterator(ref):
     assert list(pool_and_combine_batches(iter([to_batch([])]), model_ref, k=1)) == []
 
 
-def test_neighbour_rows_of_an_unknown_target_are_dropped_and_counted(ref):
+def test_neighbor_rows_of_an_unknown_target_are_dropped_and_counted(ref):
     model_ref, w = ref
     rows = gathered_rows()
-    orphan = [r for r in rows if not (r[0] == 12 and r[1] == 0)]  # target 12 is not a node
+    orphan = [r for r in rows if not (r[0] == 12 and r[1] == OWN_ROW)]  # target 12 is not a node
     written, pooled = Counter(), Counter()
     for size in (len(orphan), 2):  # whole, and split so the orphan straddles batches
         batches = [to_batch(orphan[i : i + size]) for i in range(0, len(orphan), size)]

@@ -1,4 +1,4 @@
-"""Random-walk neighbourhoods: statistically right against the walk's exact expected visit counts,
+"""Random-walk neighborhoods: statistically right against the walk's exact expected visit counts,
 deterministic across partitionings, bounded for hubs, and strict about bad input."""
 
 from __future__ import annotations
@@ -7,15 +7,27 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.lib import walks as W
 from jobs.neighborhoods import main, parse_args, run
 from tests.graphs import write_parquet
 
 # Pins 0..9 and boards 5..9 share ids on purpose: nodes are keyed by (type, id).
 EDGES = [
-    (0, 5, 1.0), (1, 5, 2.0), (2, 5, 1.0), (2, 6, 3.0), (3, 6, 1.0), (4, 6, 0.5), (4, 7, 1.0),
-    (5, 7, 2.0), (6, 7, 1.0), (6, 8, 1.0), (7, 8, 4.0), (8, 8, 1.0), (8, 9, 1.0), (9, 9, 2.0), (0, 9, 0.7),
-]  # fmt: skip
+    (0, 5, 1.0),
+    (1, 5, 2.0),
+    (2, 5, 1.0),
+    (2, 6, 3.0),
+    (3, 6, 1.0),
+    (4, 6, 0.5),
+    (4, 7, 1.0),
+    (5, 7, 2.0),
+    (6, 7, 1.0),
+    (6, 8, 1.0),
+    (7, 8, 4.0),
+    (8, 8, 1.0),
+    (8, 9, 1.0),
+    (9, 9, 2.0),
+    (0, 9, 0.7),
+]
 
 
 def write_edges(path, edges, weights=True) -> str:
@@ -49,7 +61,7 @@ def exact_expected_visits(edges, walks, length, restart):
     return expected
 
 
-def neighbourhoods(spark, out) -> dict[tuple[str, int], dict[int, float]]:
+def neighborhoods(spark, out) -> dict[tuple[str, int], dict[int, float]]:
     result: dict = {}
     for r in spark.read.format("delta").load(f"{out}/board_neighbors").collect():
         result.setdefault(("board", r.board_id), {})[r.pin_id] = r.weight
@@ -58,14 +70,19 @@ def neighbourhoods(spark, out) -> dict[tuple[str, int], dict[int, float]]:
     return result
 
 
+def walk_args(edges: str, out: str, walks: int, length: int, restart: float, top_t: int):
+    """Every walk index in one batch, as the exact-distribution tests run it."""
+    flags = {"walks-per-node": walks, "walk-length": length, "restart-prob": restart, "top-t": top_t}
+    argv = [item for flag, value in flags.items() for item in (f"--{flag}", str(value))]
+    return parse_args(["--edges", edges, "--out", out, *argv, "--walks-per-batch", str(walks)])
+
+
 def test_visit_frequencies_match_the_exact_walk_distribution(spark, tmp_path):
     walks, length, restart = 1000, 4, 0.3
     edges = write_edges(str(tmp_path / "edges"), EDGES)
-    args = parse_args(["--edges", edges, "--out", str(tmp_path / "out"), "--walks-per-node", str(walks),
-                       "--walk-length", str(length), "--restart-prob", str(restart), "--top-t", "50",
-                       "--walks-per-batch", str(walks)])  # fmt: skip
+    args = walk_args(edges, str(tmp_path / "out"), walks, length, restart, 50)
     run(spark, args)
-    got = neighbourhoods(spark, args.out)
+    got = neighborhoods(spark, args.out)
     exact = exact_expected_visits(EDGES, walks, length, restart)
     assert set(got) == set(exact)
     for source, expected in exact.items():
@@ -78,11 +95,9 @@ def test_visit_frequencies_match_the_exact_walk_distribution(spark, tmp_path):
 def test_top_t_keeps_at_least_95_percent_of_the_exact_top_t_mass(spark, tmp_path):
     walks, length, restart, top_t = 500, 6, 0.2, 2
     edges = write_edges(str(tmp_path / "edges"), EDGES)
-    args = parse_args(["--edges", edges, "--out", str(tmp_path / "out"), "--walks-per-node", str(walks),
-                       "--walk-length", str(length), "--restart-prob", str(restart), "--top-t", str(top_t),
-                       "--walks-per-batch", str(walks)])  # fmt: skip
+    args = walk_args(edges, str(tmp_path / "out"), walks, length, restart, top_t)
     run(spark, args)
-    got = neighbourhoods(spark, args.out)
+    got = neighborhoods(spark, args.out)
     for source, expected in exact_expected_visits(EDGES, walks, length, restart).items():
         best = sum(sorted(expected.values(), reverse=True)[:top_t])
         kept = sum(expected[node] for node in got[source])
@@ -96,52 +111,40 @@ def test_same_seed_gives_identical_tables_whatever_the_partitioning(spark, tmp_p
     for i, partitions in enumerate(["2", "9"]):
         spark.conf.set("spark.sql.shuffle.partitions", partitions)
         try:
-            args = parse_args(["--edges", edges, "--out", str(tmp_path / f"o{i}"), "--walks-per-node", "30",
-                               "--walks-per-batch", "7" if i else "30", "--seed", "42"])  # fmt: skip
+            args = parse_args(
+                [
+                    "--edges",
+                    edges,
+                    "--out",
+                    str(tmp_path / f"o{i}"),
+                    "--walks-per-node",
+                    "30",
+                    "--walks-per-batch",
+                    "7" if i else "30",
+                    "--seed",
+                    "42",
+                ]
+            )
             run(spark, args)
         finally:
             spark.conf.set("spark.sql.shuffle.partitions", "4")
-        results.append(neighbourhoods(spark, args.out))
+        results.append(neighborhoods(spark, args.out))
     assert results[0] == results[1]
     args = parse_args(
         ["--edges", edges, "--out", str(tmp_path / "o3"), "--walks-per-node", "30", "--seed", "43"]
     )
     run(spark, args)
-    assert neighbourhoods(spark, args.out) != results[0], "the seed must matter"
+    assert neighborhoods(spark, args.out) != results[0], "the seed must matter"
 
 
-def test_hub_adjacency_is_bucketed_and_each_walker_meets_one_row(spark):
-    hub = [(p, 1000, 1.0) for p in range(3000)] + [(0, 1000, 5000.0)]  # one heavy edge, many light ones
-    edges = (
-        spark.createDataFrame(
-            [(p, b, w) for p, b, w in hub[1:]] + [(1, 2000, 1.0), (2, 2000, 1.0)],
-            "pin_id bigint, board_id bigint, weight double",
-        )
-        .groupBy("pin_id", "board_id")
-        .agg({"weight": "max"})
-        .withColumnRenamed("max(weight)", "weight")
-    )
-    adjacency = W.undirected(edges)
-    stats = W.node_stats(adjacency).cache()
-    table = W.buckets(adjacency, stats).cache()
-    hub_rows = table.where("node_t = 1 AND node = 1000").count()
-    assert hub_rows <= 2 * 3000, "a node lists at most 2 * degree bucket rows"
-    walkers = W.start_walkers(stats, range(0, 3))
-    for s in range(1, 4):
-        walkers = W.step(walkers, table, W.WalkParams(restart_prob=0.3), s)
-    rows = walkers.agg({"*": "count"}).collect()[0][0]
-    assert rows == stats.count() * 3, "a step must move each walker to exactly one node"
-    assert walkers.where("cur IS NULL").count() == 0
-
-
-def test_hub_neighbourhood_is_bounded_by_top_t(spark, tmp_path):
+def test_hub_neighborhood_is_bounded_by_top_t(spark, tmp_path):
     edges = [(p, 1000, 1.0) for p in range(2000)] + [(p, 2000, 1.0) for p in range(5)]
     path = write_edges(str(tmp_path / "edges"), edges, weights=False)
     args = parse_args(
         ["--edges", path, "--out", str(tmp_path / "out"), "--walks-per-node", "20", "--top-t", "10"]
     )
     run(spark, args)
-    got = neighbourhoods(spark, args.out)
+    got = neighborhoods(spark, args.out)
     assert len(got[("board", 1000)]) == 10
     assert all(len(v) <= 10 for v in got.values())
 
@@ -170,8 +173,8 @@ def test_null_unknown_duplicate_and_isolated_are_handled_and_reported(spark, tmp
     assert report.counts["edges naming unknown nodes (dropped)"] == 1  # pin 77
     assert report.counts["duplicate memberships (merged)"] == 1  # (0, 5) twice
     assert report.counts["edges kept"] == 2
-    assert report.counts["isolated pins (empty neighbourhood)"] == 2  # pins 2 and 3
-    got = neighbourhoods(spark, args.out)
+    assert report.counts["isolated pins (empty neighborhood)"] == 2  # pins 2 and 3
+    got = neighborhoods(spark, args.out)
     assert set(got) == {("pin", 0), ("pin", 1), ("board", 5)}
     assert set(got[("board", 5)]) == {0, 1}
 
@@ -189,10 +192,13 @@ def test_bad_input_exits_2_with_table_and_column(spark, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--restart-prob", "1.0", "restart_prob must be in [0, 1)"),
-        ("--top-t", "0", "top_t must be at least 1"),
-        ("--walk-length", "0", "walk_length must be at least 1"),
-        ("--walks-per-node", "0", "walks_per_node"),
+        ("--restart-prob", "1.0", "argument --restart-prob: must be in [0, 1), got 1.0"),
+        ("--restart-prob", "-0.1", "argument --restart-prob: must be in [0, 1)"),
+        ("--top-t", "0", "argument --top-t: must be at least 1, got 0"),
+        ("--walk-length", "0", "argument --walk-length: must be at least 1"),
+        ("--walks-per-node", "0", "argument --walks-per-node: must be at least 1"),
+        ("--walks-per-batch", "0", "argument --walks-per-batch: must be at least 1"),
+        ("--walks-per-node", "x", "argument --walks-per-node: expected int, got 'x'"),
     ],
 )
 def test_bad_parameters_are_usage_errors(flag, value, message, capsys):

@@ -24,9 +24,15 @@ from tests.graphs import embed_argv, small_graph, write_checkpoint, write_graph
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The same partitioning as the session fixture, so a subprocess run is bit-identical to an in-session one.
 SAME_AS_FIXTURE = [
-    "--conf", "spark.sql.shuffle.partitions=4", "--conf", "spark.default.parallelism=2",
-    "--conf", "spark.ui.enabled=false", "--conf", "spark.ui.showConsoleProgress=false",
-]  # fmt: skip
+    "--conf",
+    "spark.sql.shuffle.partitions=4",
+    "--conf",
+    "spark.default.parallelism=2",
+    "--conf",
+    "spark.ui.enabled=false",
+    "--conf",
+    "spark.ui.showConsoleProgress=false",
+]
 
 
 def embed_process(argv: list[str], fault: str, master: str) -> subprocess.CompletedProcess:

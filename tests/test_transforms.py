@@ -5,8 +5,9 @@ from __future__ import annotations
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from jobs.lib import transforms as T
-from schemas import GATHERED, NEIGHBOURS, PROJECTIONS
+from jobs.lib import transforms
+from jobs.lib.inference import NEIGHBOR_ROW, OWN_ROW
+from schemas import GATHERED, NEIGHBORS, PROJECTIONS
 
 
 def test_board_set_is_every_board_named_by_a_link_table(spark):
@@ -15,7 +16,7 @@ def test_board_set_is_every_board_named_by_a_link_table(spark):
     pn = spark.createDataFrame([(1, 12, 1.0), (2, 10, 1.0)], "pin_id bigint, board_id bigint, weight float")
     expected = spark.createDataFrame([(10,), (11,), (12,)], "board_id bigint")
     assert_df_equality(
-        T.board_ids_from_links(edges, bn, pn), expected, ignore_row_order=True, ignore_nullable=True
+        transforms.board_ids_from_links(edges, bn, pn), expected, ignore_row_order=True, ignore_nullable=True
     )
 
 
@@ -26,26 +27,30 @@ def test_links_rename_and_drop_null_ids(spark):
     )
     expected = spark.createDataFrame([(10, 1, 1.0), (10, 9, 2.0)], "dst bigint, src bigint, weight double")
     assert_df_equality(
-        T.links(table, "board_id", "pin_id"), expected, ignore_row_order=True, ignore_nullable=True
+        transforms.links(table, "board_id", "pin_id"), expected, ignore_row_order=True, ignore_nullable=True
     )
 
 
 def test_node_table_without_features_has_null_vectors(spark):
     boards = spark.createDataFrame([(10, None)], "board_id bigint, features array<float>")
-    got = T.node_table(boards, "board_id", with_features=False)
+    got = transforms.node_table(boards, "board_id", with_features=False)
     assert got.columns == ["node_id", "vec"] and got.collect()[0]["vec"] is None
 
 
-def test_gather_puts_each_target_first_then_its_neighbours_in_order(spark):
+def test_gather_puts_each_target_first_then_its_neighbors_in_order(spark):
     targets = spark.createDataFrame([(10, b"t10"), (11, b"t11")], "node_id bigint, vec binary")
-    neighbours = spark.createDataFrame([(10, 2, 0.5), (10, 1, 1.5)], "dst bigint, src bigint, weight double")
+    neighbors = spark.createDataFrame([(10, 2, 0.5), (10, 1, 1.5)], "dst bigint, src bigint, weight double")
     projections = spark.createDataFrame([(1, b"p1"), (2, b"p2"), (3, b"p3")], "src bigint, proj binary")
-    rows = T.gather(targets, neighbours, projections)
+    rows = transforms.gather(targets, neighbors, projections)
     expected = spark.createDataFrame(
-        [(10, 0, None, None, b"t10", None), (10, 1, 1, 1.5, None, b"p1"), (10, 1, 2, 0.5, None, b"p2"),
-         (11, 0, None, None, b"t11", None)],
+        [
+            (10, OWN_ROW, None, None, b"t10", None),
+            (10, NEIGHBOR_ROW, 1, 1.5, None, b"p1"),
+            (10, NEIGHBOR_ROW, 2, 0.5, None, b"p2"),
+            (11, OWN_ROW, None, None, b"t11", None),
+        ],
         "dst bigint, kind byte, src bigint, weight double, self_vec binary, proj binary",
-    )  # fmt: skip
+    )
     assert_df_equality(rows, expected, ignore_row_order=True, ignore_nullable=True)
     # Within a partition the rows of a target are contiguous and sorted.
     per_partition = rows.withColumn("part", F.spark_partition_id()).collect()
@@ -59,9 +64,12 @@ def test_transforms_produce_the_documented_internal_schemas(spark):
         return [(f.name, f.dataType) for f in df.schema.fields]
 
     table = spark.createDataFrame([(10, 1, 1.0)], "board_id bigint, pin_id bigint, weight float")
-    neighbours = T.links(table, "board_id", "pin_id")
-    assert shape(neighbours) == shape(spark.createDataFrame([], NEIGHBOURS))
+    neighbors = transforms.links(table, "board_id", "pin_id")
+    assert shape(neighbors) == shape(spark.createDataFrame([], NEIGHBORS))
     targets = spark.createDataFrame([(10, b"t")], "node_id bigint, vec binary")
     projections = spark.createDataFrame([(1, b"p")], PROJECTIONS)
-    for gathered in (T.gather(targets, neighbours, projections), T.gather(targets, neighbours, None)):
+    for gathered in (
+        transforms.gather(targets, neighbors, projections),
+        transforms.gather(targets, neighbors, None),
+    ):
         assert shape(gathered) == shape(spark.createDataFrame([], GATHERED))

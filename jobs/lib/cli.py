@@ -15,14 +15,14 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
 
 from jobs.lib.io import InputError
-from pinsage_model.checkpoint import CheckpointError
+from jobs.lib.vectors import PRECISIONS
+from pinsage_model.checkpoint import CheckpointError, read_checkpoint
 
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -49,6 +49,60 @@ def add_common_args(parser: argparse.ArgumentParser, work_tables: bool = True) -
         parser.add_argument("--keep-work", action="store_true", help="keep the work tables in OUT/_work")
 
 
+DEFAULT_BROADCAST_MB = 512
+
+
+def add_model_args(parser: argparse.ArgumentParser, broadcast_help: str) -> None:
+    """The flags of a job that runs the model's layers (embed, embed_new): the checkpoint, where the
+    layers run, and how projections move between stages."""
+    parser.add_argument("--checkpoint", required=True, help="format_version 1 checkpoint file")
+    parser.add_argument(
+        "--checkpoint-sha256",
+        metavar="HEX",
+        help="refuse the checkpoint unless its SHA-256 is this (checked before it is parsed)",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--broadcast-projections-mb",
+        type=at_least(0),
+        default=DEFAULT_BROADCAST_MB,
+        dest="broadcast_mb",
+        metavar="MB",
+        help=broadcast_help + " (0: never)",
+    )
+    parser.add_argument(
+        "--projection-precision",
+        choices=tuple(PRECISIONS),
+        default="float32",
+        help="encoding of the projections moved between stages (shuffled with the neighbor rows, or "
+        "collected for the broadcast): bfloat16 or float16 halve those bytes and round each value "
+        "to 8 or 11 significant bits (docs: reduced-precision projections)",
+    )
+
+
+def add_walk_args(
+    parser: argparse.ArgumentParser, walks_per_node: int, top_t: int | None = None, seed: bool = True
+) -> None:
+    """The random walk's flags (jobs.lib.walks.WalkParams), checked the same way in every job that
+    walks; --top-t only where the job keeps a top-t (`top_t` its default), --seed unless the job
+    declares its own."""
+    parser.add_argument("--walks-per-node", type=at_least(1), default=walks_per_node)
+    parser.add_argument("--walk-length", type=at_least(1), default=8)
+    parser.add_argument("--restart-prob", type=below_one, default=0.3, help="in [0, 1)")
+    if top_t is not None:
+        parser.add_argument("--top-t", type=at_least(1), default=top_t)
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="seed of every walk")
+    add_walks_per_batch(parser)
+
+
+def add_walks_per_batch(parser: argparse.ArgumentParser) -> None:
+    """--walks-per-batch, for every job that walks."""
+    parser.add_argument(
+        "--walks-per-batch", type=at_least(1), default=25, help="walk indices simulated per Spark job"
+    )
+
+
 def common_args(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> CommonArgs:
     """The common flags of a parsed command line; a malformed --conf is a usage error."""
     return CommonArgs(
@@ -57,6 +111,13 @@ def common_args(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> 
         report_json=parsed.report_json,
         keep_work=getattr(parsed, "keep_work", False),
     )
+
+
+def job_args(cls: type[T], parser: argparse.ArgumentParser, parsed: argparse.Namespace, **given: Any) -> T:
+    """A job's Args dataclass from a parsed command line: each field from the flag of the same name
+    (its dest), `common` from `common_args`, and `given` for fields that are not a flag as parsed."""
+    values = {f.name: getattr(parsed, f.name) for f in fields(cls) if hasattr(parsed, f.name)}
+    return cls(**{**values, **given, "common": common_args(parser, parsed)})
 
 
 def spark_conf(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
@@ -94,6 +155,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def below_one(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected float, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def positive(text: str) -> float:
     """An argparse type: a finite number above 0."""
     value = float(text)
@@ -122,8 +194,31 @@ def job_main(run: Callable[[], Any], report_json: str | None) -> int:
     return EXIT_OK
 
 
-def spark_job_main(app_name: str, common: CommonArgs, run: Callable[[SparkSession], Any]) -> int:
-    """`job_main` for a Spark job: the session comes from the one factory, with the common flags."""
+def spark_job_main(
+    app_name: str,
+    common: CommonArgs,
+    run: Callable[..., Any],
+    load: Callable[[], Any] | None = None,
+) -> int:
+    """`job_main` for a Spark job: `run(spark)` with the session from the one factory, configured by
+    the common flags. With `load`, `run(spark, load())`, `load` running before the session starts, so
+    a bad file it reads (a checkpoint) is refused without starting Spark."""
     from jobs.lib.session import get_spark
 
-    return job_main(lambda: run(get_spark(app_name, common.master, common.conf)), common.report_json)
+    def job() -> Any:
+        loaded = () if load is None else (load(),)
+        return run(get_spark(app_name, common.master, common.conf), *loaded)
+
+    return job_main(job, common.report_json)
+
+
+def model_job_main(app_name: str, args: Any, run: Callable[..., Any]) -> int:
+    """`spark_job_main` for a job that runs the model: `run(spark, args, checkpoint)`. The checkpoint
+    (args.checkpoint, pinned to args.checkpoint_sha256 when given) is read before Spark starts, so a
+    bad or swapped file fails fast; executors re-check the hash of the broadcast bytes."""
+    return spark_job_main(
+        app_name,
+        args.common,
+        lambda spark, checkpoint: run(spark, args, checkpoint),
+        load=lambda: read_checkpoint(args.checkpoint, args.checkpoint_sha256),
+    )

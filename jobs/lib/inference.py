@@ -129,16 +129,6 @@ def project_batches(
         yield pa.RecordBatch.from_arrays([batch.column("node_id"), proj], ["src", "proj"])
 
 
-@dataclass
-class _Partial:
-    """A target whose rows may continue in the next batch."""
-
-    dst: int
-    self_vec: np.ndarray | None  # [self_dim]; None until the target's own row has been seen
-    state: PoolState  # one row
-    rows: int  # neighbour rows so far
-
-
 # Ids spanning at most this many slots per source get a direct position table (int32, so 4 bytes a
 # slot) instead of a binary search; generated and most production ids are dense enough.
 DENSE_SLOTS_PER_SOURCE = 4
@@ -182,22 +172,115 @@ class Projections:
         return pos, self.ids[pos] == src
 
 
+# The `kind` of a gathered row (schemas GATHERED): a target's own row sorts before its neighbor rows.
+OWN_ROW, NEIGHBOR_ROW = 0, 1
+
+
+@dataclass
+class _Targets:
+    """Consecutive targets of a pooling task, in row order: what has been seen of each so far."""
+
+    ids: np.ndarray  # [n] int64
+    selfs: np.ndarray  # [n, self_dim] float32, h_u(k-2); zeros until the own row has been seen
+    present: np.ndarray  # [n] bool, whether the own row has been seen
+    state: PoolState  # [n] partial pooling of the neighbor rows seen
+    rows: np.ndarray  # [n] int64, neighbor rows seen
+
+    def split_last(self) -> tuple[_Targets, _Targets]:
+        """(every target but the last, the last), for the last may continue in the next batch."""
+        n = len(self.ids)
+        last = n - 1
+        head = _Targets(
+            self.ids[:last],
+            self.selfs[:last],
+            self.present[:last],
+            self.state.rows(slice(0, last)),
+            self.rows[:last],
+        )
+        tail = _Targets(
+            self.ids[last:],
+            self.selfs[last:].copy(),
+            self.present[last:],
+            self.state.rows(slice(last, n)),
+            self.rows[last:],
+        )
+        return head, tail
+
+    def absorb(self, carry: _Targets, mode: str) -> None:
+        """Fold `carry`, the previous batch's last target, into this batch's first, the same target."""
+        merged = merge(carry.state, self.state.rows(slice(0, 1)), mode)
+        self.state.acc[0], self.state.norm[0] = merged.acc[0], merged.norm[0]
+        self.rows[0] += carry.rows[0]
+        if carry.present[0]:
+            self.selfs[0], self.present[0] = carry.selfs[0], True
+
+
+def _own_vectors(
+    batch: pa.RecordBatch, segment: np.ndarray, n: int, self_dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """([n, self_dim] own vectors, [n] whether seen) of a batch's n targets from their own rows."""
+    is_own = batch.column("kind").to_numpy() == OWN_ROW
+    selfs = np.zeros((n, self_dim), dtype=np.float32)
+    present = np.zeros(n, dtype=bool)
+    if self_dim == 0:  # boards without features: the own term is empty
+        own_rows = np.zeros((int(is_own.sum()), 0), dtype=np.float32)
+    else:
+        # self_vec is set on own rows only, and to_matrix keeps the non-null rows in order.
+        own_rows = to_matrix(batch.column("self_vec"), self_dim)
+    if len(own_rows) != int(is_own.sum()):
+        raise ValueError("a target's own row has no vector")
+    selfs[segment[is_own]] = own_rows
+    present[segment[is_own]] = True
+    return selfs, present
+
+
+def _messages(
+    batch: pa.RecordBatch, hidden_dim: int, precision: str, table: Projections | None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """(mask of the rows pooled, their projections): the neighbor rows, with `proj` from the rows
+    themselves, or looked up in the broadcast `table` (rows whose source it lacks are dropped)."""
+    is_message = batch.column("kind").to_numpy() == NEIGHBOR_ROW
+    if table is not None:
+        src = pc.fill_null(batch.column("src"), 0).to_numpy()  # own rows have no source
+        pos, found = table.lookup(src)
+        is_message &= found  # a source that is not a node: dangling, dropped
+        return is_message, torch.from_numpy(table.matrix[pos[is_message]])
+    messages = to_matrix(batch.column("proj"), hidden_dim, precision)  # set on neighbor rows only, in order
+    if len(messages) != int(is_message.sum()):
+        raise ValueError("a neighbor row has no projection")
+    return is_message, torch.from_numpy(messages)
+
+
+def _batch_targets(batch: pa.RecordBatch, conv, precision: str, table: Projections | None) -> _Targets:
+    """The targets of one batch, sorted by (dst, kind, src), each with its rows pooled."""
+    dst = batch.column("dst").to_numpy()
+    starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
+    segment = np.cumsum(np.r_[False, dst[1:] != dst[:-1]])
+    n = len(starts)
+    selfs, present = _own_vectors(batch, segment, n, conv.dims.self_dim)
+    is_message, messages = _messages(batch, conv.dims.hidden_dim, precision, table)
+    weights = torch.from_numpy(batch.column("weight").to_numpy(zero_copy_only=False)[is_message])
+    state = partial_pool(messages, torch.from_numpy(segment[is_message]), weights, n, conv.pooling)
+    rows = np.bincount(segment[is_message], minlength=n)
+    return _Targets(dst[starts], selfs, present, state, rows)
+
+
 def pool_and_combine_batches(
     batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, written=None, pooled=None, projections=None
 ) -> Iterator[pa.RecordBatch]:
     """Steps 2 and 3 of layer k over rows sorted by (dst, kind, src) in each partition.
 
-    Each target u arrives as its own row (kind 0, self_vec = h_u(k-2)) followed by its neighbour
-    rows (kind 1, weight, proj). Pooling is a segment reduction over the sorted rows; the last target
-    of a batch is carried as a partial state into the next, so memory does not grow with a hub's
-    degree. Neighbour rows of an id that has no own row (not a node of the target type) are dropped.
-    With `projections` (a broadcast of `Projections`), neighbour rows carry no `proj` and are looked
-    up by source id instead; rows whose source is unknown are dropped.
-    Emits (node_id, vec = h_u(k)); `written` counts targets and `pooled` neighbour rows used.
+    Each target u arrives as its own row (OWN_ROW, self_vec = h_u(k-2)) followed by its neighbor
+    rows (NEIGHBOR_ROW, weight, proj). Pooling is a segment reduction over the sorted rows; the last
+    target of a batch is carried as a partial state into the next, so memory does not grow with a
+    hub's degree. Neighbor rows of an id that has no own row (not a node of the target type) are
+    dropped. With `projections` (a broadcast of `Projections`), neighbor rows carry no `proj` and are
+    looked up by source id instead; rows whose source is unknown are dropped.
+    Emits (node_id, vec = h_u(k)); `written` counts targets and `pooled` neighbor rows used.
     """
     table = projections.value if projections is not None else None
     model = device = conv = None
-    carry: _Partial | None = None
+    carry: _Targets | None = None
     for batch in batches:
         if batch.num_rows == 0:
             continue
@@ -205,94 +288,35 @@ def pool_and_combine_batches(
             inject_fault("pool", k)
             model, device = get_model(ref)
             conv = model.conv(k)
-            mode, dims = conv.pooling, conv.dims
-        dst = batch.column("dst").to_numpy()
-        kind = batch.column("kind").to_numpy()
-        starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
-        segment = np.cumsum(np.r_[False, dst[1:] != dst[:-1]])
-        seg_dst = dst[starts]
-        n = len(starts)
-
-        is_self = kind == 0
-        self_mat = np.zeros((n, dims.self_dim), dtype=np.float32)
-        has_self = np.zeros(n, dtype=bool)
-        if dims.self_dim == 0:  # boards without features: the own term is empty
-            self_rows = np.zeros((int(is_self.sum()), 0), dtype=np.float32)
-        else:
-            # self_vec is set on own rows only, and to_matrix keeps the non-null rows in order.
-            self_rows = to_matrix(batch.column("self_vec"), dims.self_dim)
-        if len(self_rows) != int(is_self.sum()):
-            raise ValueError("a target's own row has no vector")
-        self_mat[segment[is_self]] = self_rows
-        has_self[segment[is_self]] = True
-
-        is_msg = ~is_self
-        if table is not None:
-            src = pc.fill_null(batch.column("src"), 0).to_numpy()  # own rows have no source
-            pos, found = table.lookup(src)
-            is_msg &= found  # a source that is not a node: dangling, dropped
-        if table is not None:
-            messages = torch.from_numpy(table.matrix[pos[is_msg]])
-        else:  # proj is set on neighbour rows only, in order
-            messages = to_matrix(batch.column("proj"), dims.hidden_dim, ref.projection_precision)
-            messages = torch.from_numpy(messages)
-            if len(messages) != int(is_msg.sum()):
-                raise ValueError("a neighbour row has no projection")
-        weights = torch.from_numpy(batch.column("weight").to_numpy(zero_copy_only=False)[is_msg])
-        state = partial_pool(messages, torch.from_numpy(segment[is_msg]), weights, n, mode)
-        rows = np.bincount(segment[is_msg], minlength=n)
-
-        ready: list[tuple[np.ndarray, np.ndarray, np.ndarray, PoolState, np.ndarray]] = []
+        targets = _batch_targets(batch, conv, ref.projection_precision, table)
+        ready = []
         if carry is not None:
-            if carry.dst == seg_dst[0]:
-                merged = merge(carry.state, state.rows(slice(0, 1)), mode)
-                state.acc[0], state.norm[0] = merged.acc[0], merged.norm[0]
-                rows[0] += carry.rows
-                if carry.self_vec is not None:
-                    self_mat[0], has_self[0] = carry.self_vec, True
+            if carry.ids[0] == targets.ids[0]:
+                targets.absorb(carry, conv.pooling)
             else:
-                ready.append(_carry_rows(carry, dims.self_dim))
-        last = n - 1
-        ready.append(
-            (seg_dst[:last], self_mat[:last], has_self[:last], state.rows(slice(0, last)), rows[:last])
-        )
-        carry = _Partial(
-            int(seg_dst[last]),
-            self_mat[last].copy() if has_self[last] else None,
-            state.rows(slice(last, n)),
-            int(rows[last]),
-        )
-        for part in ready:
-            out = _combine(conv, device, *part, mode, written, pooled)
+                ready.append(carry)
+        head, carry = targets.split_last()
+        for part in (*ready, head):
+            out = _combine(conv, device, part, written, pooled)
             if out is not None:
                 yield out
     if carry is not None:
-        out = _combine(conv, device, *_carry_rows(carry, conv.dims.self_dim), conv.pooling, written, pooled)
+        out = _combine(conv, device, carry, written, pooled)
         if out is not None:
             yield out
 
 
-def _carry_rows(carry: _Partial, self_dim: int):
-    selfs = (carry.self_vec if carry.self_vec is not None else np.zeros(self_dim, np.float32))[None, :]
-    return (
-        np.array([carry.dst]),
-        selfs,
-        np.array([carry.self_vec is not None]),
-        carry.state,
-        np.array([carry.rows]),
-    )
-
-
-def _combine(
-    conv, device, ids, selfs, present, partial, rows, mode, written, pooled
-) -> pa.RecordBatch | None:
-    if not present.all():  # neighbour rows naming an id that is not a target node: dangling
+def _combine(conv, device, targets: _Targets, written, pooled) -> pa.RecordBatch | None:
+    """h_u(k) of the targets whose own row was seen, as (node_id, vec); the rest are dangling."""
+    ids, selfs, rows, partial = targets.ids, targets.selfs, targets.rows, targets.state
+    present = targets.present
+    if not present.all():  # neighbor rows naming an id that is not a target node: dangling
         keep = torch.from_numpy(present)
         ids, selfs, rows, partial = ids[present], selfs[present], rows[present], partial.rows(keep)
     if len(ids) == 0:
         return None
     with torch.inference_mode():
-        pooled_vecs = finalize(partial, mode).to(device)
+        pooled_vecs = finalize(partial, conv.pooling).to(device)
         h = conv.combine(torch.from_numpy(selfs).to(device), pooled_vecs)
     if written is not None:
         written.add(len(ids))

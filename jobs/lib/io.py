@@ -137,6 +137,33 @@ def append_delta(df: DataFrame, path: str, first: bool) -> None:
     df.write.format("delta").mode("overwrite" if first else "append").save(path)
 
 
+def merge_delta(df: DataFrame, path: str, key: str, metadata: dict | None = None) -> dict:
+    """Upsert `df` into the Delta table at `path` in one MERGE commit: rows whose `key` is there are
+    updated, the others inserted; returns the commit as `last_commit` reads it."""
+    from delta.tables import DeltaTable
+
+    spark = df.sparkSession
+    conf = "spark.databricks.delta.commitInfo.userMetadata"  # MERGE takes no userMetadata option
+    if metadata:
+        spark.conf.set(conf, json.dumps(metadata, sort_keys=True))
+    try:
+        target = DeltaTable.forPath(spark, path).alias("t")
+        merge = target.merge(df.alias("s"), f"t.{key} = s.{key}")
+        merge.whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+    finally:
+        spark.conf.unset(conf)
+    return last_commit(spark, path)
+
+
+def committed_rows(spark: SparkSession, path: str, commit: dict) -> int:
+    """The rows a table has at `commit` (from `write_delta_commit`): the commit's own count when Delta
+    kept metrics, else a count of the table at that version."""
+    rows = commit["metrics"].get("numOutputRows")
+    if rows is None:  # spark.databricks.delta.history.metricsEnabled=false: no commit metrics
+        rows = read_delta(spark, path, int(commit["version"])).count()
+    return int(rows)
+
+
 def put_file(spark: SparkSession, local: str, dest: str) -> None:
     """Copy a driver-local file to `dest` on the job's file system (local, HDFS, S3, ...)."""
     fs, target = _fs_path(spark, dest)
@@ -149,15 +176,27 @@ def table_version(spark: SparkSession, path: str) -> int:
 
 
 def last_commit(spark: SparkSession, path: str) -> dict:
-    """The latest commit of a Delta table: version, operation, operationMetrics and the decoded
-    userMetadata (empty dict when none)."""
+    """The latest commit of a Delta table: version, operation, operationMetrics, its userMetadata as
+    stored (`user_metadata`, None when none) and decoded (`metadata`: empty unless it is a JSON
+    object, as every table these jobs write carries)."""
     from delta.tables import DeltaTable
 
     row = DeltaTable.forPath(spark, path).history(1).collect()[0]
-    meta = row["userMetadata"]
+    raw = row["userMetadata"]
     return {
         "version": int(row["version"]),
         "operation": row["operation"],
         "metrics": dict(row["operationMetrics"] or {}),
-        "metadata": json.loads(meta) if meta else {},
+        "user_metadata": raw,
+        "metadata": (json_object(raw) or {}) if raw else {},
     }
+
+
+def json_object(raw: str) -> dict | None:
+    """A commit's userMetadata decoded, or None unless it is a JSON object (written by something
+    other than these jobs)."""
+    try:
+        decoded = json.loads(raw)
+    except ValueError:
+        return None
+    return decoded if isinstance(decoded, dict) else None

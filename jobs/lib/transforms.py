@@ -13,9 +13,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType
 
 from jobs.lib import inference
-from jobs.lib.inference import ModelRef
+from jobs.lib.inference import NEIGHBOR_ROW, OWN_ROW, ModelRef
 from jobs.lib.vectors import to_matrix
-from schemas import LAYER, PROJECTIONS
+from schemas import GATHERED, LAYER, NEIGHBORS, PROJECTIONS
 
 
 def node_table(nodes: DataFrame, id_col: str, with_features: bool) -> DataFrame:
@@ -34,13 +34,18 @@ def board_ids_from_links(*links: DataFrame) -> DataFrame:
 
 
 def links(table: DataFrame, dst_col: str, src_col: str) -> DataFrame:
-    """(dst, src, weight DOUBLE) from a neighbour table, without rows that have a NULL id.
+    """The NEIGHBORS rows (dst, src, weight DOUBLE) of a neighbor table, without rows that have a
+    NULL id.
 
     Rows naming unknown nodes are left in: an unknown source finds no projection in `gather`'s join,
     and an unknown target has no row of its own, so `pool_and_combine` drops its rows and counts them.
     """
-    return table.where(F.col(dst_col).isNotNull() & F.col(src_col).isNotNull()).select(
-        F.col(dst_col).alias("dst"), F.col(src_col).alias("src"), F.col("weight").cast("double")
+    known = table.where(F.col(dst_col).isNotNull() & F.col(src_col).isNotNull())
+    return known.select(
+        *(
+            F.col(c).cast(f.dataType).alias(f.name)
+            for c, f in zip((dst_col, src_col, "weight"), NEIGHBORS, strict=True)
+        )
     )
 
 
@@ -70,50 +75,50 @@ def broadcast_if_small(
     bytes (the broadcast table is float32; its position table for dense ids, 4 bytes per id of the
     range, is not counted) at most `bound_mb`, they are collected and broadcast ->
     (broadcast, None, MB); otherwise -> (None, projections, MB), for `gather` to join and shuffle
-    them with the neighbour rows, in `precision`."""
+    them with the neighbor rows, in `precision`."""
     size_mb = (rows or 0) * hidden_dim * 4 / 2**20
     if rows is None or size_mb > bound_mb:
         return None, projections, size_mb
     return sc.broadcast(collect_projections(projections, hidden_dim, precision)), None, size_mb
 
 
-def gather(targets: DataFrame, neighbours: DataFrame, projections: DataFrame | None) -> DataFrame:
-    """Step 2 of layer k: each target's own row and its neighbours' projections, co-located.
+def gather(targets: DataFrame, neighbors: DataFrame, projections: DataFrame | None) -> DataFrame:
+    """Step 2 of layer k: each target's own row and its neighbors' projections, co-located.
 
     Partitioned by target and sorted by (dst, kind, src, weight), so a pooling task meets each
     target's rows contiguously and in the same order on every run, whatever the partitioning.
-    With `projections` None the neighbour rows travel without vectors (proj NULL): the pooling map
+    With `projections` None the neighbor rows travel without vectors (proj NULL): the pooling map
     looks them up in a broadcast instead, and only ids and weights are shuffled.
     """
-    rows = layer_rows(targets, neighbours, projections)
+    rows = layer_rows(targets, neighbors, projections)
     return rows.repartition("dst").sortWithinPartitions("dst", "kind", "src", "weight")
 
 
-def layer_rows(targets: DataFrame, neighbours: DataFrame, projections: DataFrame | None) -> DataFrame:
-    """What `gather` shuffles: one own row per target (kind 0, self_vec) and one row per neighbour
-    (kind 1, src, weight, proj or NULL), as (dst, kind, src, weight, self_vec, proj)."""
+def layer_rows(targets: DataFrame, neighbors: DataFrame, projections: DataFrame | None) -> DataFrame:
+    """What `gather` shuffles, the GATHERED columns: one own row per target (OWN_ROW, self_vec) and
+    one row per neighbor (NEIGHBOR_ROW, src, weight, proj or NULL)."""
     self_type = targets.schema["vec"].dataType
     own = targets.select(
         F.col("node_id").alias("dst"),
-        F.lit(0).cast("byte").alias("kind"),
+        F.lit(OWN_ROW).cast("byte").alias("kind"),
         F.lit(None).cast("bigint").alias("src"),
         F.lit(None).cast("double").alias("weight"),
         F.col("vec").alias("self_vec"),
         F.lit(None).cast(BinaryType()).alias("proj"),
     )
     if projections is None:
-        joined = neighbours.withColumn("proj", F.lit(None).cast(BinaryType()))
+        joined = neighbors.withColumn("proj", F.lit(None).cast(BinaryType()))
     else:
-        joined = neighbours.join(projections, "src")
+        joined = neighbors.join(projections, "src")
     messages = joined.select(
         "dst",
-        F.lit(1).cast("byte").alias("kind"),
+        F.lit(NEIGHBOR_ROW).cast("byte").alias("kind"),
         "src",
         "weight",
         F.lit(None).cast(self_type).alias("self_vec"),
         "proj",
     )
-    return own.unionByName(messages)
+    return own.unionByName(messages).select(*GATHERED.fieldNames())
 
 
 def pool_and_combine(
@@ -121,7 +126,7 @@ def pool_and_combine(
 ) -> DataFrame:
     """Steps 2-3 of layer k: pool each target's projections, apply W_k, normalise -> (node_id, vec).
 
-    `written` counts targets, `pooled` the neighbour rows pooled (accumulators, optional);
+    `written` counts targets, `pooled` the neighbor rows pooled (accumulators, optional);
     `projections` is the broadcast `inference.Projections` when `gather` ran without them."""
     fn = partial(
         inference.pool_and_combine_batches,

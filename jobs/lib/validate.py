@@ -47,7 +47,7 @@ def conform(df: DataFrame, table: str) -> DataFrame:
 
 
 def _count(cond: Column) -> Column:
-    # count, not sum: a sum over no rows is NULL, and an empty neighbour table is valid input
+    # count, not sum: a sum over no rows is NULL, and an empty neighbor table is valid input
     return F.count(F.when(cond, 1))
 
 

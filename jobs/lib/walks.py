@@ -2,9 +2,9 @@
 
 Nodes are keyed by (type, id): type 0 is a pin, 1 a board, since the two id spaces may overlap.
 
-How a step picks a neighbour without replicating a hub's adjacency per walker: every node's
-neighbours, sorted by id, split [0, 1) into intervals of length weight / total weight. The range is
-cut into B = degree equal buckets, and each neighbour is listed once per bucket its interval
+How a step picks a neighbor without replicating a hub's adjacency per walker: every node's
+neighbors, sorted by id, split [0, 1) into intervals of length weight / total weight. The range is
+cut into B = degree equal buckets, and each neighbor is listed once per bucket its interval
 touches, so a node has at most 2 * degree bucket rows. A walker draws u in [0, 1), joins on
 (node, floor(u * B)) and keeps the one row whose interval holds u: an equi-join that meets about two
 rows per walker however large the node is, and an exact draw proportional to edge weight.
@@ -38,14 +38,11 @@ class WalkParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.walks_per_node < 1:
-            raise ValueError(f"walks_per_node must be at least 1, got {self.walks_per_node}")
-        if self.walk_length < 1:
-            raise ValueError(f"walk_length must be at least 1, got {self.walk_length}")
+        for name in ("walks_per_node", "walk_length", "top_t"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.restart_prob < 1.0:
             raise ValueError(f"restart_prob must be in [0, 1), got {self.restart_prob}")
-        if self.top_t < 1:
-            raise ValueError(f"top_t must be at least 1, got {self.top_t}")
 
 
 def memberships(edges: DataFrame) -> DataFrame:
@@ -57,14 +54,16 @@ def memberships(edges: DataFrame) -> DataFrame:
 
 def undirected(edges: DataFrame) -> DataFrame:
     """(node_t, node, nbr_t, nbr, weight) in both directions from deduplicated memberships."""
-    pins_side = edges.select(
-        F.lit(PIN).alias("node_t"), F.col("pin_id").alias("node"),
-        F.lit(BOARD).alias("nbr_t"), F.col("board_id").alias("nbr"), "weight",
-    )  # fmt: skip
-    boards_side = edges.select(
-        F.lit(BOARD).alias("node_t"), F.col("board_id").alias("node"),
-        F.lit(PIN).alias("nbr_t"), F.col("pin_id").alias("nbr"), "weight",
-    )  # fmt: skip
+    pins_side, boards_side = (
+        edges.select(
+            F.lit(node_t).alias("node_t"),
+            F.col(node).alias("node"),
+            F.lit(1 - node_t).alias("nbr_t"),
+            F.col(nbr).alias("nbr"),
+            "weight",
+        )
+        for node_t, node, nbr in ((PIN, "pin_id", "board_id"), (BOARD, "board_id", "pin_id"))
+    )
     return pins_side.unionByName(boards_side)
 
 
@@ -86,25 +85,44 @@ def buckets(adjacency: DataFrame, stats: DataFrame) -> DataFrame:
     hi = F.when(last, F.lit(2.0)).otherwise(F.col("cum") / F.col("total"))
     first_bucket = F.floor(lo * F.col("deg")).cast("int")
     last_bucket = F.least(F.floor(F.least(hi, F.lit(1.0)) * F.col("deg")).cast("int"), F.col("deg") - 1)
-    intervals = cum.select("node_t", "node", "nbr_t", "nbr", "deg", lo.alias("lo"), hi.alias("hi"),
-                           first_bucket.alias("b0"), last_bucket.alias("b1"))  # fmt: skip
+    intervals = cum.select(
+        "node_t",
+        "node",
+        "nbr_t",
+        "nbr",
+        "deg",
+        lo.alias("lo"),
+        hi.alias("hi"),
+        first_bucket.alias("b0"),
+        last_bucket.alias("b1"),
+    )
     stats_nbr = stats.select(
         F.col("node_t").alias("nbr_t"), F.col("node").alias("nbr"), F.col("deg").alias("nbr_deg")
     )
     return intervals.join(stats_nbr, ["nbr_t", "nbr"]).select(
-        "node_t", "node", F.explode(F.sequence("b0", F.greatest("b0", "b1"))).alias("bucket"),
-        "nbr", "lo", "hi", "nbr_deg",
-    )  # fmt: skip
+        "node_t",
+        "node",
+        F.explode(F.sequence("b0", F.greatest("b0", "b1"))).alias("bucket"),
+        "nbr",
+        "lo",
+        "hi",
+        "nbr_deg",
+    )
 
 
 def start_walkers(stats: DataFrame, walks: range) -> DataFrame:
     """One row per (source, walk index): every node with edges starts `len(walks)` walks."""
     walk_ids = F.explode(F.sequence(F.lit(walks.start), F.lit(walks.stop - 1))).alias("walk")
     return stats.select(
-        F.col("node_t").alias("src_t"), F.col("node").alias("src"), F.col("deg").alias("src_deg"), walk_ids,
-        F.col("node_t").alias("cur_t"), F.col("node").alias("cur"), F.col("deg").alias("cur_deg"),
+        F.col("node_t").alias("src_t"),
+        F.col("node").alias("src"),
+        F.col("deg").alias("src_deg"),
+        walk_ids,
+        F.col("node_t").alias("cur_t"),
+        F.col("node").alias("cur"),
+        F.col("deg").alias("cur_deg"),
         F.array().cast("array<bigint>").alias("visits"),
-    )  # fmt: skip
+    )
 
 
 def step(
@@ -126,9 +144,14 @@ def step(
     )
     walkers = walkers.select("*", restart.alias("restart"), u.alias("u"), bucket.alias("bucket"))
     t = table.select(
-        F.col("node_t").alias("t_node_t"), F.col("node").alias("t_node"), F.col("bucket").alias("t_bucket"),
-        "nbr", "lo", "hi", "nbr_deg",
-    )  # fmt: skip
+        F.col("node_t").alias("t_node_t"),
+        F.col("node").alias("t_node"),
+        F.col("bucket").alias("t_bucket"),
+        "nbr",
+        "lo",
+        "hi",
+        "nbr_deg",
+    )
     on = (
         (F.col("cur_t") == F.col("t_node_t"))
         & (F.col("cur") == F.col("t_node"))
@@ -139,11 +162,15 @@ def step(
     joined = walkers.join(t, on, "left")
     cur_t = F.when(F.col("restart"), F.col("src_t")).otherwise(1 - F.col("cur_t"))
     landed = joined.select(
-        "src_t", "src", "src_deg", "walk", "visits",
+        "src_t",
+        "src",
+        "src_deg",
+        "walk",
+        "visits",
         cur_t.alias("cur_t"),
         F.when(F.col("restart"), F.col("src")).otherwise(F.col("nbr")).alias("cur"),
         F.when(F.col("restart"), F.col("src_deg")).otherwise(F.col("nbr_deg")).alias("cur_deg"),
-    )  # fmt: skip
+    )
     if same_type:
         record = (F.col("cur_t") == F.col("src_t")) & (F.col("cur") != F.col("src"))
     else:
@@ -161,7 +188,7 @@ def visit_counts(walkers: DataFrame) -> DataFrame:
     )
 
 
-def top_neighbours(counts: DataFrame, top_t: int) -> DataFrame:
+def top_neighbors(counts: DataFrame, top_t: int) -> DataFrame:
     """(src_t, src, visited, weight): the top_t visited nodes of each source by count (ties to the
     smaller id), weight = count / sum of the kept counts."""
     order = Window.partitionBy("src_t", "src").orderBy(F.desc("count"), "visited")
@@ -171,8 +198,8 @@ def top_neighbours(counts: DataFrame, top_t: int) -> DataFrame:
 
 
 def top_neighbor_tables(counts: DataFrame, top_t: int) -> dict[str, DataFrame]:
-    """board_neighbors and pin_neighbors from visit counts: each source's top_t (`top_neighbours`)."""
-    top = top_neighbours(counts, top_t)
+    """board_neighbors and pin_neighbors from visit counts: each source's top_t (`top_neighbors`)."""
+    top = top_neighbors(counts, top_t)
     return {
         "board_neighbors": top.where(F.col("src_t") == BOARD).select(
             F.col("src").alias("board_id"), F.col("visited").alias("pin_id"), "weight"
