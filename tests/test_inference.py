@@ -254,5 +254,5 @@ def test_device_cuda_without_a_gpu_is_a_clear_error(ref):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     cuda_ref = ModelRef(model_ref.checkpoint, model_ref.sha256, "cuda")
-    with pytest.raises(RuntimeError, match="sees no GPU"):
+    with pytest.raises(RuntimeError, match="this executor cannot use it: no CUDA device"):
         list(project_batches(iter([node_batch([1], np.zeros((1, 3)))]), cuda_ref, k=1))

@@ -19,6 +19,7 @@ import torch
 
 from jobs.lib.vectors import to_binary, to_list, to_matrix
 from pinsage_model.checkpoint import build_model, parse_checkpoint
+from pinsage_model.devices import DeviceError, resolve_device
 from pinsage_model.model import PinSage
 from pinsage_model.pooling import PoolState, finalize, merge, partial_pool
 
@@ -40,21 +41,19 @@ class ModelRef:
 
 
 def task_device(requested: str) -> torch.device:
-    """CUDA when asked for or visible (`auto`), the GPU Spark assigned to this task if any."""
-    if requested == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
+    """`resolve_device` on an executor: on CUDA, the GPU Spark assigned to this task (its first
+    address), else GPU 0."""
+    index = None
+    if requested != "cpu" and torch.cuda.is_available():
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
         gpus = ctx.resources().get("gpu") if ctx is not None else None
         index = int(gpus.addresses[0]) if gpus is not None and gpus.addresses else 0
-        return torch.device(f"cuda:{index}")
-    if requested == "cuda":
-        raise RuntimeError(
-            "--device cuda, but this executor sees no GPU (torch.cuda.is_available() is False)"
-        )
-    return torch.device("cpu")
+    try:
+        return resolve_device(requested, index)
+    except DeviceError as exc:
+        raise RuntimeError(f"--device {requested}, but this executor cannot use it: {exc}") from None
 
 
 def set_task_threads() -> None:

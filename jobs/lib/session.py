@@ -58,7 +58,7 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
     """Get or create the session.
 
     Under spark-submit the master, resources and JARs come from the command line (pass the Delta
-    package with --packages, see README). Run with plain `python`, the job starts Spark in local
+    package with --packages, see README.md). Run with plain `python`, the job starts Spark in local
     mode (`master`, default local[*]) with the Delta JARs: those `make setup` resolved from Maven
     Central into ivy_dir() when present, else resolved now through spark.jars.packages.
     """
