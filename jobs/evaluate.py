@@ -30,8 +30,9 @@ from pyspark.sql import functions as F
 from jobs.lib.cli import (
     CommonArgs,
     add_common_args,
+    add_walk_args,
     at_least,
-    common_args,
+    job_args,
     new_run_id,
     positive,
     spark_job_main,
@@ -113,19 +114,8 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         "--edges", help="memberships (pin_id, board_id[, weight]): graph-only and popularity baselines"
     )
     p.add_argument("--labels", help="labels (pin_id, label): colours the PCA map")
-    p.add_argument(
-        "--walks-per-node",
-        type=at_least(1),
-        default=d.walks.walks_per_node,
-        help="walks started at each query pin (graph baseline)",
-    )
-    p.add_argument("--walk-length", type=at_least(1), default=d.walks.walk_length)
-    p.add_argument("--restart-prob", type=float, default=d.walks.restart_prob)
-    p.add_argument(
-        "--walks-per-batch",
-        type=at_least(1),
-        default=d.walks_per_batch,
-        help="walk indices simulated per Spark job",
+    add_walk_args(
+        p, d.walks.walks_per_node, seed=False, walks_per_batch=d.walks_per_batch, starts="each query pin"
     )
     p.add_argument(
         "--similarity-pairs",
@@ -144,20 +134,8 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
     )
     add_common_args(p)
     a = p.parse_args(argv)
-    try:
-        walks = WalkParams(a.walks_per_node, a.walk_length, a.restart_prob, 1, a.seed)
-    except ValueError as exc:
-        p.error(str(exc).replace("restart_prob", "--restart-prob"))
-    same = [
-        name for name in EvaluateArgs.__dataclass_fields__ if name not in ("out", "ks", "walks", "common")
-    ]
-    return EvaluateArgs(
-        **{name: getattr(a, name) for name in same},
-        out=a.out.rstrip("/"),
-        ks=a.k,
-        walks=walks,
-        common=common_args(p, a),
-    )
+    walks = WalkParams(a.walks_per_node, a.walk_length, a.restart_prob, 1, a.seed)
+    return job_args(EvaluateArgs, p, a, out=a.out.rstrip("/"), ks=a.k, walks=walks)
 
 
 @dataclass
@@ -383,8 +361,7 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return spark_job_main("pinsage-evaluate", args.common, lambda spark: run(spark, args))
+    return spark_job_main("pinsage-evaluate", parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -153,8 +153,7 @@ def run(spark: SparkSession, args: NeighborhoodArgs) -> NeighborhoodReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return spark_job_main("pinsage-neighborhoods", args.common, lambda spark: run(spark, args))
+    return spark_job_main("pinsage-neighborhoods", parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -122,8 +122,7 @@ def run(spark: SparkSession, args: PublishArgs) -> PublishReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return spark_job_main("pinsage-publish", args.common, lambda spark: run(spark, args))
+    return spark_job_main("pinsage-publish", parse_args(argv), run)
 
 
 if __name__ == "__main__":

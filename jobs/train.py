@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from pyspark.sql import SparkSession
 
-from jobs.lib.cli import CommonArgs, add_common_args, at_least, common_args, fraction, job_main, positive
+from jobs.lib.cli import CommonArgs, add_common_args, at_least, fraction, job_args, job_main, positive
 from jobs.lib.io import InputError
 from jobs.lib.report import Report, Stopwatch
 from jobs.lib.session import get_spark
@@ -125,15 +125,8 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         resolve_device(a.device)
     except DeviceError as exc:
         p.error(f"--device {a.device}: {exc}")
-    values = vars(a)
-    options = TrainOptions(**{name: values[name] for name in TrainOptions.__dataclass_fields__})
-    return TrainArgs(
-        **{
-            name: values[name] for name in TrainArgs.__dataclass_fields__ if name not in ("options", "common")
-        },
-        options=options,
-        common=common_args(p, a),
-    )
+    options = TrainOptions(**{f.name: getattr(a, f.name) for f in fields(TrainOptions)})
+    return job_args(TrainArgs, p, a, options=options)
 
 
 @dataclass

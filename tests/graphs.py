@@ -117,21 +117,14 @@ def write_checkpoint(path: str, seed: int = 0, **overrides) -> str:
     return path
 
 
+def table_argv(paths: dict[str, str]) -> list[str]:
+    """The graph's table flags, as embed and train take them (no --boards)."""
+    flags = ("pins", "edges", "board_neighbors", "pin_neighbors")
+    return [arg for name in flags for arg in ("--" + name.replace("_", "-"), paths[name])]
+
+
 def embed_argv(paths: dict[str, str], checkpoint: str, out: str) -> list[str]:
-    argv = [
-        "--pins",
-        paths["pins"],
-        "--edges",
-        paths["edges"],
-        "--board-neighbors",
-        paths["board_neighbors"],
-        "--pin-neighbors",
-        paths["pin_neighbors"],
-        "--checkpoint",
-        checkpoint,
-        "--out",
-        out,
-    ]
+    argv = [*table_argv(paths), "--checkpoint", checkpoint, "--out", out]
     if "boards" in paths:
         argv += ["--boards", paths["boards"]]
     return argv

@@ -133,7 +133,7 @@ def test_bad_input_exits_2_naming_table_and_column_and_writes_nothing(
         ("--walks-per-batch", "0", "argument --walks-per-batch: must be at least 1, got 0"),
         ("--similarity-pairs", "-1", "argument --similarity-pairs: must be at least 0, got -1"),
         ("--map-sample", "1", "argument --map-sample: must be at least 2, got 1"),
-        ("--restart-prob", "1.5", "--restart-prob must be in [0, 1), got 1.5"),
+        ("--restart-prob", "1.5", "argument --restart-prob: must be in [0, 1), got 1.5"),
         ("--query-block-mb", "0", "argument --query-block-mb: must be a positive number, got 0"),
         ("--conf", "novalue", "--conf expects KEY=VALUE, got 'novalue'"),
     ],

@@ -10,19 +10,7 @@ import pytest
 import torch
 
 from pinsage_model.config import ModelConfig
-from pinsage_model.training.sampling import (
-    CoMembership,
-    EpochBatches,
-    HardNegatives,
-    RankWindow,
-    default_window,
-    hard_negative_count,
-    hard_negative_pools,
-    make_batch,
-    parse_window,
-    personalised_pagerank,
-    transition_matrices,
-)
+from pinsage_model.training import sampling
 from tests.training_data import clustered, in_memory, one_torch_thread  # noqa: F401
 
 SCHEDULE = ModelConfig(2, 8, 0, 16, 8).schedule()
@@ -32,7 +20,7 @@ def test_batch_rows_point_at_the_examples_pins():
     graph, _ = in_memory(clustered(seed=2))
     query, pos = np.array([4, 9]), np.array([9, 30])
     negatives, hard = np.array([9, 50, 61]), np.array([[71], [30]])
-    batch = make_batch(graph, SCHEDULE, query, pos, negatives, hard)
+    batch = sampling.make_batch(graph, SCHEDULE, query, pos, negatives, hard)
     targets = batch.graph.targets
     assert targets[batch.query].tolist() == [4, 9] and targets[batch.pos].tolist() == [9, 30]
     assert targets[batch.negatives].tolist() == [9, 50, 61] and targets[batch.hard].tolist() == [[71], [30]]
@@ -60,7 +48,9 @@ def exact_ppr(graph, query: int, restart: float) -> np.ndarray:
 def test_pagerank_matches_the_linear_system():
     graph, _ = in_memory(clustered(seed=4))
     queries = np.array([0, 17, 55])
-    got = personalised_pagerank(transition_matrices(graph), torch.from_numpy(queries), 0.2).numpy()
+    got = sampling.personalised_pagerank(
+        sampling.transition_matrices(graph), torch.from_numpy(queries), 0.2
+    ).numpy()
     for col, q in enumerate(queries):
         assert np.abs(got[:, col] - exact_ppr(graph, q, 0.2)).max() < 1e-6
 
@@ -69,9 +59,9 @@ def test_pagerank_matches_the_linear_system():
 def test_hard_negatives_come_from_the_configured_rank_window(window):
     data = clustered(seed=5, pins=120, boards=30)
     graph, pairs = in_memory(data)
-    ranks = parse_window(window, graph.num_pins)
+    ranks = sampling.parse_window(window, graph.num_pins)
     assert (ranks.lo, ranks.hi) == ((5, 12) if window == "5:12" else (12, 24))
-    pools = hard_negative_pools(graph, pairs[0], ranks, restart=0.15)
+    pools = sampling.hard_negative_pools(graph, pairs[0], ranks, restart=0.15)
     assert pools.pool.shape == (len(np.unique(pairs[0])), ranks.width)
     for q, window_pins in zip(pools.queries[:25], pools.pool[:25], strict=True):
         score = exact_ppr(graph, q, 0.15)
@@ -85,7 +75,7 @@ def test_hard_negatives_come_from_the_configured_rank_window(window):
             assert best <= ranks.hi and worst >= ranks.lo, (q, v, best, worst, ranks)
 
     # A batch's hard negatives are drawn from its own queries' windows.
-    batches = EpochBatches(graph, SCHEDULE, pairs, 32, 10, hard=3, hard_pools=pools, seed=0, epoch=4)
+    batches = sampling.EpochBatches(graph, SCHEDULE, pairs, 32, 10, hard=3, hard_pools=pools, seed=0, epoch=4)
     batch = batches[1]
     targets = batch.graph.targets
     query_pins, hard_pins = targets[batch.query], targets[batch.hard]
@@ -96,24 +86,26 @@ def test_hard_negatives_come_from_the_configured_rank_window(window):
 
 
 def test_window_defaults_scale_the_papers_ranks_to_the_catalogue():
-    assert default_window(2_000_000_000) == RankWindow(2000, 5000)
-    assert default_window(100_001) == RankWindow(2000, 5000)
-    assert default_window(10_001) == RankWindow(200, 500)
-    assert default_window(30) == RankWindow(1, 1)
+    assert sampling.default_window(2_000_000_000) == sampling.RankWindow(2000, 5000)
+    assert sampling.default_window(100_001) == sampling.RankWindow(2000, 5000)
+    assert sampling.default_window(10_001) == sampling.RankWindow(200, 500)
+    assert sampling.default_window(30) == sampling.RankWindow(1, 1)
     with pytest.raises(ValueError, match="outside 1..29"):
-        parse_window("10:40", 30)
+        sampling.parse_window("10:40", 30)
     with pytest.raises(ValueError, match="LO:HI"):
-        parse_window("10", 30)
+        sampling.parse_window("10", 30)
 
 
 def test_curriculum_adds_one_hard_negative_per_epoch_up_to_the_cap_to_each_batch():
-    assert [hard_negative_count(e, 3) for e in range(1, 7)] == [0, 1, 2, 3, 3, 3]
-    assert [hard_negative_count(e, 0) for e in range(1, 4)] == [0, 0, 0]
+    assert [sampling.hard_negative_count(e, 3) for e in range(1, 7)] == [0, 1, 2, 3, 3, 3]
+    assert [sampling.hard_negative_count(e, 0) for e in range(1, 4)] == [0, 0, 0]
     graph, pairs = in_memory(clustered(seed=6))
-    pools = HardNegatives(np.unique(pairs[0]), np.zeros((len(np.unique(pairs[0])), 4), dtype=np.int64))
+    pools = sampling.HardNegatives(
+        np.unique(pairs[0]), np.zeros((len(np.unique(pairs[0])), 4), dtype=np.int64)
+    )
     for epoch in range(1, 6):
-        count = hard_negative_count(epoch, 3)
-        batches = EpochBatches(graph, SCHEDULE, pairs, 16, 8, count, pools, seed=0, epoch=epoch)
+        count = sampling.hard_negative_count(epoch, 3)
+        batches = sampling.EpochBatches(graph, SCHEDULE, pairs, 16, 8, count, pools, seed=0, epoch=epoch)
         assert batches[0].hard.shape == (16, count)
 
 
@@ -140,7 +132,7 @@ def test_co_membership_pairs_follow_the_weighted_pin_board_pin_step():
         zip(graph.edge_pin.tolist(), graph.edge_board.tolist(), graph.edge_weight.tolist(), strict=True)
     )
     expected = co_membership_distribution(edges)
-    sampler = CoMembership.of(graph)
+    sampler = sampling.CoMembership.of(graph)
     query, pos = sampler.draw(200_000, np.random.default_rng(3))
     assert 0.7 * 200_000 < len(query) < 200_000, "only self-pairs are dropped"
     assert np.all(query != pos)

@@ -15,7 +15,7 @@ from jobs.train import fit, main, parse_args, read_inputs
 from pinsage_model.checkpoint import build_model, read_checkpoint
 from pinsage_model.model import PinSage
 from pinsage_model.training.loop import embed_pins
-from tests.graphs import embed_argv, small_graph, write_graph, write_parquet
+from tests.graphs import embed_argv, small_graph, table_argv, write_graph, write_parquet
 
 
 def co_member_pairs(graph) -> dict[str, np.ndarray]:
@@ -24,19 +24,6 @@ def co_member_pairs(graph) -> dict[str, np.ndarray]:
         by_board.setdefault(b, []).append(p)
     pairs = [(a, b) for members in by_board.values() for a in members for b in members if a != b]
     return {"query_pin": np.array([a for a, _ in pairs]), "pos_pin": np.array([b for _, b in pairs])}
-
-
-def table_argv(paths: dict[str, str]) -> list[str]:
-    return [
-        "--pins",
-        paths["pins"],
-        "--edges",
-        paths["edges"],
-        "--board-neighbors",
-        paths["board_neighbors"],
-        "--pin-neighbors",
-        paths["pin_neighbors"],
-    ]
 
 
 def test_trainer_embeddings_equal_the_spark_pipeline_for_the_saved_checkpoint(spark, tmp_path):

@@ -116,8 +116,7 @@ def run(spark: SparkSession, args: NearestArgs) -> NearestReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return spark_job_main("pinsage-nearest", args.common, lambda spark: run(spark, args))
+    return spark_job_main("pinsage-nearest", parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -174,8 +174,7 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return spark_job_main("pinsage-goodbooks-prepare", args.common, lambda spark: run(spark, args))
+    return spark_job_main("pinsage-goodbooks-prepare", parse_args(argv), run)
 
 
 if __name__ == "__main__":

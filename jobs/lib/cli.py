@@ -81,25 +81,32 @@ def add_model_args(parser: argparse.ArgumentParser, broadcast_help: str) -> None
 
 
 def add_walk_args(
-    parser: argparse.ArgumentParser, walks_per_node: int, top_t: int | None = None, seed: bool = True
+    parser: argparse.ArgumentParser,
+    walks_per_node: int,
+    top_t: int | None = None,
+    seed: bool = True,
+    walks_per_batch: int = 25,
+    starts: str = "each node with memberships",
 ) -> None:
     """The random walk's flags (jobs.lib.walks.WalkParams), checked the same way in every job that
     walks; --top-t only where the job keeps a top-t (`top_t` its default), --seed unless the job
-    declares its own."""
-    parser.add_argument("--walks-per-node", type=at_least(1), default=walks_per_node)
+    declares its own; `starts` says where the walks start, for the help."""
+    parser.add_argument(
+        "--walks-per-node", type=at_least(1), default=walks_per_node, help=f"walks from {starts}"
+    )
     parser.add_argument("--walk-length", type=at_least(1), default=8)
     parser.add_argument("--restart-prob", type=below_one, default=0.3, help="in [0, 1)")
     if top_t is not None:
         parser.add_argument("--top-t", type=at_least(1), default=top_t)
     if seed:
         parser.add_argument("--seed", type=int, default=0, help="seed of every walk")
-    add_walks_per_batch(parser)
+    add_walks_per_batch(parser, walks_per_batch)
 
 
-def add_walks_per_batch(parser: argparse.ArgumentParser) -> None:
+def add_walks_per_batch(parser: argparse.ArgumentParser, default: int = 25) -> None:
     """--walks-per-batch, for every job that walks."""
     parser.add_argument(
-        "--walks-per-batch", type=at_least(1), default=25, help="walk indices simulated per Spark job"
+        "--walks-per-batch", type=at_least(1), default=default, help="walk indices simulated per Spark job"
     )
 
 
@@ -195,21 +202,19 @@ def job_main(run: Callable[[], Any], report_json: str | None) -> int:
 
 
 def spark_job_main(
-    app_name: str,
-    common: CommonArgs,
-    run: Callable[..., Any],
-    load: Callable[[], Any] | None = None,
+    app_name: str, args: Any, run: Callable[..., Any], load: Callable[[], Any] | None = None
 ) -> int:
-    """`job_main` for a Spark job: `run(spark)` with the session from the one factory, configured by
-    the common flags. With `load`, `run(spark, load())`, `load` running before the session starts, so
-    a bad file it reads (a checkpoint) is refused without starting Spark."""
+    """`job_main` for a Spark job: `run(spark, args)` with the session from the one factory,
+    configured by the common flags (`args.common`). With `load`, `run(spark, args, load())`, `load`
+    running before the session starts, so a bad file it reads (a checkpoint) is refused without
+    starting Spark."""
     from jobs.lib.session import get_spark
 
     def job() -> Any:
         loaded = () if load is None else (load(),)
-        return run(get_spark(app_name, common.master, common.conf), *loaded)
+        return run(get_spark(app_name, args.common.master, args.common.conf), args, *loaded)
 
-    return job_main(job, common.report_json)
+    return job_main(job, args.common.report_json)
 
 
 def model_job_main(app_name: str, args: Any, run: Callable[..., Any]) -> int:
@@ -217,8 +222,5 @@ def model_job_main(app_name: str, args: Any, run: Callable[..., Any]) -> int:
     (args.checkpoint, pinned to args.checkpoint_sha256 when given) is read before Spark starts, so a
     bad or swapped file fails fast; executors re-check the hash of the broadcast bytes."""
     return spark_job_main(
-        app_name,
-        args.common,
-        lambda spark, checkpoint: run(spark, args, checkpoint),
-        load=lambda: read_checkpoint(args.checkpoint, args.checkpoint_sha256),
+        app_name, args, run, load=lambda: read_checkpoint(args.checkpoint, args.checkpoint_sha256)
     )
