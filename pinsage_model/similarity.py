@@ -1,0 +1,117 @@
+"""Cosine similarity of embeddings and the top-k kernel: one definition for the evaluation's ranks,
+the related-pins job (exact and inverted-file) and the lookups of pinsage_model.related.
+
+Scores are float64 dot products of rows divided by max(L2 norm, NORM_EPS), so a zero vector scores
+0 against everything. The evaluation compares such scores with TIE_TOLERANCE. The related-pins order
+is defined on the score as stored, rounded to float32: higher score first, and among equal stored
+scores the smaller id first. That order is total and is what `TopK` keeps, so the related lists do not
+depend on the order in which candidates are met (which block, partition or list they come in).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TIE_TOLERANCE = 1e-10
+NORM_EPS = 1e-12
+# Pending (row, id, score) entries kept between compactions, per row and top-k slot.
+_PENDING_FACTOR = 4
+
+
+def normalise(matrix: np.ndarray) -> np.ndarray:
+    """Rows divided by max(L2 norm, NORM_EPS), in float64."""
+    m = np.asarray(matrix, dtype=np.float64)
+    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), NORM_EPS)
+
+
+def cosine_scores(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """[q, c] float64 scores of normalised query rows [q, d] against normalised candidate rows [c, d]."""
+    return queries @ candidates.T
+
+
+def stored_scores(scores: np.ndarray) -> np.ndarray:
+    """float64 scores as stored and ordered: float32, with -0.0 made 0.0 (so equal scores are equal
+    bit for bit)."""
+    return np.asarray(scores, dtype=np.float32) + np.float32(0.0)
+
+
+def top_k_rows(
+    rows: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The best `k` (id, score) entries of each row of flat entry arrays, by stored score descending
+    and then id ascending: (rows, ids, scores, ranks), sorted by row and rank (1-based). An id must
+    appear at most once per row."""
+    order = np.lexsort((ids, -scores, rows))
+    rows, ids, scores = rows[order], ids[order], scores[order]
+    n = len(rows)
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = rows[1:] != rows[:-1]
+    index = np.arange(n)
+    ranks = index - np.maximum.accumulate(np.where(starts, index, 0)) + 1
+    keep = ranks <= k
+    return rows[keep], ids[keep], scores[keep], ranks[keep]
+
+
+class TopK:
+    """The running top-k candidates of `n` query rows (the related-pins order of the module doc).
+
+    `add` takes a [rows, c] block of float64 scores for candidate ids [c]; entries that cannot enter
+    a row's top k (below its current k-th stored score) are dropped at once, the rest are compacted
+    from time to time, so memory stays about `_PENDING_FACTOR * n * k` entries whatever the number of
+    candidates. `exclude` ([n] ids) is a row's own id, never its own candidate."""
+
+    def __init__(self, n: int, k: int, exclude: np.ndarray | None = None) -> None:
+        self.n, self.k = n, k
+        self.exclude = None if exclude is None else np.asarray(exclude, dtype=np.int64)
+        # Below a row's threshold nothing can enter its top k; -inf until the row has k entries.
+        self.threshold = np.full(n, -np.inf, dtype=np.float32)
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending = 0
+
+    def add(self, scores: np.ndarray, ids: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Candidates `ids` [c] with `scores` [len(rows), c] for query `rows` (default: every row)."""
+        rows = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0 or len(ids) == 0:
+            return
+        ids = np.asarray(ids, dtype=np.int64)
+        stored = stored_scores(scores)
+        if self.exclude is not None:
+            stored[ids[None, :] == self.exclude[rows][:, None]] = -np.inf
+        floor = self.threshold[rows][:, None]
+        if len(ids) > self.k and not np.isfinite(self.threshold[rows]).all():
+            # Rows still filling up: this block's own k-th best is a floor too, so a first block
+            # does not keep every entry.
+            own = np.partition(stored, len(ids) - self.k, axis=1)[:, len(ids) - self.k]
+            floor = np.maximum(floor, own[:, None])
+        # Scores are finite: -inf marks a row's own id.
+        r, c = np.nonzero((stored >= floor) & (stored > -np.inf))
+        self._parts.append((rows[r], ids[c], stored[r, c]))
+        self._pending += len(r)
+        if self._pending > _PENDING_FACTOR * self.n * self.k:
+            self._compact()
+
+    def _compact(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if not self._parts:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, np.empty(0, dtype=np.float32), empty
+        rows, ids, scores = (np.concatenate(a) for a in zip(*self._parts, strict=True))
+        rows, ids, scores, ranks = top_k_rows(rows, ids, scores, self.k)
+        self._parts, self._pending = [(rows, ids, scores)], len(rows)
+        full = ranks == self.k
+        self.threshold[rows[full]] = scores[full]
+        return rows, ids, scores, ranks
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, ids, scores, ranks): each row's best k (fewer when it met fewer candidates), sorted
+        by row and rank."""
+        return self._compact()
+
+    def matrices(self, fill_id: int = -1) -> tuple[np.ndarray, np.ndarray]:
+        """([n, k] ids, [n, k] float32 scores) by rank; slots past a row's candidates hold `fill_id`
+        and NaN."""
+        rows, ids, scores, ranks = self.result()
+        out_ids = np.full((self.n, self.k), fill_id, dtype=np.int64)
+        out_scores = np.full((self.n, self.k), np.nan, dtype=np.float32)
+        out_ids[rows, ranks - 1] = ids
+        out_scores[rows, ranks - 1] = scores
+        return out_ids, out_scores
