@@ -117,6 +117,12 @@ def write_delta_commit(df: DataFrame, path: str, metadata: dict | None = None) -
     return last_commit(df.sparkSession, path)
 
 
+def write_parquet(df: DataFrame, path: str) -> None:
+    """Replace the Parquet folder at `path` (files that readers without Spark load, such as the
+    related-pins index; not atomic, unlike a Delta commit)."""
+    df.write.mode("overwrite").parquet(path)
+
+
 def read_delta(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
     """A Delta table this pipeline wrote (a work table or an output), at `version` when given."""
     reader = spark.read.format("delta")
