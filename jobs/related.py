@@ -149,12 +149,10 @@ def run(spark: SparkSession, args: RelatedArgs) -> RelatedReport:
         with report.timed("exact"):
             related = exact_related(vectors, dim, pins, args.top_k, args.query_block_mb, work)
     else:
-        import faiss
-
         with report.timed("centroids"):
             spark.sparkContext.setJobDescription("related (ann): train the centroids")
             sample = centroid_sample(vectors, args.sample, args.seed)
-            centroids = train_centroids(sample, dim, args.lists, args.seed)
+            centroids, faiss_version = train_centroids(sample, dim, args.lists, args.seed)
         with report.timed("ann"):
             related, inverted = ann_related(vectors, centroids, dim, args.top_k, args.probes, work)
             path = f"{args.out}/related_index"
@@ -167,7 +165,7 @@ def run(spark: SparkSession, args: RelatedArgs) -> RelatedReport:
                 "sample": min(args.sample, pins),
                 "seed": args.seed,
                 "kmeans_iterations": KMEANS_ITERATIONS,
-                "faiss_version": faiss.__version__,
+                "faiss_version": faiss_version,
                 "metric": "cosine",
                 "inputs": inputs,
             }
@@ -178,10 +176,10 @@ def run(spark: SparkSession, args: RelatedArgs) -> RelatedReport:
                 "largest_list": inverted.list_sizes[1],
                 "pairs_scored": inverted.pairs_scored,
                 "exact_pairs": pins * (pins - 1),
-                "faiss_version": faiss.__version__,
+                "faiss_version": faiss_version,
             }
             report.outputs["related_index"] = {"path": path, "rows": pins}
-            metadata["index"] = {"path": path, "faiss_version": faiss.__version__}
+            metadata["index"] = {"path": path, "faiss_version": faiss_version}
     with report.timed("publish"):
         spark.sparkContext.setJobDescription("publish related_pins")
         path = f"{args.out}/related_pins"

@@ -3,9 +3,12 @@ the related-pins job (exact and inverted-file) and the lookups of pinsage_model.
 
 Scores are float64 dot products of rows divided by max(L2 norm, NORM_EPS), so a zero vector scores
 0 against everything. The evaluation compares such scores with TIE_TOLERANCE. The related-pins order
-is defined on the score as stored, rounded to float32: higher score first, and among equal stored
-scores the smaller id first. That order is total and is what `TopK` keeps, so the related lists do not
-depend on the order in which candidates are met (which block, partition or list they come in).
+is defined on the score as stored: the float64 cosine rounded to a multiple of SCORE_STEP (2**-24,
+exact in float32), higher first, and among equal stored scores the smaller id first. That order is
+total and is what `TopK` keeps, so a related list does not depend on the order in which candidates are
+met (which block, partition or list they come in). The fixed step, rather than float32's relative
+rounding, absorbs the last-bit differences of float64 products computed in different block shapes
+also near 0, where float32 would keep them (orthogonal vectors score exactly 0).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 
 TIE_TOLERANCE = 1e-10
 NORM_EPS = 1e-12
+SCORE_STEP = 2.0**-24
 # Pending (row, id, score) entries kept between compactions, per row and top-k slot.
 _PENDING_FACTOR = 4
 
@@ -30,9 +34,9 @@ def cosine_scores(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 
 
 def stored_scores(scores: np.ndarray) -> np.ndarray:
-    """float64 scores as stored and ordered: float32, with -0.0 made 0.0 (so equal scores are equal
-    bit for bit)."""
-    return np.asarray(scores, dtype=np.float32) + np.float32(0.0)
+    """float64 scores as stored and ordered: rounded to a multiple of SCORE_STEP, as float32 (exact
+    for scores in [-1, 1]), with -0.0 made 0.0 so equal scores are equal bit for bit."""
+    return (np.round(np.asarray(scores) / SCORE_STEP) * SCORE_STEP).astype(np.float32) + np.float32(0.0)
 
 
 def top_k_rows(

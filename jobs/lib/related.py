@@ -49,7 +49,7 @@ _RELATED = pa.schema(
 RELATED_DDL = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in RELATED_PINS.fields)
 _PROBES = pa.schema([("pin_id", pa.int64()), ("list_id", pa.int32()), ("probe", pa.int32())])
 PROBES_DDL = "pin_id bigint, list_id int, probe int"
-CENTROIDS_DDL = "list_id int, centroid array<float>"
+CENTROIDS_DDL = "list_id int, centroid array<float>, faiss_version string"
 MEMBER, QUERY = 0, 1
 
 
@@ -192,16 +192,21 @@ def train_batches(
         verbose=False,
     )
     kmeans.train(x)
-    arrays = [pa.array(np.arange(lists), pa.int32()), to_list(kmeans.centroids)]
-    yield pa.RecordBatch.from_arrays(arrays, names=["list_id", "centroid"])
+    arrays = [
+        pa.array(np.arange(lists), pa.int32()),
+        to_list(kmeans.centroids),
+        pa.array([faiss.__version__] * lists),
+    ]
+    yield pa.RecordBatch.from_arrays(arrays, names=["list_id", "centroid", "faiss_version"])
 
 
-def train_centroids(sample: DataFrame, dim: int, lists: int, seed: int) -> np.ndarray:
-    """[lists, dim] normalised float64 centroids trained on `sample` (pin_id, vec) in one task."""
+def train_centroids(sample: DataFrame, dim: int, lists: int, seed: int) -> tuple[np.ndarray, str]:
+    """([lists, dim] normalised float64 centroids trained on `sample` (pin_id, vec) in one task, the
+    version of faiss that trained them)."""
     kernel = partial(train_batches, dim=dim, lists=lists, seed=seed)
     rows = sample.repartition(1).mapInArrow(kernel, CENTROIDS_DDL).collect()
     rows = sorted(rows, key=lambda r: r["list_id"])
-    return normalise(np.array([r["centroid"] for r in rows], dtype=np.float32))
+    return normalise(np.array([r["centroid"] for r in rows], dtype=np.float32)), rows[0]["faiss_version"]
 
 
 def probe_batches(
