@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 QUIET := --conf spark.ui.showConsoleProgress=false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint format bench bench-rows bench-walks bench-hub goodbooks package clean
+.PHONY: help setup demo test lint format bench bench-rows bench-walks bench-hub bench-related goodbooks package clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ bench-walks: $(STAMP) ## Random-walk neighborhood benchmark: walks/s at 0.25M-2M
 
 bench-hub: $(STAMP) ## Hub-board benchmark: top-T bound and pooling-stage task skew with a 1M-member board
 	$(PY) benchmarks/hub.py $(BENCH_ARGS)
+
+bench-related: $(STAMP) ## Related pins: ann recall against exact, pins/s of both and of an in-process torch top-K
+	$(PY) benchmarks/related.py $(BENCH_ARGS)
 
 goodbooks: $(STAMP) $(TEXT_STAMP) ## goodbooks-10k end to end (DATA=dir): prepare, walk, train, embed, evaluate; report.md
 	$(PY) jobs/goodbooks/run.py --data-dir $(DATA) --out $(GOODBOOKS_DIR) $(GOODBOOKS_ARGS)

@@ -54,7 +54,7 @@ class RelatedArgs:
     probes: int = 16
     sample: int = 100_000
     seed: int = 0
-    query_block_mb: float = 4.0
+    query_block_mb: float = 2.0
     common: CommonArgs = field(default_factory=CommonArgs)
 
 

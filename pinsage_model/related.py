@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pinsage_model.similarity import TopK, cosine_scores, normalise
+from pinsage_model.similarity import TopK, normalise
 
 FORMAT_VERSION = 1
 INDEX_META = "index.json"
@@ -34,7 +34,7 @@ def probe_lists(queries: np.ndarray, centroids: np.ndarray, probes: int) -> np.n
     """[n, probes] list ids, nearest first, of normalised query rows against normalised centroids
     (ties to the smaller list id; column 0 is a pin's own list)."""
     top = TopK(len(queries), probes)
-    top.add(cosine_scores(queries, centroids), np.arange(len(centroids)))
+    top.add(queries, centroids, np.arange(len(centroids)))
     return top.matrices()[0]
 
 
@@ -71,7 +71,7 @@ class RelatedIndex:
             if members is None:
                 continue
             rows = np.flatnonzero((probed == list_id).any(axis=1))
-            top.add(cosine_scores(q[rows], self.list_vectors[int(list_id)]), members, rows)
+            top.add(q[rows], self.list_vectors[int(list_id)], members, rows)
         return top.matrices()
 
 

@@ -33,6 +33,18 @@ def cosine_scores(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     return queries @ candidates.T
 
 
+def pair_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[n] float64 cosine scores of paired normalised rows a[i], b[i]: each a sum over one row of
+    products, so a pair's score is the same bits whichever other pairs are scored with it."""
+    return np.add.reduce(a * b, axis=1)
+
+
+def _screen_margin(dim: int) -> float:
+    """An upper bound of |float32 score - exact score| for normalised rows of width `dim` (inputs
+    rounded to float32 and a float32 dot product of `dim` terms: about (dim + 2) * 2**-24), times 4."""
+    return (dim + 2) * 2.0**-22
+
+
 def stored_scores(scores: np.ndarray) -> np.ndarray:
     """float64 scores as stored and ordered: rounded to a multiple of SCORE_STEP, as float32 (exact
     for scores in [-1, 1]), with -0.0 made 0.0 so equal scores are equal bit for bit."""
@@ -45,7 +57,13 @@ def top_k_rows(
     """The best `k` (id, score) entries of each row of flat entry arrays, by stored score descending
     and then id ascending: (rows, ids, scores, ranks), sorted by row and rank (1-based). An id must
     appear at most once per row."""
-    order = np.lexsort((ids, -scores, rows))
+    if len(rows) and 0 <= rows.min() and rows.max() < 1 << 37:
+        # Stored scores are multiples of SCORE_STEP in [-1, 1], 26 bits: packed below the row, one
+        # sort key less.
+        steps = np.rint(scores.astype(np.float64) / SCORE_STEP).astype(np.int64)
+        order = np.lexsort((ids, rows.astype(np.int64) * (1 << 26) + ((1 << 25) - steps)))
+    else:
+        order = np.lexsort((ids, -scores, rows))
     rows, ids, scores = rows[order], ids[order], scores[order]
     n = len(rows)
     starts = np.ones(n, dtype=bool)
@@ -72,26 +90,44 @@ class TopK:
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending = 0
 
-    def add(self, scores: np.ndarray, ids: np.ndarray, rows: np.ndarray | None = None) -> None:
-        """Candidates `ids` [c] with `scores` [len(rows), c] for query `rows` (default: every row)."""
+    def add(
+        self, queries: np.ndarray, candidates: np.ndarray, ids: np.ndarray, rows: np.ndarray | None = None
+    ) -> None:
+        """Candidates `ids` [c] (distinct) with normalised float64 vectors `candidates` [c, d] for the
+        normalised float64 `queries` [len(rows), d] of query `rows` (default: every row).
+
+        A float32 matrix product screens the pairs (a pair is dropped only when its float32 score,
+        widened by the product's worst-case rounding error, cannot reach a row's current floor); the
+        pairs that pass are scored exactly, `pair_scores`, so a stored score never depends on the
+        block shapes a BLAS call happened to see."""
         rows = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.int64)
         if len(rows) == 0 or len(ids) == 0:
             return
         ids = np.asarray(ids, dtype=np.int64)
-        stored = stored_scores(scores)
+        rough = queries.astype(np.float32) @ candidates.astype(np.float32).T
         if self.exclude is not None:
-            stored[ids[None, :] == self.exclude[rows][:, None]] = -np.inf
-        floor = self.threshold[rows][:, None]
-        if len(ids) > self.k and not np.isfinite(self.threshold[rows]).all():
+            order = np.argsort(ids)
+            at = np.minimum(np.searchsorted(ids, self.exclude[rows], sorter=order), len(ids) - 1)
+            hit = ids[order[at]] == self.exclude[rows]
+            rough[np.flatnonzero(hit), order[at[hit]]] = -np.inf
+        floor = self.threshold[rows]
+        filling = len(ids) > self.k and not np.isfinite(floor).all()
+        if filling:
             # Rows still filling up: this block's own k-th best is a floor too, so a first block
             # does not keep every entry.
-            own = np.partition(stored, len(ids) - self.k, axis=1)[:, len(ids) - self.k]
-            floor = np.maximum(floor, own[:, None])
-        # Scores are finite: -inf marks a row's own id.
-        r, c = np.nonzero((stored >= floor) & (stored > -np.inf))
-        self._parts.append((rows[r], ids[c], stored[r, c]))
+            own = np.partition(rough, len(ids) - self.k, axis=1)[:, len(ids) - self.k]
+            floor = np.maximum(floor, own - _screen_margin(queries.shape[1]))
+        # One score step below the floor can still round to it; the margin covers float32 rounding.
+        screen = floor - np.float32(SCORE_STEP + _screen_margin(queries.shape[1]))
+        keep = rough >= screen[:, None]
+        if not np.isfinite(screen).all():  # -inf >= -inf: a row's own id would pass
+            keep &= rough > -np.inf
+        r, c = np.divmod(np.flatnonzero(keep), len(ids))
+        exact = pair_scores(queries[r], candidates[c])
+        self._parts.append((rows[r], ids[c], stored_scores(exact)))
         self._pending += len(r)
-        if self._pending > _PENDING_FACTOR * self.n * self.k:
+        # Compacting right after a first block sets the thresholds that screen every later one.
+        if filling or self._pending > _PENDING_FACTOR * self.n * self.k:
             self._compact()
 
     def _compact(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

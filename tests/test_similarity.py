@@ -33,12 +33,12 @@ def brute_force(queries, candidates, cand_ids, k, exclude=None):
 
 
 def run_top_k(queries, candidates, ids, k, chunk, exclude=None):
-    from pinsage_model.similarity import cosine_scores, normalise
+    from pinsage_model.similarity import normalise
 
     top = TopK(len(queries), k, exclude)
     q, c = normalise(queries), normalise(candidates)
     for lo in range(0, len(ids), chunk):
-        top.add(cosine_scores(q, c[lo : lo + chunk]), ids[lo : lo + chunk])
+        top.add(q, c[lo : lo + chunk], ids[lo : lo + chunk])
     got, scores = top.matrices()
     return [[int(i) for i in row if i != -1] for row in got], scores
 
@@ -71,12 +71,13 @@ def test_a_zero_vector_scores_zero_against_everything():
     assert not np.signbit(scores).any()  # -0.0 is stored as 0.0
 
 
-def test_top_k_rows_merges_partial_lists_by_score_then_id():
-    rows = np.array([2, 1, 1, 1, 2])
+@pytest.mark.parametrize("offset", [0, -(2**62)])  # small row numbers, or pin ids of any size
+def test_top_k_rows_merges_partial_lists_by_score_then_id(offset):
+    rows = np.array([2, 1, 1, 1, 2]) + offset
     ids = np.array([9, 4, 3, 5, 8])
     scores = np.array([0.5, 0.5, 0.5, 0.9, 0.5], dtype=np.float32)
     assert [a.tolist() for a in top_k_rows(rows, ids, scores, 2)] == [
-        [1, 1, 2, 2],
+        [1 + offset, 1 + offset, 2 + offset, 2 + offset],
         [5, 3, 8, 9],
         [np.float32(0.9), np.float32(0.5), np.float32(0.5), np.float32(0.5)],
         [1, 2, 1, 2],

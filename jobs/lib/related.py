@@ -30,14 +30,15 @@ from jobs.lib.io import append_delta, read_delta
 from jobs.lib.seeded import CENTROID_SAMPLE, QUERY_BLOCK, seeded_hash
 from jobs.lib.vectors import to_list, to_matrix
 from pinsage_model.related import probe_lists
-from pinsage_model.similarity import TopK, cosine_scores, normalise, top_k_rows
+from pinsage_model.similarity import TopK, normalise, top_k_rows
 from schemas.tables import RELATED_PINS
 
 log = logging.getLogger("pinsage.related")
 
-# Scores computed at once per executor step: a [block, chunk] float64 matrix of about 16 MB, and at
-# least a few top-k widths of candidates, so the top-k bookkeeping stays small next to the product.
-_CHUNK_ELEMENTS = 1 << 21
+# Scores computed at once per executor step: a [block, chunk] float32 screening matrix of about
+# 16 MB, and at least a few top-k widths of candidates, so the top-k bookkeeping stays small next to
+# the product.
+_CHUNK_ELEMENTS = 1 << 22
 _MIN_CHUNK_TOP_K = 4
 KMEANS_ITERATIONS = 20
 
@@ -125,7 +126,7 @@ def top_k_batches(
         ids = _ids(batch)
         vectors = normalise(to_matrix(batch.column("vec"), dim))
         for lo in range(0, len(ids), chunk):
-            top.add(cosine_scores(queries.q, vectors[lo : lo + chunk]), ids[lo : lo + chunk])
+            top.add(queries.q, vectors[lo : lo + chunk], ids[lo : lo + chunk])
     yield from _partial_batch(queries.ids, top)
 
 
@@ -260,7 +261,7 @@ def score_lists(batches: Iterator[pa.RecordBatch], dim: int, k: int) -> Iterator
             q = vectors[lo:hi]
             chunk = _chunk(hi - lo, k)
             for c in range(0, len(members), chunk):
-                top.add(cosine_scores(q, mvecs[c : c + chunk]), members[c : c + chunk])
+                top.add(q, mvecs[c : c + chunk], members[c : c + chunk])
             yield from _partial_batch(ids[lo:hi], top)
 
 
