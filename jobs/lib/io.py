@@ -177,6 +177,17 @@ def put_file(spark: SparkSession, local: str, dest: str) -> None:
     fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(os.path.abspath(local)), target)
 
 
+def copy_path(spark: SparkSession, source: str, dest: str) -> None:
+    """Replace `dest` with a copy of the file or folder `source` (not atomic)."""
+    jvm = spark.sparkContext._jvm
+    src_fs, src = _fs_path(spark, source)
+    dst_fs, dst = _fs_path(spark, dest)
+    if dst_fs.exists(dst):
+        dst_fs.delete(dst, True)
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    jvm.org.apache.hadoop.fs.FileUtil.copy(src_fs, src, dst_fs, dst, False, conf)
+
+
 def table_version(spark: SparkSession, path: str) -> int:
     return int(last_commit(spark, path)["version"])
 
