@@ -31,6 +31,7 @@ from jobs.lib.io import (
     delete_path,
     delete_work,
     put_file,
+    read_delta,
     read_snapshot,
     snapshot,
     write_delta_commit,
@@ -55,6 +56,7 @@ class RelatedArgs:
     sample: int = 100_000
     seed: int = 0
     query_block_mb: float = 2.0
+    show: int = 0
     common: CommonArgs = field(default_factory=CommonArgs)
 
 
@@ -75,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> RelatedArgs:
         default=d.query_block_mb,
         help="exact: size of a broadcast block of query vectors (float64)",
     )
+    p.add_argument("--show", type=at_least(0), default=d.show, metavar="N", help="print N pins' lists")
     add_common_args(p)
     a = p.parse_args(argv)
     if a.probes > a.lists:
@@ -91,6 +94,7 @@ class RelatedReport(Report):
     inputs: dict[str, int] = field(default_factory=dict)
     index: dict = field(default_factory=dict)
     outputs: dict[str, dict] = field(default_factory=dict)
+    shown: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         lines = [f"run {self.run_id}: " + ", ".join(f"{k} {v}" for k, v in self.params.items())]
@@ -104,6 +108,8 @@ class RelatedReport(Report):
         for name, out in self.outputs.items():
             where = f"Delta version {out['version']} at " if "version" in out else ""
             lines.append(f"output {name}: {out['rows']:,} rows, {where}{out['path']}")
+        for pin, related in self.shown.items():
+            lines.append(f"pin {pin}: " + ", ".join(f"{r} ({s:.3f})" for r, s in related))
         return lines
 
 
@@ -186,6 +192,11 @@ def run(spark: SparkSession, args: RelatedArgs) -> RelatedReport:
         commit = write_delta_commit(related, path, metadata)
         version, rows = int(commit["version"]), committed_rows(spark, path, commit)
         report.outputs["related_pins"] = {"path": path, "version": version, "rows": rows}
+    if args.show:
+        table = read_delta(spark, path, version)
+        first = table.select("pin_id").distinct().orderBy("pin_id").limit(args.show)
+        for r in table.join(first, "pin_id").orderBy("pin_id", "rank").collect():
+            report.shown.setdefault(r["pin_id"], []).append((r["related_pin_id"], r["score"]))
     if not args.common.keep_work:
         delete_work(spark, work)
     return report
