@@ -80,10 +80,11 @@ def test_exact_matches_a_brute_force_with_ties_zero_vectors_and_a_short_catalogu
         assert [s for _, s in rows] == pytest.approx([s for _, s in want[pin]], abs=1e-7)
     assert got[10][:3] == [(12, 1.0), (13, 1.0), (11, pytest.approx(0.6))]
     # One block, another partitioning, K = 3: the first three of the same lists.
-    run_job(spark, one_file, str(tmp_path / "single"), "5", top_k=3)
+    report = run_job(spark, one_file, str(tmp_path / "single"), "5", top_k=3, show=2)
     assert table_lists(spark, str(tmp_path / "single/related_pins")) == {
         p: rows[:3] for p, rows in got.items()
     }
+    assert report.shown == {10: got[10][:3], 11: got[11][:3]}
 
 
 def test_ann_recall_lookups_index_and_partitioning(spark, tmp_path):
