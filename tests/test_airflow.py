@@ -33,7 +33,7 @@ CONN_ID = "pinsage_test_spark"
 GRAPH = {
     "settings": {"neighbors", "embed", "evaluate", "related", "publish"},
     "neighbors": {"embed"},
-    "embed": {"evaluate", "related", "publish"},
+    "embed": {"evaluate", "related"},
     "evaluate": {"publish"},
     "related": {"publish"},
     "publish": set(),
