@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 QUIET := --conf spark.ui.showConsoleProgress=false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint format bench bench-rows bench-walks bench-hub goodbooks package clean
+.PHONY: help setup demo test lint format bench bench-rows bench-walks bench-hub bench-related goodbooks package clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ $(TEXT_STAMP): $(STAMP)
 setup: $(STAMP) ## Create .venv with pinned packages and fetch the Delta Lake JARs
 	@echo ".venv ready"
 
-demo: $(STAMP) ## Generate a graph and a random checkpoint, walk, embed every pin, show nearest neighbors
+demo: $(STAMP) ## Generate a graph and a random checkpoint, walk, embed every pin, show nearest neighbors and related lists
 	rm -rf $(DEMO_DIR)
 	$(PY) jobs/demo/generate_graph.py --out $(DEMO_DIR)/input --pins 5000 --boards 800 --feature-dim 32
 	$(PY) jobs/demo/init_checkpoint.py --out $(DEMO_DIR)/model.pt --pin-feature-dim 32 \
@@ -46,6 +46,8 @@ demo: $(STAMP) ## Generate a graph and a random checkpoint, walk, embed every pi
 		--checkpoint $(DEMO_DIR)/model.pt --out $(DEMO_DIR)/out $(QUIET)
 	$(PY) jobs/demo/nearest.py --embeddings $(DEMO_DIR)/out/pin_embeddings --pins $(DEMO_DIR)/input/pins \
 		--queries 5 --top-k 5
+	$(PY) jobs/related.py --embeddings $(DEMO_DIR)/out/pin_embeddings --out $(DEMO_DIR)/related \
+		--method ann --lists 64 --probes 8 --sample 5000 --top-k 5 --show 3 $(QUIET)
 
 test: $(STAMP) $(TEXT_STAMP) ## Lint, then run the whole test suite
 	$(VENV)/bin/ruff check .
@@ -63,6 +65,9 @@ bench-walks: $(STAMP) ## Random-walk neighborhood benchmark: walks/s at 0.25M-2M
 
 bench-hub: $(STAMP) ## Hub-board benchmark: top-T bound and pooling-stage task skew with a 1M-member board
 	$(PY) benchmarks/hub.py $(BENCH_ARGS)
+
+bench-related: $(STAMP) ## Related pins: ann recall against exact, pins/s of both and of an in-process torch top-K
+	$(PY) benchmarks/related.py $(BENCH_ARGS)
 
 goodbooks: $(STAMP) $(TEXT_STAMP) ## goodbooks-10k end to end (DATA=dir): prepare, walk, train, embed, evaluate; report.md
 	$(PY) jobs/goodbooks/run.py --data-dir $(DATA) --out $(GOODBOOKS_DIR) $(GOODBOOKS_ARGS)

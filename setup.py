@@ -17,6 +17,8 @@ setup(
         "pandas==2.3.3",
         # The evaluation job draws its histograms and 2-D maps.
         "matplotlib==3.11.2",
+        # jobs/related.py --method ann trains its centroids with faiss k-means on an executor.
+        "faiss-cpu==1.15.1",
     ],
     extras_require={
         "dev": ["pytest==9.2.0", "chispa==0.12.0", "ruff==0.17.6", "hypothesis==6.170.15", "psutil==7.2.2"],

@@ -3,7 +3,8 @@
 
 Every pin and board of the graph embedded with the current PinSage checkpoint, once a day:
 
-`settings` >> `neighbors` >> `embed` >> `evaluate` >> `publish` (and `embed` >> `publish`)
+`settings` >> `neighbors` >> `embed` >> `evaluate` >> `publish` (and `embed` >> `related` >>
+`publish`)
 
 - **settings** resolves this run's settings (each param left null takes the Airflow Variable
   `pinsage_<param>`, else the built-in default), checks them, and derives every path and command
@@ -15,8 +16,10 @@ Every pin and board of the graph embedded with the current PinSage checkpoint, o
   `board_embeddings`.
 - **evaluate** (`jobs/evaluate.py`) writes `{output_root}/runs/{date}/evaluation`; it is skipped
   when no `pairs` table is set.
-- **publish** (`jobs/publish.py`) copies the run's two tables to `{output_root}/current`, one Delta
-  commit each, `pin_embeddings` last.
+- **related** (`jobs/related.py`) writes `{output_root}/runs/{date}/related_pins` (and, with
+  `{"method": "ann"}` in the `related` setting, `related_index`).
+- **publish** (`jobs/publish.py`) copies the run's tables to `{output_root}/current`, one Delta
+  commit each, `related_pins` (with its index) before `pin_embeddings`, which is last.
 
 `{date}` is the run's logical date (`ds`), so a rerun of a date overwrites that date's tables (each
 as a new Delta version) and no other date's, then publishes them as current. A job that exits
@@ -52,16 +55,18 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "output_root": (None, "root of runs/{date}/... and current/..."),
     "pairs": ("", "evaluation pairs table for jobs/evaluate.py; empty skips evaluation"),
     "walks": ({}, 'random-walk options of jobs/neighborhoods.py, e.g. {"walks_per_node": 100, "top_t": 50}'),
+    "related": ({}, 'options of jobs/related.py, e.g. {"method": "ann", "lists": 1024, "probes": 16}'),
     "spark_conf": ({}, "extra Spark conf, a JSON object of strings (Variable: JSON)"),
     "spark_conn_id": ("spark_default", "Airflow connection of the Spark master"),
     "spark_packages": (DELTA_PACKAGE, "spark-submit --packages; empty for none"),
     "spark_jars": ("", "spark-submit --jars (comma-separated); empty for none"),
     "py_files": ("", "spark-submit --py-files: the project zip from `make package`; empty for none"),
-    "jobs_dir": (REPO_JOBS_DIR, "folder holding neighborhoods.py, embed.py, evaluate.py, publish.py"),
+    "jobs_dir": (REPO_JOBS_DIR, "folder holding the job files (embed.py, related.py, ...)"),
 }
 REQUIRED = ("pins", "edges", "checkpoint", "output_root")
-JSON_SETTINGS = ("spark_conf", "walks")
+JSON_SETTINGS = ("spark_conf", "walks", "related")
 WALK_OPTIONS = ("walks_per_node", "walk_length", "restart_prob", "top_t", "seed", "walks_per_batch")
+RELATED_OPTIONS = ("top_k", "method", "lists", "probes", "sample", "seed")
 
 
 def flags(**values: str) -> list[str]:
@@ -89,6 +94,12 @@ def plan_run(settings: dict[str, Any], date: str) -> dict[str, Any]:
     if not isinstance(walks, dict) or set(walks) - set(WALK_OPTIONS):
         raise ValueError(f"setting 'walks' must be a JSON object with keys among {', '.join(WALK_OPTIONS)}")
     walk_flags = flags(**{k: str(walks[k]) for k in WALK_OPTIONS if k in walks})
+    related = settings.get("related") or {}
+    if not isinstance(related, dict) or set(related) - set(RELATED_OPTIONS):
+        raise ValueError(
+            f"setting 'related' must be a JSON object with keys among {', '.join(RELATED_OPTIONS)}"
+        )
+    related_flags = flags(**{k: str(related[k]) for k in RELATED_OPTIONS if k in related})
 
     root = str(settings["output_root"]).rstrip("/")
     run_dir, current = f"{root}/runs/{date}", f"{root}/current"
@@ -127,6 +138,8 @@ def plan_run(settings: dict[str, Any], date: str) -> dict[str, Any]:
             if pairs
             else []
         ),
+        "related_application": f"{jobs_dir}/related.py",
+        "related_args": [*flags(embeddings=f"{run_dir}/pin_embeddings", out=run_dir), *related_flags],
         "publish_application": f"{jobs_dir}/publish.py",
         "publish_args": flags(source=run_dir, target=current),
     }
@@ -214,8 +227,9 @@ with DAG(
     neighbors = spark_job("neighbors", plan)
     embed = spark_job("embed", plan)
     evaluate = spark_job("evaluate", plan, skip_without_args=True)
+    related = spark_job("related", plan)
     # Runs after a skipped evaluation, not after a failed one.
     publish = spark_job("publish", plan, trigger_rule=TriggerRule.NONE_FAILED)
 
     neighbors >> embed >> evaluate >> publish
-    embed >> publish
+    embed >> related >> publish

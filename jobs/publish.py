@@ -2,7 +2,8 @@
 
     spark-submit jobs/publish.py --source ROOT/runs/DS --target ROOT/current
 
-Copies SOURCE/board_embeddings, then SOURCE/pin_embeddings, to TARGET, one Delta overwrite commit
+Copies SOURCE/board_embeddings, then SOURCE/related_pins and the folder SOURCE/related_index when
+the run has them (jobs/related.py), then SOURCE/pin_embeddings, to TARGET, one Delta overwrite commit
 per table; each target commit carries the source commit's userMetadata plus `published_from` (the
 source table's path) and `source_version` (the version copied). Both sources are checked before
 anything is written: when one is missing or not a Delta table the job exits with status 2 and
@@ -23,6 +24,7 @@ from jobs.lib.cli import CommonArgs, add_common_args, job_args, spark_job_main
 from jobs.lib.io import (
     InputError,
     committed_rows,
+    copy_path,
     is_delta,
     json_object,
     last_commit,
@@ -31,13 +33,17 @@ from jobs.lib.io import (
     write_delta_commit,
 )
 from jobs.lib.report import Report
-from schemas.tables import BOARD_EMBEDDINGS, PIN_EMBEDDINGS
+from schemas.tables import BOARD_EMBEDDINGS, PIN_EMBEDDINGS, RELATED_PINS
 
 log = logging.getLogger("pinsage.publish")
 
 # pin_embeddings last: consumers read it as the signal that a publish is complete, so when it
 # changes, the boards of the same run are already in place.
 TABLES = {"board_embeddings": BOARD_EMBEDDINGS, "pin_embeddings": PIN_EMBEDDINGS}
+# Published when the run has them, after board_embeddings and before pin_embeddings; the index
+# folder (jobs/related.py --method ann) is copied right after its table.
+OPTIONAL_TABLES = {"related_pins": RELATED_PINS}
+OPTIONAL_FOLDERS = {"related_pins": "related_index"}
 
 
 @dataclass(frozen=True)
@@ -100,8 +106,12 @@ def run(spark: SparkSession, args: PublishArgs) -> PublishReport:
     report = PublishReport(args.source, args.target)
     with report.timed("publish"):
         # Every source is checked before the first write, so a refused publish leaves TARGET as it was.
-        commits = {name: source_commit(spark, name, f"{args.source}/{name}", s) for name, s in TABLES.items()}
-        for name in TABLES:
+        schemas = dict(TABLES)
+        for name, schema in OPTIONAL_TABLES.items():
+            if path_exists(spark, f"{args.source}/{name}"):
+                schemas[name] = schema
+        commits = {n: source_commit(spark, n, f"{args.source}/{n}", s) for n, s in schemas.items()}
+        for name in sorted(schemas, key=lambda n: n == "pin_embeddings"):
             source, commit = f"{args.source}/{name}", commits[name]
             spark.sparkContext.setJobDescription(f"publish {name} from {source}")
             # Read at the version whose metadata is recorded, even if the source gains a commit meanwhile.
@@ -118,6 +128,10 @@ def run(spark: SparkSession, args: PublishArgs) -> PublishReport:
                 "source_version": commit["version"],
             }
             log.info("published %s: %d rows from %s version %d", name, rows, source, commit["version"])
+            folder = OPTIONAL_FOLDERS.get(name)
+            if folder and path_exists(spark, f"{args.source}/{folder}"):
+                copy_path(spark, f"{args.source}/{folder}", f"{args.target}/{folder}")
+                report.tables[name]["copied"] = folder
     return report
 
 

@@ -131,6 +131,27 @@ PAIR_RANKS = StructType(
 )
 
 
+# ---- related pins (jobs/related.py) ---------------------------------------------------------
+# Output R/related_pins: for every pin its nearest other pins by cosine similarity, rank 1..K, in
+# the order of pinsage_model.similarity (score as stored descending, then related_pin_id ascending).
+RELATED_PINS = StructType(
+    [
+        StructField("pin_id", LongType(), False),
+        StructField("rank", IntegerType(), False),
+        StructField("related_pin_id", LongType(), False),
+        StructField("score", FloatType(), False),
+    ]
+)
+# R/related_index/lists (Parquet): each pin of the inverted file with its list and embedding.
+RELATED_INDEX_LISTS = StructType(
+    [
+        StructField("list_id", IntegerType(), False),
+        StructField("pin_id", LongType(), False),
+        StructField("embedding", VECTOR, False),
+    ]
+)
+
+
 def accepted(field: StructField) -> tuple[DataType, ...]:
     """The stored types a canonical input field may arrive as."""
     if isinstance(field.dataType, LongType):

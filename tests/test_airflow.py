@@ -31,10 +31,11 @@ SPARK_BIN = pathlib.Path(pyspark.__file__).parent / "bin"
 DATE = datetime(2026, 3, 1, tzinfo=timezone.utc)
 CONN_ID = "pinsage_test_spark"
 GRAPH = {
-    "settings": {"neighbors", "embed", "evaluate", "publish"},
+    "settings": {"neighbors", "embed", "evaluate", "related", "publish"},
     "neighbors": {"embed"},
-    "embed": {"evaluate", "publish"},
+    "embed": {"evaluate", "related"},
     "evaluate": {"publish"},
+    "related": {"publish"},
     "publish": set(),
 }
 
@@ -132,6 +133,7 @@ def test_the_plan_writes_under_the_run_date_and_publishes_to_current(nightly):
         f"--pin-neighbors {run}/neighbors/pin_neighbors --checkpoint /models/pinsage.pt --out {run} --resume"
     )
     assert plan["evaluate_args"] == []
+    assert plan["related_args"] == split(f"--embeddings {run}/pin_embeddings --out {run}")
     assert plan["publish_args"] == ["--source", run, "--target", "s3://b/pinsage/current"]
     assert plan["embed_application"] == "/opt/pinsage/jobs/embed.py"
 
@@ -167,6 +169,7 @@ def test_every_planned_command_line_is_accepted_by_its_job(nightly):
     import jobs.evaluate
     import jobs.neighborhoods
     import jobs.publish
+    import jobs.related
 
     plan = nightly[1].plan_run(
         {
@@ -182,6 +185,7 @@ def test_every_planned_command_line_is_accepted_by_its_job(nightly):
                 "seed": 7,
                 "walks_per_batch": 15,
             },
+            "related": {"method": "ann", "top_k": 20, "lists": 64, "probes": 4, "sample": 1000, "seed": 3},
         },
         "2026-03-01",
     )
@@ -194,10 +198,20 @@ def test_every_planned_command_line_is_accepted_by_its_job(nightly):
     assert (embed.out, embed.boards, embed.checkpoint_sha256) == (run, "s3://b/boards", "0f" * 32)
     assert jobs.evaluate.parse_args(plan["evaluate_args"]).pairs == "s3://b/pairs"
     assert jobs.publish.parse_args(plan["publish_args"]).target == "s3://b/pinsage/current"
+    related = jobs.related.parse_args(plan["related_args"])
+    assert (related.out, related.method, related.top_k, related.lists, related.probes) == (
+        run,
+        "ann",
+        20,
+        64,
+        4,
+    )
+    assert (related.sample, related.seed, related.embeddings) == (1000, 3, f"{run}/pin_embeddings")
     for task_id, module in (
         ("neighbors", jobs.neighborhoods),
         ("embed", jobs.embed),
         ("evaluate", jobs.evaluate),
+        ("related", jobs.related),
         ("publish", jobs.publish),
     ):
         assert plan[f"{task_id}_application"] == f"/opt/pinsage/jobs/{os.path.basename(module.__file__)}"
@@ -210,6 +224,7 @@ def test_every_planned_command_line_is_accepted_by_its_job(nightly):
         ({"checkpoint_sha256": "abc"}, "setting 'checkpoint_sha256' must be 64 hex digits"),
         ({"spark_conf": ["a=b"]}, "setting 'spark_conf' must be a JSON object"),
         ({"walks": {"walks": 3}}, "setting 'walks' must be a JSON object with keys among walks_per_node"),
+        ({"related": {"k": 3}}, "setting 'related' must be a JSON object with keys among top_k"),
     ],
 )
 def test_a_bad_setting_is_named(nightly, change, message):
@@ -262,13 +277,10 @@ def test_with_pairs_evaluate_runs_before_publish(nightly, fake_spark, tmp_path):
     assert run.state == "success"
     assert {k: ti.state for k, ti in tis.items()} == dict.fromkeys(GRAPH, "success")
     submits = fake_spark()
-    assert [s[s.index("--name") + 1] for s in submits] == [
-        "pinsage-neighbors",
-        "pinsage-embed",
-        "pinsage-evaluate",
-        "pinsage-publish",
-    ]
-    evaluate = submits[2]
+    names = [s[s.index("--name") + 1] for s in submits]
+    assert names[:2] == ["pinsage-neighbors", "pinsage-embed"] and names[-1] == "pinsage-publish"
+    assert sorted(names[2:4]) == ["pinsage-evaluate", "pinsage-related"]  # in either order
+    evaluate = submits[names.index("pinsage-evaluate")]
     assert evaluate[evaluate.index("--master") + 1] == "local[2]"
     out = f"{tmp_path}/out/runs/2026-03-01"
     assert evaluate[evaluate.index("/opt/jobs/evaluate.py") :] == split(
@@ -286,6 +298,7 @@ def test_without_pairs_evaluate_is_skipped_and_publish_still_runs(nightly, fake_
     assert [os.path.basename(next(a for a in s if a.endswith(".py"))) for s in fake_spark()] == [
         "neighborhoods.py",
         "embed.py",
+        "related.py",
         "publish.py",
     ]
 
@@ -301,7 +314,7 @@ def test_a_failed_job_stops_the_run_and_only_bad_input_skips_the_retries(
 
     assert run.state == "failed"
     assert tis["embed"].state == "failed" and tis["embed"].try_number == tries
-    assert tis["evaluate"].state == tis["publish"].state == "upstream_failed"
+    assert tis["evaluate"].state == tis["related"].state == tis["publish"].state == "upstream_failed"
     assert len(fake_spark()) == 1 + tries  # neighbors once, embed per try, never publish
 
 
@@ -368,6 +381,9 @@ def test_a_nightly_run_publishes_and_a_rerun_of_its_date_replaces_it(nightly, sp
     assert meta == {**run_meta, "published_from": f"{run_dir}/pin_embeddings", "source_version": 0}
     first_run_id = run_meta["run_id"]
     assert spark.read.format("delta").load(f"{current}/board_embeddings").count() == 8
+    related = spark.read.format("delta").load(f"{current}/related_pins")
+    assert related.select("pin_id").distinct().count() == len(graph.pins)
+    assert commit(spark, f"{current}/related_pins")[1]["published_from"] == f"{run_dir}/related_pins"
 
     # The rerun re-embeds with another checkpoint; its walks would repeat the first run's exactly
     # (same edges and seed, see test_neighborhoods), so they are marked done to keep the test short.

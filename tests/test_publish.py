@@ -184,3 +184,29 @@ def test_source_and_target_must_differ(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         parse_args(["--source", str(tmp_path), "--target", f"{tmp_path}/"])
     assert exit_.value.code == 2
+
+
+def test_related_pins_and_their_index_are_published_before_pin_embeddings(spark, tmp_path):
+    source = write_run(spark, str(tmp_path / "run"), "run-a")
+    related = spark.createDataFrame(
+        [(0, 1, 2, 0.5), (2, 1, 0, 0.5)], "pin_id BIGINT, rank INT, related_pin_id BIGINT, score FLOAT"
+    )
+    write_delta(related, f"{source}/related_pins", {"run_id": "related-a"})
+    os.makedirs(f"{source}/related_index/lists")
+    for name in ("index.json", "lists/part-0.parquet"):
+        with open(f"{source}/related_index/{name}", "w") as f:
+            f.write(name)
+    target = str(tmp_path / "current")
+
+    report = run(spark, parse_args(["--source", source, "--target", target]))
+
+    assert_df_equality(table(spark, f"{target}/related_pins"), related, ignore_row_order=True)
+    assert json.loads(last_commit(spark, f"{target}/related_pins")["userMetadata"])["run_id"] == "related-a"
+    for name in ("index.json", "lists/part-0.parquet"):
+        with open(f"{target}/related_index/{name}") as f:
+            assert f.read() == name
+    assert report.tables["related_pins"]["copied"] == "related_index"
+    assert (
+        last_commit(spark, f"{target}/related_pins")["timestamp"]
+        < last_commit(spark, f"{target}/pin_embeddings")["timestamp"]
+    )

@@ -117,6 +117,12 @@ def write_delta_commit(df: DataFrame, path: str, metadata: dict | None = None) -
     return last_commit(df.sparkSession, path)
 
 
+def write_parquet(df: DataFrame, path: str) -> None:
+    """Replace the Parquet folder at `path` (files that readers without Spark load, such as the
+    related-pins index; not atomic, unlike a Delta commit)."""
+    df.write.mode("overwrite").parquet(path)
+
+
 def read_delta(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
     """A Delta table this pipeline wrote (a work table or an output), at `version` when given."""
     reader = spark.read.format("delta")
@@ -169,6 +175,17 @@ def put_file(spark: SparkSession, local: str, dest: str) -> None:
     fs, target = _fs_path(spark, dest)
     jvm = spark.sparkContext._jvm
     fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(os.path.abspath(local)), target)
+
+
+def copy_path(spark: SparkSession, source: str, dest: str) -> None:
+    """Replace `dest` with a copy of the file or folder `source` (not atomic)."""
+    jvm = spark.sparkContext._jvm
+    src_fs, src = _fs_path(spark, source)
+    dst_fs, dst = _fs_path(spark, dest)
+    if dst_fs.exists(dst):
+        dst_fs.delete(dst, True)
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    jvm.org.apache.hadoop.fs.FileUtil.copy(src_fs, src, dst_fs, dst, False, conf)
 
 
 def table_version(spark: SparkSession, path: str) -> int:

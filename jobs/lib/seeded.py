@@ -19,7 +19,10 @@ WALK_MOVE = 1  # where in the neighbor distribution does it land?
 CANDIDATE_POOL = 11  # the seeded sample of candidates
 PAIR_LEFT, PAIR_RIGHT = 12, 13  # the two orders that pair random pins for the similarity histogram
 MAP_SAMPLE = 14  # labelled pins on the PCA map
-QUERY_BLOCK = 15  # which broadcast block a pair is ranked in (always with seed 0)
+QUERY_BLOCK = 15  # which broadcast block a pair (or a related-pins query) is in (always seed 0)
+
+# Related pins (jobs/lib/related.py): prefixed to the ids.
+CENTROID_SAMPLE = 16  # the sample the inverted file's centroids are trained on
 
 # goodbooks-10k (jobs/goodbooks): appended after the ids.
 SPLIT = "split"  # which split a list goes to

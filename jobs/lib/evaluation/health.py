@@ -11,8 +11,8 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from jobs.lib.evaluation.ranking import NORM_EPS, normalise
 from jobs.lib.seeded import MAP_SAMPLE, PAIR_LEFT, PAIR_RIGHT, seeded_hash
+from pinsage_model.similarity import NORM_EPS, normalise
 
 # Every plot's resolution; the Agg canvas draws PNGs without a display.
 _DPI = 100

@@ -9,8 +9,8 @@ package docstring), by three kinds of score:
   `rank_by_walks`), walked by jobs/lib/walks.py's runner;
 - the candidate's number of boards, the same order for every query (`popularity_ranks`).
 
-Cosine scores are float64 dot products of rows divided by max(L2 norm, NORM_EPS); two scores within
-TIE_TOLERANCE are equal.
+Cosine scores are pinsage_model.similarity's (float64 dot products of rows divided by max(L2 norm,
+NORM_EPS), the kernel the related-pins job shares); two scores within TIE_TOLERANCE are equal.
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ from pyspark.sql import functions as F
 from jobs.lib.seeded import CANDIDATE_POOL, QUERY_BLOCK, seeded_hash
 from jobs.lib.vectors import to_matrix
 from jobs.lib.walks import PIN, WalkParams, build_walk_graph, run_walks
+from pinsage_model.similarity import TIE_TOLERANCE, cosine_scores, normalise
 from schemas.tables import PAIR_RANKS
 
-TIE_TOLERANCE = 1e-10
-NORM_EPS = 1e-12
 # Scores computed at once per executor step: a [block, chunk] float64 matrix of at most 16 MB.
 _CHUNK_ELEMENTS = 1 << 21
 _FLOAT64_BYTES = 8
@@ -76,12 +75,6 @@ def pair_vectors(pairs: DataFrame, vectors: DataFrame, blocks: int) -> DataFrame
     block = F.pmod(seeded_hash(0, QUERY_BLOCK, "query_pin", "pos_pin"), F.lit(blocks)).cast("int")
     joined = pairs.join(query, "query_pin").join(pos, "pos_pin")
     return joined.select("query_pin", "pos_pin", "qvec", "pvec", block.alias("block"))
-
-
-def normalise(matrix: np.ndarray) -> np.ndarray:
-    """Rows divided by max(L2 norm, NORM_EPS), in float64."""
-    m = np.asarray(matrix, dtype=np.float64)
-    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), NORM_EPS)
 
 
 @dataclass(frozen=True)
@@ -135,7 +128,7 @@ def count_batches(batches: Iterator[pa.RecordBatch], block: Broadcast, dim: int)
         vectors = normalise(to_matrix(batch.column("vec"), dim))
         for lo in range(0, len(ids), chunk):
             cand = ids[lo : lo + chunk]
-            diff = qb.q @ vectors[lo : lo + chunk].T - qb.s_pos[:, None]
+            diff = cosine_scores(qb.q, vectors[lo : lo + chunk]) - qb.s_pos[:, None]
             keep = (cand[None, :] != qb.query[:, None]) & (cand[None, :] != qb.pos[:, None])
             higher += ((diff > TIE_TOLERANCE) & keep).sum(axis=1)
             ties += ((np.abs(diff) <= TIE_TOLERANCE) & keep).sum(axis=1)

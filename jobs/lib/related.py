@@ -1,0 +1,313 @@
+"""Related pins on Spark: every pin's K nearest other pins by cosine similarity (paper section 3.5),
+exactly or through an inverted file. Both score with pinsage_model.similarity's kernel and keep its
+order (stored score descending, then the smaller id), so a pin's list depends only on the vectors,
+never on partitioning or on the order in which candidates are met.
+
+- `exact_related`: one Spark job per block of queries; the driver broadcasts the block's normalised
+  vectors, every task keeps the top K of its candidates per query (`top_k_batches`), and the partial
+  lists are merged per query (`merge_top_k`).
+- `ann_related`: centroids trained with faiss k-means on a seeded sample (in one executor task),
+  every pin's P nearest lists computed on the executors (`probe_batches`; the first is the pin's
+  own list), each list's pins scored exactly against the queries probing it (`score_lists`), and the
+  partial lists merged as above. The driver holds the centroids only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+from pyspark import Broadcast, StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from jobs.lib.evaluation.ranking import blocks_for
+from jobs.lib.io import append_delta, read_delta
+from jobs.lib.seeded import CENTROID_SAMPLE, QUERY_BLOCK, seeded_hash
+from jobs.lib.vectors import to_list, to_matrix
+from pinsage_model.related import probe_lists
+from pinsage_model.similarity import TopK, normalise, top_k_rows
+from schemas.tables import RELATED_PINS
+
+log = logging.getLogger("pinsage.related")
+
+# Scores computed at once per executor step: a [block, chunk] float32 screening matrix of about
+# 16 MB, and at least a few top-k widths of candidates, so the top-k bookkeeping stays small next to
+# the product.
+_CHUNK_ELEMENTS = 1 << 22
+_MIN_CHUNK_TOP_K = 4
+KMEANS_ITERATIONS = 20
+
+_PARTIAL = pa.schema([("pin_id", pa.int64()), ("related_pin_id", pa.int64()), ("score", pa.float32())])
+PARTIAL_DDL = "pin_id bigint, related_pin_id bigint, score float"
+_RELATED = pa.schema(
+    [("pin_id", pa.int64()), ("rank", pa.int32()), ("related_pin_id", pa.int64()), ("score", pa.float32())]
+)
+RELATED_DDL = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in RELATED_PINS.fields)
+_PROBES = pa.schema([("pin_id", pa.int64()), ("list_id", pa.int32()), ("probe", pa.int32())])
+PROBES_DDL = "pin_id bigint, list_id int, probe int"
+CENTROIDS_DDL = "list_id int, centroid array<float>, faiss_version string"
+MEMBER, QUERY = 0, 1
+
+
+def _ids(batch: pa.RecordBatch, name: str = "pin_id") -> np.ndarray:
+    return batch.column(name).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def _chunk(rows: int, k: int) -> int:
+    return max(_CHUNK_ELEMENTS // max(rows, 1), _MIN_CHUNK_TOP_K * k, 1)
+
+
+def _partial_batch(query_ids: np.ndarray, top: TopK) -> Iterator[pa.RecordBatch]:
+    rows, ids, scores, _ = top.result()
+    if len(rows):
+        arrays = [pa.array(query_ids[rows]), pa.array(ids), pa.array(scores, pa.float32())]
+        yield pa.RecordBatch.from_arrays(arrays, schema=_PARTIAL)
+
+
+# ---- merging partial lists ----------------------------------------------------------------------
+
+
+def merge_batches(batches: Iterator[pa.RecordBatch], k: int) -> Iterator[pa.RecordBatch]:
+    """Executor side of merge_top_k: every partial row of the task's queries at once (a task holds
+    whole queries), the best k per query with their ranks."""
+    parts = [b for b in batches if b.num_rows]
+    if not parts:
+        return
+    table = pa.Table.from_batches(parts)
+    pins, related, scores, ranks = top_k_rows(
+        table.column("pin_id").to_numpy().astype(np.int64),
+        table.column("related_pin_id").to_numpy().astype(np.int64),
+        table.column("score").to_numpy(),
+        k,
+    )
+    arrays = [pa.array(pins), pa.array(ranks, pa.int32()), pa.array(related), pa.array(scores, pa.float32())]
+    yield pa.RecordBatch.from_arrays(arrays, schema=_RELATED)
+
+
+def merge_top_k(partials: DataFrame, k: int) -> DataFrame:
+    """RELATED_PINS rows from partial lists (pin_id, related_pin_id, score), each pair at most once:
+    the best k per pin, whichever partial list they came from."""
+    by_pin = partials.repartition("pin_id")
+    return by_pin.mapInArrow(partial(merge_batches, k=k), RELATED_DDL)
+
+
+# ---- exact --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Queries:
+    """A block of queries as the executors receive it: ids [B] and normalised vectors [B, d]."""
+
+    ids: np.ndarray
+    q: np.ndarray
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, dim: int) -> Queries:
+        ids = table.column("pin_id").to_numpy().astype(np.int64)
+        return cls(ids, normalise(to_matrix(table.column("vec").combine_chunks(), dim)))
+
+
+def top_k_batches(
+    batches: Iterator[pa.RecordBatch], block: Broadcast, dim: int, k: int
+) -> Iterator[pa.RecordBatch]:
+    """Executor side of exact_related: the top k of the task's candidates (pin_id, vec) for every
+    query of the broadcast block, its own id excluded; at most k rows per query for the whole task."""
+    queries: Queries = block.value
+    top = TopK(len(queries.ids), k, exclude=queries.ids)
+    chunk = _chunk(len(queries.ids), k)
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        ids = _ids(batch)
+        vectors = normalise(to_matrix(batch.column("vec"), dim))
+        for lo in range(0, len(ids), chunk):
+            top.add(queries.q, vectors[lo : lo + chunk], ids[lo : lo + chunk])
+    yield from _partial_batch(queries.ids, top)
+
+
+def exact_related(vectors: DataFrame, dim: int, pins: int, k: int, block_mb: float, work: str) -> DataFrame:
+    """RELATED_PINS rows of every pin of `vectors` (pin_id, vec) by blocked brute force: one Spark job
+    per block of about `block_mb` of float64 query vectors (the driver holds one block), each block's
+    merged lists appended to WORK/blocks when there is more than one."""
+    sc = vectors.sparkSession.sparkContext
+    per_block, blocks = blocks_for(pins, dim, block_mb)
+    block_of = F.pmod(seeded_hash(0, QUERY_BLOCK, "pin_id"), F.lit(blocks)).cast("int")
+    with_block = vectors.select("pin_id", "vec", block_of.alias("block"))
+    if blocks > 1:
+        with_block = with_block.persist(StorageLevel.MEMORY_AND_DISK)
+    candidates = vectors.select("pin_id", "vec")
+    try:
+        for b in range(blocks):
+            sc.setJobDescription(f"related (exact): query block {b + 1}/{blocks}")
+            table = with_block.where(F.col("block") == b).select("pin_id", "vec").toArrow()
+            log.info("exact: block %d/%d: %d pins (%d a block)", b + 1, blocks, table.num_rows, per_block)
+            if table.num_rows == 0:
+                continue
+            ref = sc.broadcast(Queries.from_arrow(table, dim))
+            kernel = partial(top_k_batches, block=ref, dim=dim, k=k)
+            merged = merge_top_k(candidates.mapInArrow(kernel, PARTIAL_DDL), k)
+            if blocks == 1:
+                return merged
+            append_delta(merged, f"{work}/blocks", first=b == 0)
+            ref.destroy()
+    finally:
+        with_block.unpersist()
+    return read_delta(vectors.sparkSession, f"{work}/blocks")
+
+
+# ---- inverted file ------------------------------------------------------------------------------
+
+
+def centroid_sample(vectors: DataFrame, size: int, seed: int) -> DataFrame:
+    """(pin_id, vec): the `size` pins with the smallest seeded hash (ties to the smaller id), the same
+    set whatever the partitioning."""
+    order = seeded_hash(seed, CENTROID_SAMPLE, "pin_id")
+    return vectors.select("pin_id", "vec").orderBy(order, "pin_id").limit(size)
+
+
+def train_batches(
+    batches: Iterator[pa.RecordBatch], dim: int, lists: int, seed: int
+) -> Iterator[pa.RecordBatch]:
+    """Executor side of train_centroids (one task holds the whole sample): spherical k-means on the
+    normalised sample in pin_id order, so the centroids depend only on the sample and the seed."""
+    import faiss
+
+    parts = [b for b in batches if b.num_rows]
+    if not parts:
+        return
+    table = pa.Table.from_batches(parts).sort_by("pin_id")
+    x = normalise(to_matrix(table.column("vec").combine_chunks(), dim)).astype(np.float32)
+    faiss.omp_set_num_threads(1)  # one thread per task, and a thread count that cannot change the result
+    kmeans = faiss.Kmeans(
+        dim,
+        lists,
+        niter=KMEANS_ITERATIONS,
+        seed=seed,
+        spherical=True,
+        max_points_per_centroid=len(x) // lists + 1,  # train on the whole sample, not faiss's subsample
+        verbose=False,
+    )
+    kmeans.train(x)
+    arrays = [
+        pa.array(np.arange(lists), pa.int32()),
+        to_list(kmeans.centroids),
+        pa.array([faiss.__version__] * lists),
+    ]
+    yield pa.RecordBatch.from_arrays(arrays, names=["list_id", "centroid", "faiss_version"])
+
+
+def train_centroids(sample: DataFrame, dim: int, lists: int, seed: int) -> tuple[np.ndarray, str]:
+    """([lists, dim] normalised float64 centroids trained on `sample` (pin_id, vec) in one task, the
+    version of faiss that trained them)."""
+    kernel = partial(train_batches, dim=dim, lists=lists, seed=seed)
+    rows = sample.repartition(1).mapInArrow(kernel, CENTROIDS_DDL).collect()
+    rows = sorted(rows, key=lambda r: r["list_id"])
+    return normalise(np.array([r["centroid"] for r in rows], dtype=np.float32)), rows[0]["faiss_version"]
+
+
+def probe_batches(
+    batches: Iterator[pa.RecordBatch], centroids: Broadcast, dim: int, probes: int
+) -> Iterator[pa.RecordBatch]:
+    """Executor side of probe: (pin_id, list_id, probe) for each pin's `probes` nearest lists."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        ids = _ids(batch)
+        lists = probe_lists(normalise(to_matrix(batch.column("vec"), dim)), centroids.value, probes)
+        arrays = [
+            pa.array(np.repeat(ids, probes)),
+            pa.array(lists.reshape(-1), pa.int32()),
+            pa.array(np.tile(np.arange(1, probes + 1), len(ids)), pa.int32()),
+        ]
+        yield pa.RecordBatch.from_arrays(arrays, schema=_PROBES)
+
+
+def probe(vectors: DataFrame, centroids: Broadcast, dim: int, probes: int) -> DataFrame:
+    """(pin_id, list_id, probe): each pin's `probes` nearest lists, probe 1 (its own list) first."""
+    kernel = partial(probe_batches, centroids=centroids, dim=dim, probes=probes)
+    return vectors.select("pin_id", "vec").mapInArrow(kernel, PROBES_DDL)
+
+
+def score_lists(batches: Iterator[pa.RecordBatch], dim: int, k: int) -> Iterator[pa.RecordBatch]:
+    """Executor side of ann_related: rows (list_id, kind, pin_id, vec) sorted by list_id and kind,
+    so a list's members (kind MEMBER) come before the queries probing it (kind QUERY); every query
+    gets the top k of the list's members, its own id excluded."""
+    current, member_ids, member_vectors = None, [], []
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        lists = batch.column("list_id").to_numpy(zero_copy_only=False)
+        kinds = batch.column("kind").to_numpy(zero_copy_only=False)
+        ids = _ids(batch)
+        vectors = normalise(to_matrix(batch.column("vec"), dim))
+        cuts = np.flatnonzero((np.diff(lists) != 0) | (np.diff(kinds) != 0)) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(ids)], strict=True):
+            if lists[lo] != current:
+                current, member_ids, member_vectors = lists[lo], [], []
+            if kinds[lo] == MEMBER:
+                member_ids.append(ids[lo:hi])
+                member_vectors.append(vectors[lo:hi])
+                continue
+            if not member_ids:
+                continue
+            members, mvecs = np.concatenate(member_ids), np.concatenate(member_vectors)
+            member_ids, member_vectors = [members], [mvecs]
+            top = TopK(hi - lo, k, exclude=ids[lo:hi])
+            q = vectors[lo:hi]
+            chunk = _chunk(hi - lo, k)
+            for c in range(0, len(members), chunk):
+                top.add(q, mvecs[c : c + chunk], members[c : c + chunk])
+            yield from _partial_batch(ids[lo:hi], top)
+
+
+@dataclass(frozen=True)
+class InvertedFile:
+    """What ann_related computed besides the related lists: the index's lists, and the pairs it
+    scored."""
+
+    lists: DataFrame  # RELATED_INDEX_LISTS rows
+    pairs_scored: int
+    list_sizes: tuple[int, int]  # smallest and largest list
+
+
+def ann_related(
+    vectors: DataFrame, centroids: np.ndarray, dim: int, k: int, probes: int, work: str
+) -> tuple[DataFrame, InvertedFile]:
+    """RELATED_PINS rows through the inverted file of `centroids`, and the index's lists. Each pin's
+    probes are written to WORK/probes, read by both the members and the queries."""
+    from jobs.lib.io import write_and_reload
+
+    spark = vectors.sparkSession
+    sc = spark.sparkContext
+    ref = sc.broadcast(centroids)
+    sc.setJobDescription("related (ann): the probed lists of every pin")
+    probed = write_and_reload(probe(vectors, ref, dim, probes), f"{work}/probes")
+    vec = vectors.select("pin_id", "vec")
+    members = probed.where(F.col("probe") == 1).join(vec, "pin_id")
+    queries = probed.join(vec, "pin_id")
+    rows = members.select("list_id", F.lit(MEMBER).alias("kind"), "pin_id", "vec").unionByName(
+        queries.select("list_id", F.lit(QUERY).alias("kind"), "pin_id", "vec")
+    )
+    gathered = rows.repartition("list_id").sortWithinPartitions("list_id", "kind", "pin_id")
+    partials = gathered.mapInArrow(partial(score_lists, dim=dim, k=k), PARTIAL_DDL)
+    sc.setJobDescription("related (ann): list sizes")
+    sizes = probed.groupBy("list_id").agg(
+        F.sum((F.col("probe") == 1).cast("long")).alias("members"), F.count(F.lit(1)).alias("queries")
+    )
+    stats = sizes.agg(
+        F.sum(F.col("members") * F.col("queries")).alias("pairs"),
+        F.min(F.when(F.col("members") > 0, F.col("members"))).alias("smallest"),
+        F.max("members").alias("largest"),
+        F.sum("members").alias("pins"),
+    ).first()
+    # A pin meets itself in its own list and is not scored against itself.
+    pairs = int(stats["pairs"] or 0) - int(stats["pins"] or 0)
+    index_lists = members.select("list_id", "pin_id", F.col("vec").alias("embedding"))
+    return merge_top_k(partials, k), InvertedFile(
+        index_lists, pairs, (int(stats["smallest"] or 0), int(stats["largest"] or 0))
+    )
