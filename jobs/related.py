@@ -203,8 +203,7 @@ def run(spark: SparkSession, args: RelatedArgs) -> RelatedReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return spark_job_main("pinsage-related", args.common, lambda spark: run(spark, args))
+    return spark_job_main("pinsage-related", parse_args(argv), run)
 
 
 if __name__ == "__main__":
