@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.lib.chain import board_tables, run_key, run_layer
-from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, job_args, model_job_main, new_run_id
+from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, job_args, model_job_main
 from jobs.lib.inference import ModelRef
 from jobs.lib.io import (
     InputError,
@@ -34,6 +34,7 @@ from jobs.lib.io import (
     snapshot,
     write_delta_commit,
 )
+from jobs.lib.lease import note_run_key
 from jobs.lib.report import LayerReport, RunReport, Stopwatch
 from jobs.lib.transforms import board_ids_from_links, board_vectors, embed_pins, links, node_table
 from jobs.lib.validate import check_links, check_nodes, conform
@@ -252,11 +253,12 @@ def publish(
 
 def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunReport:
     config = checkpoint.config
-    run_id = new_run_id()
+    run_id = args.common.run_id
     report = RunReport(run_id, checkpoint.sha256, config.num_layers, config.pooling, args.device)
     with report.timed("inputs"):
         inputs = {name: snapshot(spark, name, path) for name, path in args.inputs().items()}
         key = run_key(checkpoint.sha256, inputs, args.projection_precision)
+        note_run_key(key)
         work = f"{args.out}/_work/{key}"
         if not args.resume:
             delete_path(spark, work)
@@ -291,7 +293,8 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
 
 
 def main(argv: list[str] | None = None) -> int:
-    return model_job_main("pinsage-embed", parse_args(argv), run)
+    args = parse_args(argv)
+    return model_job_main("pinsage-embed", args, run, writes=args.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from jobs.lib.cli import (
     add_walks_per_batch,
     job_args,
     model_job_main,
-    new_run_id,
 )
 from jobs.lib.inference import ModelRef
 from jobs.lib.io import (
@@ -180,7 +179,7 @@ def new_pin_neighbors(
 def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> EmbedNewReport:
     config = checkpoint.config
     base = read_base(spark, args.base, config, checkpoint.sha256)
-    report = EmbedNewReport(new_run_id(), base.run_id, checkpoint.sha256)
+    report = EmbedNewReport(args.common.run_id, base.run_id, checkpoint.sha256)
     sc = spark.sparkContext
     work = f"{args.base}/_work/{report.run_id}"
 
@@ -256,7 +255,8 @@ def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> Embe
 
 
 def main(argv: list[str] | None = None) -> int:
-    return model_job_main("pinsage-embed-new", parse_args(argv), run)
+    args = parse_args(argv)
+    return model_job_main("pinsage-embed-new", args, run, writes=args.base)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from jobs.lib.cli import (
     add_common_args,
     at_least,
     common_args,
-    new_run_id,
     positive,
     spark_job_main,
 )
@@ -323,7 +322,7 @@ def publish(
 
 
 def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
-    run_id = new_run_id()
+    run_id = args.common.run_id
     params: dict = {"k": list(args.ks), "candidates": args.candidates or "all", "seed": args.seed}
     if args.edges:
         walks = args.walks
@@ -384,7 +383,7 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return spark_job_main("pinsage-evaluate", args.common, lambda spark: run(spark, args))
+    return spark_job_main("pinsage-evaluate", args.common, lambda spark: run(spark, args), writes=args.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.lib import walks
-from jobs.lib.cli import CommonArgs, add_common_args, add_walk_args, job_args, new_run_id, spark_job_main
+from jobs.lib.cli import CommonArgs, add_common_args, add_walk_args, job_args, spark_job_main
 from jobs.lib.io import (
     committed_rows,
     delete_path,
@@ -109,7 +109,7 @@ def count_nodes(graph: walks.WalkGraph, report: NeighborhoodReport) -> None:
 
 def run(spark: SparkSession, args: NeighborhoodArgs) -> NeighborhoodReport:
     params = args.params
-    run_id = new_run_id()
+    run_id = args.common.run_id
     report = NeighborhoodReport(run_id, asdict(params))
     work = f"{args.out}/_work/{run_id}"
     sc = spark.sparkContext
@@ -154,7 +154,9 @@ def run(spark: SparkSession, args: NeighborhoodArgs) -> NeighborhoodReport:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return spark_job_main("pinsage-neighborhoods", args.common, lambda spark: run(spark, args))
+    return spark_job_main(
+        "pinsage-neighborhoods", args.common, lambda spark: run(spark, args), writes=args.out
+    )
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def run(spark: SparkSession, args: PublishArgs) -> PublishReport:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return spark_job_main("pinsage-publish", args.common, lambda spark: run(spark, args))
+    return spark_job_main("pinsage-publish", args.common, lambda spark: run(spark, args), writes=args.target)
 
 
 if __name__ == "__main__":

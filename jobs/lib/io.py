@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -19,6 +21,26 @@ class InputError(ValueError):
         self.table, self.column, self.problem = table, column, problem
         where = f"table '{table}'" + (f", column '{column}'" if column else "")
         super().__init__(f"{where}: {problem}")
+
+
+# Checks run before every commit and every delete below (jobs.lib.lease registers the check that the
+# run still holds the lease on the root it writes: fencing).
+_FENCES: list[Callable[[], None]] = []
+
+
+def add_fence(check: Callable[[], None]) -> None:
+    _FENCES.append(check)
+
+
+def remove_fence(check: Callable[[], None]) -> None:
+    if check in _FENCES:
+        _FENCES.remove(check)
+
+
+def fence() -> None:
+    """Raise unless every registered fence check passes (called before each commit and delete)."""
+    for check in list(_FENCES):
+        check()
 
 
 def _fs_path(spark: SparkSession, path: str):
@@ -37,6 +59,7 @@ def is_delta(spark: SparkSession, path: str) -> bool:
 
 
 def delete_path(spark: SparkSession, path: str) -> None:
+    fence()
     fs, hpath = _fs_path(spark, path)
     if fs.exists(hpath):
         fs.delete(hpath, True)
@@ -110,6 +133,7 @@ def write_delta(df: DataFrame, path: str, metadata: dict | None = None) -> int:
 def write_delta_commit(df: DataFrame, path: str, metadata: dict | None = None) -> dict:
     """`write_delta`, returning the new commit as `last_commit` reads it (its operationMetrics
     count the rows written, so no second pass over the table is needed to report them)."""
+    fence()
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     if metadata:
         writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
@@ -134,6 +158,7 @@ def write_and_reload(df: DataFrame, path: str, metadata: dict | None = None) -> 
 
 def append_delta(df: DataFrame, path: str, first: bool) -> None:
     """Add `df`'s rows to the Delta table at `path` in one commit; `first` replaces what is there."""
+    fence()
     df.write.format("delta").mode("overwrite" if first else "append").save(path)
 
 
@@ -143,6 +168,7 @@ def merge_delta(df: DataFrame, path: str, key: str, metadata: dict | None = None
     from delta.tables import DeltaTable
 
     spark = df.sparkSession
+    fence()
     conf = "spark.databricks.delta.commitInfo.userMetadata"  # MERGE takes no userMetadata option
     if metadata:
         spark.conf.set(conf, json.dumps(metadata, sort_keys=True))
@@ -166,6 +192,7 @@ def committed_rows(spark: SparkSession, path: str, commit: dict) -> int:
 
 def put_file(spark: SparkSession, local: str, dest: str) -> None:
     """Copy a driver-local file to `dest` on the job's file system (local, HDFS, S3, ...)."""
+    fence()
     fs, target = _fs_path(spark, dest)
     jvm = spark.sparkContext._jvm
     fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(os.path.abspath(local)), target)
@@ -200,3 +227,144 @@ def json_object(raw: str) -> dict | None:
     except ValueError:
         return None
     return decoded if isinstance(decoded, dict) else None
+
+
+class LocalFiles:
+    """Small files on the driver's local file system, for leases. `create_new` is O_CREAT|O_EXCL:
+    atomic on a POSIX file system (Hadoop's local create(overwrite=false) checks, then creates)."""
+
+    def create_new(self, path: str, data: bytes) -> bool:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def replace(self, path: str, data: bytes) -> None:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def names(self, folder: str) -> list[str]:
+        try:
+            return os.listdir(folder)
+        except FileNotFoundError:
+            return []
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def modified(self, path: str) -> float | None:
+        try:
+            return os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def touch(self, path: str) -> bool:
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete(self, path: str) -> None:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+class HadoopFiles:
+    """`LocalFiles` through the Hadoop FileSystem API, for leases on HDFS and other stores:
+    `create_new` is create(overwrite=false), atomic on HDFS (the NameNode creates the file or
+    refuses); an object store gives that guarantee only with conditional writes."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+
+    def _path(self, path: str):
+        return _fs_path(self.spark, path)
+
+    def create_new(self, path: str, data: bytes) -> bool:
+        fs, hpath = self._path(path)
+        try:
+            stream = fs.create(hpath, False)
+        except Exception as exc:  # FileAlreadyExistsException through Py4J
+            if "AlreadyExists" in str(exc) or fs.exists(hpath):
+                return False
+            raise
+        try:
+            stream.write(bytearray(data))
+        finally:
+            stream.close()
+        return True
+
+    def replace(self, path: str, data: bytes) -> None:
+        fs, hpath = self._path(path)
+        stream = fs.create(hpath, True)
+        try:
+            stream.write(bytearray(data))
+        finally:
+            stream.close()
+
+    def names(self, folder: str) -> list[str]:
+        fs, hpath = self._path(folder)
+        if not fs.exists(hpath):
+            return []
+        return [status.getPath().getName() for status in fs.listStatus(hpath)]
+
+    def read(self, path: str) -> bytes | None:
+        fs, hpath = self._path(path)
+        try:
+            stream = fs.open(hpath)
+        except Exception:  # FileNotFoundException: released or taken over meanwhile
+            return None
+        try:
+            jvm = self.spark.sparkContext._jvm
+            return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+        finally:
+            stream.close()
+
+    def modified(self, path: str) -> float | None:
+        fs, hpath = self._path(path)
+        try:
+            return fs.getFileStatus(hpath).getModificationTime() / 1000
+        except Exception:  # FileNotFoundException
+            return None
+
+    def touch(self, path: str) -> bool:
+        fs, hpath = self._path(path)
+        try:
+            fs.setTimes(hpath, int(time.time() * 1000), -1)
+        except Exception:  # FileNotFoundException: taken over and cleaned up
+            return False
+        return True
+
+    def delete(self, path: str) -> None:
+        fs, hpath = self._path(path)
+        fs.delete(hpath, False)
+
+
+def qualified(spark: SparkSession, path: str) -> str:
+    """`path` as Hadoop resolves it: scheme and absolute path (file:/abs/out, hdfs://nn/out)."""
+    fs, hpath = _fs_path(spark, path)
+    return str(fs.makeQualified(hpath).toString())
+
+
+def small_files(spark: SparkSession, root: str) -> tuple[LocalFiles | HadoopFiles, str]:
+    """The small-file access for leases under `root`, and `root` in the form that access takes: a
+    local path for the file: scheme, the qualified URI otherwise."""
+    full = qualified(spark, root)
+    fs, hpath = _fs_path(spark, full)
+    uri = fs.makeQualified(hpath).toUri()
+    if uri.getScheme() == "file":
+        return LocalFiles(), str(uri.getPath())
+    return HadoopFiles(spark), full
