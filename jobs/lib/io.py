@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -74,17 +77,95 @@ def delete_work(spark: SparkSession, work: str) -> None:
 
 
 def read_table(spark: SparkSession, name: str, path: str, version: int | None = None) -> DataFrame:
-    """A Delta table when `path` holds a _delta_log (at `version` when given), else Parquet."""
+    """A Delta table when `path` holds a _delta_log (at `version` when given), else Parquet. A path
+    that cannot be read as either is an InputError naming the table and what is wrong: a _delta_log
+    without commits, a file that is not Parquet, Parquet files that disagree on a column's type
+    (every footer is read: Spark otherwise takes the schema from one file and fails mid-scan)."""
     if not path_exists(spark, path):
         raise InputError(name, None, f"path {path} does not exist")
-    fmt = "delta" if is_delta(spark, path) else "parquet"
-    try:
-        reader = spark.read.format(fmt)
+    if is_delta(spark, path):
+        if not _delta_commits(spark, path):
+            raise InputError(
+                name, None, f"{path}/_delta_log holds no commit (the write that created it died)"
+            )
+        fmt, reader = "delta", spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
+    else:
+        fmt, reader = "parquet", spark.read.format("parquet").option("mergeSchema", "true")
+    try:
         return reader.load(path)
-    except Exception as exc:  # Spark's AnalysisException for unreadable or empty folders
-        raise InputError(name, None, f"cannot read {path} as {fmt}: {_first_line(exc)}") from None
+    except Exception as exc:  # AnalysisException, or a Py4JJavaError from the footer-reading job
+        raise _storage_error(spark, name, path, fmt, exc) from None
+
+
+def _delta_commits(spark: SparkSession, path: str) -> bool:
+    fs, log_dir = _fs_path(spark, path.rstrip("/") + "/_delta_log")
+    return any(
+        status.getPath().getName().endswith((".json", ".checkpoint.parquet"))
+        for status in fs.listStatus(log_dir)
+    )
+
+
+def data_files(spark: SparkSession, path: str) -> list:
+    """The data files under `path` (Hadoop FileStatus), names starting with `_` or `.` skipped."""
+    fs, hpath = _fs_path(spark, path)
+    files, found = fs.listFiles(hpath, True), []
+    while files.hasNext():
+        status = files.next()
+        if not status.getPath().getName().startswith(("_", ".")):
+            found.append(status)
+    return found
+
+
+def _storage_error(spark: SparkSession, name: str, path: str, fmt: str, exc: Exception) -> InputError:
+    """The InputError for a table Spark could not open: which file, which column, what is wrong."""
+    text = str(exc)
+    if "CANNOT_MERGE_SCHEMAS" in text:
+        clash = _type_clash(spark, path)
+        if clash is not None:
+            column, (type_a, file_a), (type_b, file_b) = clash
+            return InputError(
+                name,
+                column,
+                f"its Parquet files under {path} disagree on the type: "
+                f"{type_a} in {file_a}, {type_b} in {file_b}",
+            )
+    bad_file = re.search(r"reading file (\S+?)\.? Could not read footer", text)
+    if bad_file:
+        return InputError(name, None, f"cannot read {bad_file[1]}: not a Parquet file, or a damaged one")
+    if "UNABLE_TO_INFER_SCHEMA" in text:
+        return InputError(name, None, f"{path} is neither a Delta table nor a folder of Parquet files")
+    return InputError(name, None, f"cannot read {path} as {fmt}: {_first_line(exc)}")
+
+
+def _type_clash(spark: SparkSession, path: str) -> tuple[str, tuple[str, str], tuple[str, str]] | None:
+    """The first column two Parquet files under `path` store with different types, with each type and
+    file; each footer is read on its own (only on this error path)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for status in sorted(data_files(spark, path), key=lambda status: str(status.getPath())):
+        file = str(status.getPath().toString())
+        for field in spark.read.parquet(file).schema.fields:
+            found = (field.dataType.simpleString(), status.getPath().getName())
+            first = seen.setdefault(field.name, found)
+            if first[0] != found[0]:
+                return field.name, first, found
+    return None
+
+
+@contextmanager
+def reading(name: str) -> Iterator[None]:
+    """A block in which a Spark job that fails reading a file of table `name` (a damaged data page
+    found mid-scan) raises InputError naming the file."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        bad_file = re.search(r"Encountered error while reading file (\S+?)\.? ", str(exc))
+        if bad_file is None:
+            raise
+        raise InputError(name, None, f"cannot read {bad_file[1]}: a damaged data file") from None
 
 
 def read_snapshot(spark: SparkSession, name: str, snap: dict) -> DataFrame:
@@ -109,13 +190,8 @@ def snapshot(spark: SparkSession, name: str, path: str) -> dict:
         raise InputError(name, None, f"path {path} does not exist")
     if is_delta(spark, path):
         return {"path": path, "format": "delta", "version": table_version(spark, path)}
-    fs, hpath = _fs_path(spark, path)
-    files = fs.listFiles(hpath, True)
     count = size = latest = 0
-    while files.hasNext():
-        status = files.next()
-        if status.getPath().getName().startswith(("_", ".")):
-            continue
+    for status in data_files(spark, path):
         count, size = count + 1, size + status.getLen()
         latest = max(latest, status.getModificationTime())
     return {"path": path, "format": "parquet", "files": count, "bytes": size, "modified_ms": latest}
@@ -230,21 +306,32 @@ def json_object(raw: str) -> dict | None:
 
 
 class LocalFiles:
-    """Small files on the driver's local file system, for leases. `create_new` is O_CREAT|O_EXCL:
-    atomic on a POSIX file system (Hadoop's local create(overwrite=false) checks, then creates)."""
+    """Small files on the driver's local file system, for leases. `create_new` is link(2), which
+    fails when the name exists: atomic on a POSIX file system (Hadoop's local create(overwrite=false)
+    checks, then creates)."""
 
     def create_new(self, path: str, data: bytes) -> bool:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return True
+        # Written in full under a private name, then linked into place: link(2) fails when the name
+        # exists, so the file appears atomically and never empty.
+        for _ in range(10):  # the folder may be removed by a releasing run between the calls
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                continue
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        raise FileNotFoundError(path)
 
     def replace(self, path: str, data: bytes) -> None:
-        tmp = f"{path}.{os.getpid()}.tmp"
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -279,6 +366,15 @@ class LocalFiles:
         try:
             os.remove(path)
         except FileNotFoundError:
+            pass
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def remove_empty_folder(self, path: str) -> None:
+        try:
+            os.rmdir(path)
+        except OSError:  # not empty (another run's lease, a table), or already gone
             pass
 
 
@@ -351,6 +447,18 @@ class HadoopFiles:
     def delete(self, path: str) -> None:
         fs, hpath = self._path(path)
         fs.delete(hpath, False)
+
+    def exists(self, path: str) -> bool:
+        fs, hpath = self._path(path)
+        return bool(fs.exists(hpath))
+
+    def remove_empty_folder(self, path: str) -> None:
+        fs, hpath = self._path(path)
+        try:
+            if fs.exists(hpath) and len(fs.listStatus(hpath)) == 0:
+                fs.delete(hpath, False)
+        except Exception:  # PathIsNotEmptyDirectoryException: something arrived meanwhile
+            pass
 
 
 def qualified(spark: SparkSession, path: str) -> str:

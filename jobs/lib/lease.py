@@ -8,7 +8,7 @@ heartbeat is that file's modification time. Creating the next generation is an a
 create-if-absent, so of two runs starting together, or two runs taking over the same stale lease,
 exactly one wins:
 
-- local paths: O_CREAT|O_EXCL (POSIX);
+- local paths: link(2) of a fully written private file, which fails when the name exists (POSIX);
 - HDFS: FileSystem.create(overwrite=false), decided by the NameNode;
 - object stores (s3a, gs, abfs): only where the store does conditional writes; elsewhere two runs
   can both believe they hold the lease.
@@ -113,13 +113,18 @@ class Lease:
         self._thread = threading.Thread(target=beat, name=f"lease {self.root}", daemon=True)
         self._thread.start()
 
-    def release(self) -> None:
-        """Stop renewing and remove the lease file, unless the lease was taken over meanwhile."""
+    def release(self, remove_root: bool = False) -> None:
+        """Stop renewing and remove the lease file, unless the lease was taken over meanwhile; then
+        ROOT/_lease once empty, and with `remove_root` ROOT too once empty (a run that wrote
+        nothing leaves no trace of its lease)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.lost is None and self._loss() is None:
             self.files.delete(self.path)
+            self.files.remove_empty_folder(f"{self.root.rstrip('/')}/{LEASE_DIR}")
+            if remove_root:
+                self.files.remove_empty_folder(self.root)
 
 
 def lease_path(root: str, generation: int) -> str:
@@ -171,6 +176,11 @@ def acquire(
             if seen is None:  # released or taken over between listing and looking
                 continue
             holder = read_record(files, top)
+            for _ in range(20):  # on HDFS a file being created reads empty until its writer closes it
+                if holder or now() - seen >= timeout_s:
+                    break
+                time.sleep(0.05)
+                holder = read_record(files, top)
             if now() - seen < timeout_s:
                 raise LeaseBusyError(shown_root or root, holder, seen)
             generation = found[-1] + 1
@@ -205,6 +215,7 @@ def held(spark, root: str, run_id: str, timeout_s: float = DEFAULT_TIMEOUT_S) ->
     holds it), renewed by a heartbeat thread, checked before every commit and delete through
     jobs.lib.io, released after the block, also on failure."""
     files, where = io.small_files(spark, root)
+    existed = files.exists(where)
     lease = acquire(files, where, run_id, timeout_s, shown_root=root)
     lease.start_heartbeat()
     _HELD.append(lease)
@@ -214,4 +225,4 @@ def held(spark, root: str, run_id: str, timeout_s: float = DEFAULT_TIMEOUT_S) ->
     finally:
         io.remove_fence(lease.check)
         _HELD.remove(lease)
-        lease.release()
+        lease.release(remove_root=not existed)
