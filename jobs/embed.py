@@ -35,6 +35,7 @@ from jobs.lib.io import (
     write_delta_commit,
 )
 from jobs.lib.lease import note_run_key
+from jobs.lib.provenance import software
 from jobs.lib.report import LayerReport, RunReport, Stopwatch
 from jobs.lib.transforms import board_ids_from_links, board_vectors, embed_pins, links, node_table
 from jobs.lib.validate import check_links, check_nodes, conform
@@ -285,6 +286,7 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
                 "embed_dim": config.embed_dim,
             },
             "projection_precision": args.projection_precision,
+            "software": software(spark),
         }
         publish(spark, layers, ref, config, args.out, report, metadata)
     if not args.common.keep_work:

@@ -47,6 +47,7 @@ from jobs.lib.evaluation.ranking import (
     rank_by_walks,
 )
 from jobs.lib.io import delete_work, put_file, read_delta, read_table, write_and_reload, write_delta
+from jobs.lib.provenance import software
 from jobs.lib.report import Report
 from jobs.lib.validate import check_links, check_nodes, conform
 from jobs.lib.vectors import to_matrix
@@ -304,7 +305,11 @@ def publish(
     for df in ranks[1:]:
         union = union.unionByName(df)
     path = f"{args.out}/pair_ranks"
-    metadata = {"run_id": report.run_id, **{k: str(v) for k, v in report.params.items()}}
+    metadata = {
+        "run_id": report.run_id,
+        **{k: str(v) for k, v in report.params.items()},
+        "software": software(spark),
+    }
     version = write_delta(union, path, metadata)
     published = read_delta(spark, path)
     order = {m: i for i, m in enumerate(METHODS)}

@@ -33,6 +33,7 @@ from jobs.lib.io import (
     write_and_reload,
     write_delta_commit,
 )
+from jobs.lib.provenance import software
 from jobs.lib.report import Report
 from jobs.lib.validate import check_links, check_nodes, conform
 
@@ -140,7 +141,7 @@ def run(spark: SparkSession, args: NeighborhoodArgs) -> NeighborhoodReport:
     report.counts["walks per second"] = int(walk_count / max(report.seconds["walks"], 1e-9))
 
     with report.timed("publish"):
-        metadata = {"run_id": run_id, "walk": report.params, "inputs": inputs}
+        metadata = {"run_id": run_id, "walk": report.params, "inputs": inputs, "software": software(spark)}
         for name, df in walks.top_neighbor_tables(counts, params.top_t).items():
             sc.setJobDescription(f"publish {name}")
             path = f"{args.out}/{name}"

@@ -4,6 +4,8 @@ of a base run made with another checkpoint."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -171,3 +173,28 @@ def test_a_base_run_of_another_checkpoint_is_refused_and_left_unchanged(spark, b
     err = capsys.readouterr().err
     assert "table 'pin_embeddings'" in err and "checkpoint sha256" in err
     assert last_commit(spark, f"{out}/pin_embeddings")["version"] == version
+
+
+def test_a_recorded_input_that_is_gone_is_reported_missing_with_the_path_tried(spark, base, tmp_path, capsys):
+    _, _, ckpt, out, root = base
+    recorded = last_commit(spark, f"{out}/pin_embeddings")["metadata"]["inputs"]["pin_neighbors"]["path"]
+    assert recorded == f"file:{root}/base/nbrs/pin_neighbors"  # qualified: valid from any directory
+    args = [
+        "--new-pins",
+        pins_table(str(tmp_path / "p"), {40: [0.5] * 6}),
+        "--new-edges",
+        edges_table(str(tmp_path / "e"), [(40, 100)]),
+        "--base",
+        out,
+        "--checkpoint",
+        ckpt,
+    ]
+    os.rename(f"{root}/base/nbrs", f"{root}/moved")
+    try:
+        assert embed_new.main(args) == 2
+    finally:
+        os.rename(f"{root}/moved", f"{root}/base/nbrs")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: table 'pin_neighbors': missing: nothing at {recorded}, the path the base run recorded in "
+        f"{out}/pin_embeddings"
+    )

@@ -142,7 +142,7 @@ def test_a_parquet_file_damaged_past_its_footer_is_bad_input_when_scanned(spark,
 def test_snapshot_identifies_a_delta_version_or_the_parquet_files(spark, rows, tmp_path):
     delta = str(tmp_path / "d")
     io.write_delta(rows, delta)
-    assert io.snapshot(spark, "pins", delta) == {"path": delta, "format": "delta", "version": 0}
+    assert io.snapshot(spark, "pins", delta) == {"path": f"file:{delta}", "format": "delta", "version": 0}
     parquet = write_parquet(str(tmp_path / "p"), {"pin_id": pa.array([1, 2], pa.int64())})
     snap = io.snapshot(spark, "pins", parquet)
     size = os.path.getsize(f"{parquet}/part-00000.parquet")

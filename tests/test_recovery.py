@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -126,7 +127,16 @@ def test_outputs_record_the_run_the_checkpoint_and_the_input_versions(spark, tmp
         meta = last_commit(spark, f"{out}/{name}")["metadata"]
         assert meta["run_id"] == report.run_id
         assert meta["checkpoint_sha256"] == sha
-        assert meta["inputs"]["pins"] == {"path": delta_pins, "format": "delta", "version": 1}
+        # Paths as Hadoop resolves them, so the record holds from any working directory.
+        assert meta["inputs"]["pins"] == {"path": f"file:{delta_pins}", "format": "delta", "version": 1}
+        assert meta["inputs"]["edges"]["path"] == f"file:{paths['edges']}"
+        assert meta["software"] == {
+            "pinsage_spark": "0.1.0",
+            "git_commit": meta["software"]["git_commit"],
+            "spark": spark.version,
+            "delta": "4.4.0",
+        }
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", meta["software"]["git_commit"])
         edges = meta["inputs"]["edges"]
         assert edges["format"] == "parquet" and edges["files"] == 1
         assert edges["bytes"] == os.path.getsize(f"{paths['edges']}/part-00000.parquet")

@@ -188,13 +188,14 @@ def snapshot(spark: SparkSession, name: str, path: str) -> dict:
     reruns and resumes can tell whether their inputs changed."""
     if not path_exists(spark, path):
         raise InputError(name, None, f"path {path} does not exist")
+    full = qualified(spark, path)  # as Hadoop resolves it, so the record is valid from any directory
     if is_delta(spark, path):
-        return {"path": path, "format": "delta", "version": table_version(spark, path)}
+        return {"path": full, "format": "delta", "version": table_version(spark, path)}
     count = size = latest = 0
     for status in data_files(spark, path):
         count, size = count + 1, size + status.getLen()
         latest = max(latest, status.getModificationTime())
-    return {"path": path, "format": "parquet", "files": count, "bytes": size, "modified_ms": latest}
+    return {"path": full, "format": "parquet", "files": count, "bytes": size, "modified_ms": latest}
 
 
 def write_delta(df: DataFrame, path: str, metadata: dict | None = None) -> int:
