@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from jobs.lib.chain import board_tables, run_key, run_layer
 from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, job_args, model_job_main
-from jobs.lib.inference import ModelRef
+from jobs.lib.inference import ModelRef, inject_fault
 from jobs.lib.io import (
     InputError,
     committed_rows,
@@ -129,6 +129,7 @@ def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inpu
     report.input_rows["pins"] = check_nodes(
         pins, "pins", "pin_id", config.pin_feature_dim, dim_note("pin_feature_dim")
     )
+    inject_fault("validate", 0)
     with_board_features = config.board_feature_dim > 0
     if boards is not None:
         board_dim = config.board_feature_dim if with_board_features else None
@@ -243,13 +244,14 @@ def publish(
     """Replace each output table under `out` with one Delta commit carrying `metadata`. Readers of a
     table see its previous version until its commit lands; pin_embeddings is committed last, so
     once it shows this run's id every other output already does."""
-    for name, df in output_tables(layers, ref, config).items():
+    for i, (name, df) in enumerate(output_tables(layers, ref, config).items(), 1):
         spark.sparkContext.setJobDescription(f"publish {name}")
         path = f"{out}/{name}"
         commit = write_delta_commit(df, path, metadata)
         version, rows = int(commit["version"]), committed_rows(spark, path, commit)
         report.outputs[name] = {"path": path, "version": version, "rows": rows}
         log.info("published %s: %d rows, version %d", name, rows, version)
+        inject_fault("publish", i)
 
 
 def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunReport:
