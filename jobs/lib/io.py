@@ -477,3 +477,48 @@ def small_files(spark: SparkSession, root: str) -> tuple[LocalFiles | HadoopFile
     if uri.getScheme() == "file":
         return LocalFiles(), str(uri.getPath())
     return HadoopFiles(spark), full
+
+
+def delta_tables_under(spark: SparkSession, root: str, depth: int = 2) -> list[str]:
+    """The Delta tables at most `depth` folders below `root` (ROOT/pin_embeddings,
+    ROOT/board_layers/layer_1), skipping folders named with `_` or `.` (work tables, leases)."""
+    found, level = [], [root.rstrip("/")]
+    for _ in range(depth):
+        below = []
+        for folder in level:
+            fs, hpath = _fs_path(spark, folder)
+            if not fs.exists(hpath):
+                continue
+            for status in fs.listStatus(hpath):
+                name = str(status.getPath().getName())
+                if status.isDirectory() and not name.startswith(("_", ".")):
+                    path = f"{folder}/{name}"
+                    (found if is_delta(spark, path) else below).append(path)
+        level = below
+    return sorted(found)
+
+
+def entries_older_than(spark: SparkSession, folder: str, cutoff_ms: int) -> list[str]:
+    """The entries of `folder` whose newest file (or own time, when empty) is older than `cutoff_ms`."""
+    fs, hpath = _fs_path(spark, folder)
+    if not fs.exists(hpath):
+        return []
+    old = []
+    for status in fs.listStatus(hpath):
+        newest = status.getModificationTime()
+        if status.isDirectory():
+            files = fs.listFiles(status.getPath(), True)
+            while files.hasNext():
+                newest = max(newest, files.next().getModificationTime())
+        if newest < cutoff_ms:
+            old.append(f"{folder.rstrip('/')}/{status.getPath().getName()}")
+    return sorted(old)
+
+
+def vacuum_delta(spark: SparkSession, path: str, hours: float) -> None:
+    """Delete the files of the Delta table at `path` that no version newer than `hours` ago reads
+    (Delta's VACUUM; those versions can no longer be read)."""
+    from delta.tables import DeltaTable
+
+    fence()
+    DeltaTable.forPath(spark, path).vacuum(hours)
