@@ -160,20 +160,25 @@ def test_an_existing_pin_listed_again_is_updated_in_place(spark, base, tmp_path)
     assert all(np.array_equal(after[p], before[p]) for p in before if p != 3)
 
 
+def one_new_pin_args(folder: str, base: str, ckpt: str) -> list[str]:
+    """embed_new's command line for one new pin, 40, with one membership."""
+    return [
+        "--new-pins",
+        pins_table(f"{folder}/p", {40: [0.5] * 6}),
+        "--new-edges",
+        edges_table(f"{folder}/e", [(40, 100)]),
+        "--base",
+        base,
+        "--checkpoint",
+        ckpt,
+    ]
+
+
 def test_a_base_run_of_another_checkpoint_is_refused_and_left_unchanged(spark, base, tmp_path, capsys):
     _, _, _, out, _ = base
     other = write_checkpoint(str(tmp_path / "other.pt"), seed=99)
     version = last_commit(spark, f"{out}/pin_embeddings")["version"]
-    args = [
-        "--new-pins",
-        pins_table(str(tmp_path / "p"), {40: [0.5] * 6}),
-        "--new-edges",
-        edges_table(str(tmp_path / "e"), [(40, 100)]),
-        "--base",
-        out,
-        "--checkpoint",
-        other,
-    ]
+    args = one_new_pin_args(str(tmp_path), out, other)
     assert embed_new.main(args) == 2
     err = capsys.readouterr().err
     assert "table 'pin_embeddings'" in err and "checkpoint sha256" in err
@@ -184,16 +189,7 @@ def test_a_recorded_input_that_is_gone_is_reported_missing_with_the_path_tried(s
     _, _, ckpt, out, root = base
     recorded = last_commit(spark, f"{out}/pin_embeddings")["metadata"]["inputs"]["pin_neighbors"]["path"]
     assert recorded == f"file:{root}/base/nbrs/pin_neighbors"  # qualified: valid from any directory
-    args = [
-        "--new-pins",
-        pins_table(str(tmp_path / "p"), {40: [0.5] * 6}),
-        "--new-edges",
-        edges_table(str(tmp_path / "e"), [(40, 100)]),
-        "--base",
-        out,
-        "--checkpoint",
-        ckpt,
-    ]
+    args = one_new_pin_args(str(tmp_path), out, ckpt)
     os.rename(f"{root}/base/nbrs", f"{root}/moved")
     try:
         assert embed_new.main(args) == 2
