@@ -72,12 +72,15 @@ bench-related: $(STAMP) ## Related pins: ann recall against exact, pins/s of bot
 goodbooks: $(STAMP) $(TEXT_STAMP) ## goodbooks-10k end to end (DATA=dir): prepare, walk, train, embed, evaluate; report.md
 	$(PY) jobs/goodbooks/run.py --data-dir $(DATA) --out $(GOODBOOKS_DIR) $(GOODBOOKS_ARGS)
 
-package: $(STAMP) ## Build dist/pinsage_spark.zip (for spark-submit --py-files) and a wheel
+package: $(STAMP) ## Build dist/pinsage_spark.zip (for spark-submit --py-files) and a wheel, both recording the version and commit
 	rm -rf dist build
 	mkdir -p dist
+	$(PY) -c "from jobs.lib.provenance import project_version as v; p = v(); \
+		open('jobs/_build_info.py', 'w').write(f'VERSION = {p[\"version\"]!r}\\nGIT_COMMIT = {p[\"git_commit\"]!r}\\n')"
 	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
 	$(PY) -c "import zipfile, pathlib; z = zipfile.ZipFile('dist/pinsage_spark.zip', 'w', zipfile.ZIP_DEFLATED); \
 		[z.write(p) for pkg in ('jobs', 'pinsage_model', 'schemas') for p in sorted(pathlib.Path(pkg).rglob('*.py'))]"
+	rm jobs/_build_info.py  # in the wheel and the zip only: a checkout reads its own commit
 	@ls -l dist
 
 lint: $(STAMP) ## ruff check and format check

@@ -21,7 +21,14 @@ setup(
         "faiss-cpu==1.15.1",
     ],
     extras_require={
-        "dev": ["pytest==9.2.0", "chispa==0.12.0", "ruff==0.17.6", "hypothesis==6.170.15", "psutil==7.2.2"],
+        "dev": [
+            "pytest==9.2.0",
+            "chispa==0.12.0",
+            "ruff==0.17.6",
+            "hypothesis==6.170.15",
+            "psutil==7.2.2",
+            "deltalake==1.6.6",
+        ],
         # The Spark provider requires pyspark-client, which installs the same `pyspark` Python files
         # as pyspark: pinned to pyspark's version so the two write identical files.
         "airflow": [

@@ -23,7 +23,10 @@ Every pin and board of the graph embedded with the current PinSage checkpoint, o
 
 `{date}` is the run's logical date (`ds`), so a rerun of a date overwrites that date's tables (each
 as a new Delta version) and no other date's, then publishes them as current. A job that exits
-with status 2 (bad input or a bad checkpoint) fails its task without retries.
+with status 2 (bad input or a bad checkpoint) fails its task without retries; one that exits with
+status 3 (its output root is being written by another run, e.g. an ad-hoc run beside this one) is
+retried like any other failure: each job holds a lease on the root it writes, and a lease whose
+holder was killed times out (`--lease-timeout`, 120 s) before the retry delay (5 minutes) ends.
 """
 
 from __future__ import annotations
@@ -148,8 +151,8 @@ def plan_run(settings: dict[str, Any], date: str) -> dict[str, Any]:
 class PinSageSubmit(SparkSubmitOperator):
     """spark-submit of one job file. Unlike SparkSubmitOperator, its connection id is templated (so a
     run's params can choose it), exit status 2 (the jobs' bad-input status, which no retry can fix)
-    fails the task without retries, and with `skip_without_args` it skips when its arguments are
-    empty."""
+    fails the task without retries (status 3, output root busy, is retried), and with
+    `skip_without_args` it skips when its arguments are empty."""
 
     template_fields = (*SparkSubmitOperator.template_fields, "conn_id")
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.lib.chain import board_tables, run_key, run_layer
-from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, job_args, model_job_main, new_run_id
-from jobs.lib.inference import ModelRef
+from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, job_args, model_job_main
+from jobs.lib.inference import ModelRef, inject_fault
 from jobs.lib.io import (
     InputError,
     committed_rows,
@@ -34,6 +34,8 @@ from jobs.lib.io import (
     snapshot,
     write_delta_commit,
 )
+from jobs.lib.lease import note_run_key
+from jobs.lib.provenance import software
 from jobs.lib.report import LayerReport, RunReport, Stopwatch
 from jobs.lib.transforms import board_ids_from_links, board_vectors, embed_pins, links, node_table
 from jobs.lib.validate import check_links, check_nodes, conform
@@ -127,6 +129,7 @@ def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inpu
     report.input_rows["pins"] = check_nodes(
         pins, "pins", "pin_id", config.pin_feature_dim, dim_note("pin_feature_dim")
     )
+    inject_fault("validate", 0)
     with_board_features = config.board_feature_dim > 0
     if boards is not None:
         board_dim = config.board_feature_dim if with_board_features else None
@@ -241,22 +244,24 @@ def publish(
     """Replace each output table under `out` with one Delta commit carrying `metadata`. Readers of a
     table see its previous version until its commit lands; pin_embeddings is committed last, so
     once it shows this run's id every other output already does."""
-    for name, df in output_tables(layers, ref, config).items():
+    for i, (name, df) in enumerate(output_tables(layers, ref, config).items(), 1):
         spark.sparkContext.setJobDescription(f"publish {name}")
         path = f"{out}/{name}"
         commit = write_delta_commit(df, path, metadata)
         version, rows = int(commit["version"]), committed_rows(spark, path, commit)
         report.outputs[name] = {"path": path, "version": version, "rows": rows}
         log.info("published %s: %d rows, version %d", name, rows, version)
+        inject_fault("publish", i)
 
 
 def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunReport:
     config = checkpoint.config
-    run_id = new_run_id()
+    run_id = args.common.run_id
     report = RunReport(run_id, checkpoint.sha256, config.num_layers, config.pooling, args.device)
     with report.timed("inputs"):
         inputs = {name: snapshot(spark, name, path) for name, path in args.inputs().items()}
         key = run_key(checkpoint.sha256, inputs, args.projection_precision)
+        note_run_key(key)
         work = f"{args.out}/_work/{key}"
         if not args.resume:
             delete_path(spark, work)
@@ -283,6 +288,7 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
                 "embed_dim": config.embed_dim,
             },
             "projection_precision": args.projection_precision,
+            "software": software(spark),
         }
         publish(spark, layers, ref, config, args.out, report, metadata)
     if not args.common.keep_work:
@@ -291,7 +297,8 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
 
 
 def main(argv: list[str] | None = None) -> int:
-    return model_job_main("pinsage-embed", parse_args(argv), run)
+    args = parse_args(argv)
+    return model_job_main("pinsage-embed", args, run, writes=args.out)
 
 
 if __name__ == "__main__":

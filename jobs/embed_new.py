@@ -30,7 +30,6 @@ from jobs.lib.cli import (
     add_walks_per_batch,
     job_args,
     model_job_main,
-    new_run_id,
 )
 from jobs.lib.inference import ModelRef
 from jobs.lib.io import (
@@ -39,11 +38,13 @@ from jobs.lib.io import (
     is_delta,
     last_commit,
     merge_delta,
+    path_exists,
     read_delta,
     read_snapshot,
     snapshot,
     write_and_reload,
 )
+from jobs.lib.provenance import software
 from jobs.lib.report import Report
 from jobs.lib.transforms import embed_pins, links, node_table
 from jobs.lib.validate import check_links, check_nodes, conform
@@ -139,6 +140,12 @@ def read_base(spark: SparkSession, root: str, config: ModelConfig, checkpoint_sh
         if stored != run_id:
             raise InputError(name, None, f"belongs to run {stored}, pin_embeddings to run {run_id}")
     pin_neighbors = meta["inputs"].get("pin_neighbors", {}).get("path")
+    if pin_neighbors and not path_exists(spark, pin_neighbors):
+        raise InputError(
+            "pin_neighbors",
+            None,
+            f"missing: nothing at {pin_neighbors}, the path the base run recorded in {pins_path}",
+        )
     walk_params = None
     if pin_neighbors and is_delta(spark, pin_neighbors):
         walk_params = last_commit(spark, pin_neighbors)["metadata"].get("walk")
@@ -156,6 +163,12 @@ def walk_edges(spark: SparkSession, base_edges: dict, new_edges: DataFrame) -> D
     """The base graph's memberships (at the recorded version) plus the new ones, as the neighborhood
     job builds its graph: NULL ids dropped, a membership listed twice kept once with its largest
     weight."""
+    if not path_exists(spark, base_edges["path"]):
+        raise InputError(
+            "edges",
+            None,
+            f"missing: nothing at {base_edges['path']}, the path the base run recorded",
+        )
     edges = conform(read_snapshot(spark, "edges", base_edges), "edges")
     return walks.memberships(edges.unionByName(new_edges))
 
@@ -180,7 +193,7 @@ def new_pin_neighbors(
 def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> EmbedNewReport:
     config = checkpoint.config
     base = read_base(spark, args.base, config, checkpoint.sha256)
-    report = EmbedNewReport(new_run_id(), base.run_id, checkpoint.sha256)
+    report = EmbedNewReport(args.common.run_id, base.run_id, checkpoint.sha256)
     sc = spark.sparkContext
     work = f"{args.base}/_work/{report.run_id}"
 
@@ -241,6 +254,7 @@ def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> Embe
             "operation": "embed_new",
             "new_inputs": inputs,
             "new_pins_projection_precision": args.projection_precision,
+            "software": software(spark),
         }
         path = f"{args.base}/pin_embeddings"
         commit = merge_delta(embed_pins(current, ref), path, "pin_id", metadata)
@@ -256,7 +270,8 @@ def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> Embe
 
 
 def main(argv: list[str] | None = None) -> int:
-    return model_job_main("pinsage-embed-new", parse_args(argv), run)
+    args = parse_args(argv)
+    return model_job_main("pinsage-embed-new", args, run, writes=args.base)
 
 
 if __name__ == "__main__":

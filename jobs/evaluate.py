@@ -33,7 +33,6 @@ from jobs.lib.cli import (
     add_walk_args,
     at_least,
     job_args,
-    new_run_id,
     positive,
     spark_job_main,
 )
@@ -49,6 +48,7 @@ from jobs.lib.evaluation.ranking import (
     rank_by_walks,
 )
 from jobs.lib.io import delete_work, put_file, read_delta, read_table, write_and_reload, write_delta
+from jobs.lib.provenance import software
 from jobs.lib.report import Report
 from jobs.lib.validate import check_links, check_nodes, conform
 from jobs.lib.vectors import to_matrix
@@ -283,7 +283,11 @@ def publish(
     for df in ranks[1:]:
         union = union.unionByName(df)
     path = f"{args.out}/pair_ranks"
-    metadata = {"run_id": report.run_id, **{k: str(v) for k, v in report.params.items()}}
+    metadata = {
+        "run_id": report.run_id,
+        **{k: str(v) for k, v in report.params.items()},
+        "software": software(spark),
+    }
     version = write_delta(union, path, metadata)
     published = read_delta(spark, path)
     order = {m: i for i, m in enumerate(METHODS)}
@@ -301,7 +305,7 @@ def publish(
 
 
 def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
-    run_id = new_run_id()
+    run_id = args.common.run_id
     params: dict = {"k": list(args.ks), "candidates": args.candidates or "all", "seed": args.seed}
     if args.edges:
         walks = args.walks
@@ -361,7 +365,8 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return spark_job_main("pinsage-evaluate", parse_args(argv), run)
+    args = parse_args(argv)
+    return spark_job_main("pinsage-evaluate", args, run, writes=args.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.lib import walks
-from jobs.lib.cli import CommonArgs, add_common_args, add_walk_args, job_args, new_run_id, spark_job_main
+from jobs.lib.cli import CommonArgs, add_common_args, add_walk_args, job_args, spark_job_main
 from jobs.lib.io import (
     committed_rows,
     delete_path,
@@ -33,6 +33,7 @@ from jobs.lib.io import (
     write_and_reload,
     write_delta_commit,
 )
+from jobs.lib.provenance import software
 from jobs.lib.report import Report
 from jobs.lib.validate import check_links, check_nodes, conform
 
@@ -109,7 +110,7 @@ def count_nodes(graph: walks.WalkGraph, report: NeighborhoodReport) -> None:
 
 def run(spark: SparkSession, args: NeighborhoodArgs) -> NeighborhoodReport:
     params = args.params
-    run_id = new_run_id()
+    run_id = args.common.run_id
     report = NeighborhoodReport(run_id, asdict(params))
     work = f"{args.out}/_work/{run_id}"
     sc = spark.sparkContext
@@ -140,7 +141,7 @@ def run(spark: SparkSession, args: NeighborhoodArgs) -> NeighborhoodReport:
     report.counts["walks per second"] = int(walk_count / max(report.seconds["walks"], 1e-9))
 
     with report.timed("publish"):
-        metadata = {"run_id": run_id, "walk": report.params, "inputs": inputs}
+        metadata = {"run_id": run_id, "walk": report.params, "inputs": inputs, "software": software(spark)}
         for name, df in walks.top_neighbor_tables(counts, params.top_t).items():
             sc.setJobDescription(f"publish {name}")
             path = f"{args.out}/{name}"
@@ -153,7 +154,8 @@ def run(spark: SparkSession, args: NeighborhoodArgs) -> NeighborhoodReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return spark_job_main("pinsage-neighborhoods", parse_args(argv), run)
+    args = parse_args(argv)
+    return spark_job_main("pinsage-neighborhoods", args, run, writes=args.out)
 
 
 if __name__ == "__main__":

@@ -136,7 +136,8 @@ def run(spark: SparkSession, args: PublishArgs) -> PublishReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return spark_job_main("pinsage-publish", parse_args(argv), run)
+    args = parse_args(argv)
+    return spark_job_main("pinsage-publish", args, run, writes=args.target)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs.lib.cli import CommonArgs, add_common_args, at_least, job_args, new_run_id, positive, spark_job_main
+from jobs.lib.cli import CommonArgs, add_common_args, at_least, job_args, positive, spark_job_main
 from jobs.lib.evaluation.checks import check_vector_table
 from jobs.lib.io import (
     InputError,
@@ -138,7 +138,7 @@ def write_index(spark: SparkSession, lists: DataFrame, centroids: np.ndarray, me
 
 
 def run(spark: SparkSession, args: RelatedArgs) -> RelatedReport:
-    run_id = new_run_id()
+    run_id = args.common.run_id
     params: dict = {"method": args.method, "top_k": args.top_k}
     if args.method == "ann":
         params.update(lists=args.lists, probes=args.probes, sample=args.sample, seed=args.seed)
@@ -203,7 +203,8 @@ def run(spark: SparkSession, args: RelatedArgs) -> RelatedReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return spark_job_main("pinsage-related", parse_args(argv), run)
+    args = parse_args(argv)
+    return spark_job_main("pinsage-related", args, run, writes=args.out)
 
 
 if __name__ == "__main__":

@@ -304,7 +304,9 @@ def test_without_pairs_evaluate_is_skipped_and_publish_still_runs(nightly, fake_
 
 
 @pytest.mark.parametrize(
-    "status, tries", [(2, 1), (1, 3)], ids=["bad-input-not-retried", "other-failure-retried"]
+    "status, tries",
+    [(2, 1), (1, 3), (3, 3)],
+    ids=["bad-input-not-retried", "other-failure-retried", "busy-output-retried"],
 )
 def test_a_failed_job_stops_the_run_and_only_bad_input_skips_the_retries(
     nightly, fake_spark, tmp_path, monkeypatch, status, tries

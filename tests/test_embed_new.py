@@ -4,14 +4,21 @@ of a base run made with another checkpoint."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from jobs import embed, embed_new, neighborhoods
+from jobs.lib.inference import FAULT_ENV
 from jobs.lib.io import last_commit
 from pinsage_model.checkpoint import read_checkpoint
 from tests.graphs import embed_argv, small_graph, vector_type, write_checkpoint, write_graph, write_parquet
+from tests.test_recovery import ROOT, SAME_AS_FIXTURE
 
 WALK = [
     "--walks-per-node",
@@ -153,21 +160,87 @@ def test_an_existing_pin_listed_again_is_updated_in_place(spark, base, tmp_path)
     assert all(np.array_equal(after[p], before[p]) for p in before if p != 3)
 
 
+def one_new_pin_args(folder: str, base: str, ckpt: str) -> list[str]:
+    """embed_new's command line for one new pin, 40, with one membership."""
+    return [
+        "--new-pins",
+        pins_table(f"{folder}/p", {40: [0.5] * 6}),
+        "--new-edges",
+        edges_table(f"{folder}/e", [(40, 100)]),
+        "--base",
+        base,
+        "--checkpoint",
+        ckpt,
+    ]
+
+
 def test_a_base_run_of_another_checkpoint_is_refused_and_left_unchanged(spark, base, tmp_path, capsys):
     _, _, _, out, _ = base
     other = write_checkpoint(str(tmp_path / "other.pt"), seed=99)
     version = last_commit(spark, f"{out}/pin_embeddings")["version"]
-    args = [
-        "--new-pins",
-        pins_table(str(tmp_path / "p"), {40: [0.5] * 6}),
-        "--new-edges",
-        edges_table(str(tmp_path / "e"), [(40, 100)]),
-        "--base",
-        out,
-        "--checkpoint",
-        other,
-    ]
+    args = one_new_pin_args(str(tmp_path), out, other)
     assert embed_new.main(args) == 2
     err = capsys.readouterr().err
     assert "table 'pin_embeddings'" in err and "checkpoint sha256" in err
     assert last_commit(spark, f"{out}/pin_embeddings")["version"] == version
+
+
+def test_a_recorded_input_that_is_gone_is_reported_missing_with_the_path_tried(spark, base, tmp_path, capsys):
+    _, _, ckpt, out, root = base
+    recorded = last_commit(spark, f"{out}/pin_embeddings")["metadata"]["inputs"]["pin_neighbors"]["path"]
+    assert recorded == f"file:{root}/base/nbrs/pin_neighbors"  # qualified: valid from any directory
+    args = one_new_pin_args(str(tmp_path), out, ckpt)
+    os.rename(f"{root}/base/nbrs", f"{root}/moved")
+    try:
+        assert embed_new.main(args) == 2
+    finally:
+        os.rename(f"{root}/moved", f"{root}/base/nbrs")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: table 'pin_neighbors': missing: nothing at {recorded}, the path the base run recorded in "
+        f"{out}/pin_embeddings"
+    )
+
+
+def test_a_run_killed_during_its_merge_leaves_pin_embeddings_as_it_was_and_a_rerun_gives_the_same_result(
+    spark, base, tmp_path
+):
+    from deltalake import DeltaTable
+
+    _, _, ckpt, out, _ = base
+    copy = str(tmp_path / "copy")
+    shutil.copytree(out, copy)
+    new = {
+        "--new-pins": pins_table(str(tmp_path / "p"), {50: [0.25] * 6, 51: [-0.5] * 6}),
+        "--new-edges": edges_table(str(tmp_path / "e"), [(50, 100), (50, 101), (51, 102)]),
+        "--checkpoint": ckpt,
+        "--lease-timeout": "1",
+    }
+    argv = [item for pair in new.items() for item in pair]
+    assert embed_new.main([*argv, "--base", copy]) == 0  # undisturbed, on a copy of the base
+    before = DeltaTable(f"{out}/pin_embeddings")
+
+    env = {**os.environ, FAULT_ENV: "head:0:kill"}  # the output head, which the MERGE's source runs
+    cmd = [
+        sys.executable,
+        "jobs/embed_new.py",
+        *argv,
+        "--base",
+        out,
+        "--master",
+        "local[2]",
+        *SAME_AS_FIXTURE,
+    ]
+    killed = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, start_new_session=True
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    after = DeltaTable(f"{out}/pin_embeddings")  # delta-rs: an independent reader
+    assert after.version() == before.version()
+    assert after.to_pyarrow_table().sort_by("pin_id") == before.to_pyarrow_table().sort_by("pin_id")
+
+    assert embed_new.main([*argv, "--base", out]) == 0  # takes the killed run's lease over
+    assert embeddings(spark, f"{out}/pin_embeddings").keys() >= {50, 51}
+    rerun, undisturbed = (
+        DeltaTable(f"{root}/pin_embeddings").to_pyarrow_table().sort_by("pin_id") for root in (out, copy)
+    )
+    assert rerun == undisturbed  # bit-identical

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 
@@ -102,14 +103,46 @@ def test_missing_or_unreadable_inputs_are_input_errors(spark, tmp_path):
     with pytest.raises(io.InputError, match="table 'edges'"):
         io.snapshot(spark, "edges", str(tmp_path / "nowhere"))
     os.makedirs(tmp_path / "empty")
-    with pytest.raises(io.InputError, match=r"table 'edges': cannot read .*empty as parquet"):
+    with pytest.raises(
+        io.InputError, match=r"table 'edges': \S+empty is neither a Delta table nor a folder of Parquet"
+    ):
         io.read_table(spark, "edges", str(tmp_path / "empty"))
+
+
+def test_a_file_that_is_not_parquet_is_bad_input_naming_the_file(spark, tmp_path):
+    os.makedirs(tmp_path / "csv")
+    (tmp_path / "csv" / "edges.csv").write_text("pin_id,board_id\n1,2\n")
+    with pytest.raises(
+        io.InputError, match=r"table 'edges': cannot read \S+/csv/edges.csv: not a Parquet file"
+    ):
+        io.read_table(spark, "edges", str(tmp_path / "csv"))
+
+
+def test_a_delta_log_without_commits_is_bad_input(spark, tmp_path):
+    os.makedirs(tmp_path / "t" / "_delta_log")
+    with pytest.raises(io.InputError, match=r"table 'pins': \S+/t/_delta_log holds no commit"):
+        io.read_table(spark, "pins", str(tmp_path / "t"))
+
+
+def test_a_parquet_file_damaged_past_its_footer_is_bad_input_when_scanned(spark, tmp_path):
+    folder = tmp_path / "pins"
+    folder.mkdir()
+    path = folder / "part-0.parquet"
+    values = pa.array(range(0, 20000, 7), pa.int64())
+    pq.write_table(pa.table({"pin_id": values}), path, compression="none", use_dictionary=False)
+    data = bytearray(path.read_bytes())
+    data[4:64] = b"\xff" * 60  # the first page's header; the footer at the end is intact
+    path.write_bytes(bytes(data))
+    df = io.read_table(spark, "pins", str(folder))
+    with pytest.raises(io.InputError, match=r"table 'pins': cannot read \S+part-0.parquet"):
+        with io.reading("pins"):
+            df.agg({"pin_id": "sum"}).collect()
 
 
 def test_snapshot_identifies_a_delta_version_or_the_parquet_files(spark, rows, tmp_path):
     delta = str(tmp_path / "d")
     io.write_delta(rows, delta)
-    assert io.snapshot(spark, "pins", delta) == {"path": delta, "format": "delta", "version": 0}
+    assert io.snapshot(spark, "pins", delta) == {"path": f"file:{delta}", "format": "delta", "version": 0}
     parquet = write_parquet(str(tmp_path / "p"), {"pin_id": pa.array([1, 2], pa.int64())})
     snap = io.snapshot(spark, "pins", parquet)
     size = os.path.getsize(f"{parquet}/part-00000.parquet")

@@ -8,8 +8,10 @@ their environment (jobs.lib.inference.inject_fault)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -38,7 +40,10 @@ SAME_AS_FIXTURE = [
 def embed_process(argv: list[str], fault: str, master: str) -> subprocess.CompletedProcess:
     env = {**os.environ, FAULT_ENV: fault}
     cmd = [sys.executable, "jobs/embed.py", *argv, "--master", master, *SAME_AS_FIXTURE]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # Its own session: a `kill` fault SIGKILLs the run's process group, never the test runner.
+    return subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, start_new_session=True
+    )
 
 
 def table(spark, path: str) -> dict[int, list[float]]:
@@ -126,8 +131,73 @@ def test_outputs_record_the_run_the_checkpoint_and_the_input_versions(spark, tmp
         meta = last_commit(spark, f"{out}/{name}")["metadata"]
         assert meta["run_id"] == report.run_id
         assert meta["checkpoint_sha256"] == sha
-        assert meta["inputs"]["pins"] == {"path": delta_pins, "format": "delta", "version": 1}
+        # Paths as Hadoop resolves them, so the record holds from any working directory.
+        assert meta["inputs"]["pins"] == {"path": f"file:{delta_pins}", "format": "delta", "version": 1}
+        assert meta["inputs"]["edges"]["path"] == f"file:{paths['edges']}"
+        assert meta["software"] == {
+            "pinsage_spark": "0.1.0",
+            "git_commit": meta["software"]["git_commit"],
+            "spark": spark.version,
+            "delta": "4.4.0",
+        }
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", meta["software"]["git_commit"])
         edges = meta["inputs"]["edges"]
         assert edges["format"] == "parquet" and edges["files"] == 1
         assert edges["bytes"] == os.path.getsize(f"{paths['edges']}/part-00000.parquet")
         assert set(meta["inputs"]) == {"pins", "edges", "board_neighbors", "pin_neighbors"}
+
+
+# Where the crash harness kills a run (PINSAGE_INJECT_FAULT=<step>:<k>:kill, the run's whole process
+# group SIGKILLed): between the input checks, in the middle of layer 1's and layer 2's writes (an
+# executor of the pooling stage), and between the two published tables.
+KILL_POINTS = [("validate", 0), ("pool", 1), ("pool", 2), ("publish", 1)]
+
+
+def delta_rows(path: str) -> tuple[int, str, dict[int, tuple[float, ...]]]:
+    """A table as an independent Delta reader (delta-rs) sees it: version, the writing run's id, rows."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(path)
+    run_id = json.loads(table.history(1)[0]["userMetadata"])["run_id"]
+    rows = table.to_pyarrow_table().to_pylist()
+    return (
+        table.version(),
+        run_id,
+        {r[k]: tuple(r["embedding"]) for r in rows for k in r if k.endswith("_id")},
+    )
+
+
+def test_a_run_killed_at_any_step_leaves_consistent_tables_and_a_resumed_rerun_the_undisturbed_result(
+    spark, tmp_path, graph
+):
+    paths, ckpt = graph
+    names = ("board_embeddings", "pin_embeddings")  # in publishing order
+    reference = str(tmp_path / "reference")
+    run(spark, parse_args(embed_argv(paths, ckpt, reference)), read_checkpoint(ckpt))
+    out = str(tmp_path / "out")
+    older = write_checkpoint(str(tmp_path / "older.pt"), seed=8)
+    run(spark, parse_args(embed_argv(paths, older, out)), read_checkpoint(older))
+    before = {name: delta_rows(f"{out}/{name}") for name in names}
+    undisturbed = {name: delta_rows(f"{reference}/{name}")[2] for name in names}
+
+    # Every run after the first takes over the lease the killed one left (timeout 1 s < Spark's start).
+    argv = embed_argv(paths, ckpt, out) + ["--resume", "--lease-timeout", "1"]
+    for step, k in KILL_POINTS:
+        killed = embed_process(argv, f"{step}:{k}:kill", "local[2]")
+        assert killed.returncode == -9, killed.stderr[-3000:]
+        assert os.listdir(f"{out}/_lease"), "a killed run leaves its lease behind"
+        now = {name: delta_rows(f"{out}/{name}") for name in names}
+        if step == "publish":  # the boards are this run's, the pins still the older run's
+            assert now["board_embeddings"][0] == before["board_embeddings"][0] + 1
+            assert now["board_embeddings"][2] == undisturbed["board_embeddings"]
+            assert now["pin_embeddings"] == before["pin_embeddings"]
+        else:
+            assert now == before, f"killed at {step} {k}"
+
+    rerun = embed_process(argv, "", "local[2]")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "taking over the lease" in rerun.stderr
+    after = {name: delta_rows(f"{out}/{name}") for name in names}
+    assert {name: rows for name, (_, _, rows) in after.items()} == undisturbed  # bit-identical
+    assert after["board_embeddings"][1] == after["pin_embeddings"][1]  # one run's tables
+    assert not os.path.exists(f"{out}/_work") and not os.path.exists(f"{out}/_lease")

@@ -2,7 +2,10 @@
 contract and the run report's JSON copy.
 
 Exit statuses: 0 success; 2 bad input or a bad checkpoint (`error: table '...', column '...': ...` on
-stderr, nothing written, no retry helps); 1 anything else (a crash, which a retry may cure).
+stderr, nothing written, no retry helps); 3 the output root is being written by another run
+(`error: OUT is being written by run <id> (started <time>, last seen <time>)`, nothing written; a
+retry after that run ends, or after its lease times out, proceeds), also when this run's lease was
+taken over while it ran; 1 anything else (a crash, which a retry may cure).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from jobs.lib.io import InputError
+from jobs.lib.lease import DEFAULT_TIMEOUT_S, LeaseBusyError, LeaseLostError, held
 from jobs.lib.vectors import PRECISIONS
 from pinsage_model.checkpoint import CheckpointError, read_checkpoint
 
@@ -26,6 +30,11 @@ T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+EXIT_BUSY = 3
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
 @dataclass(frozen=True)
@@ -36,15 +45,27 @@ class CommonArgs:
     conf: dict[str, str] = field(default_factory=dict)
     report_json: str | None = None
     keep_work: bool = False
+    lease_timeout: float = DEFAULT_TIMEOUT_S
+    # The run's id: in its lease, its run report and the records of the tables it writes.
+    run_id: str = field(default_factory=new_run_id)
 
 
 def add_common_args(parser: argparse.ArgumentParser, work_tables: bool = True) -> None:
-    """--master, --conf, --report-json, and --keep-work for jobs that write work tables."""
+    """--master, --conf, --report-json, --lease-timeout, and --keep-work for jobs that write work
+    tables."""
     parser.add_argument("--master", help="Spark master when run with python (default local[*])")
     parser.add_argument(
         "--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf (repeatable)"
     )
     parser.add_argument("--report-json", help="also write the run report as JSON to this local file")
+    parser.add_argument(
+        "--lease-timeout",
+        type=positive,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="take over the output root's lease when its holder has been silent this long "
+        f"(default {DEFAULT_TIMEOUT_S:.0f})",
+    )
     if work_tables:
         parser.add_argument("--keep-work", action="store_true", help="keep the work tables in OUT/_work")
 
@@ -117,6 +138,7 @@ def common_args(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> 
         conf=spark_conf(parser, parsed.conf),
         report_json=parsed.report_json,
         keep_work=getattr(parsed, "keep_work", False),
+        lease_timeout=getattr(parsed, "lease_timeout", DEFAULT_TIMEOUT_S),
     )
 
 
@@ -181,10 +203,6 @@ def positive(text: str) -> float:
     return value
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-
-
 def job_main(run: Callable[[], Any], report_json: str | None) -> int:
     """Run a job; bad input or a bad checkpoint prints `error: ...` and returns EXIT_BAD_INPUT, success
     prints the report (and writes it as JSON to `report_json` when given) and returns EXIT_OK."""
@@ -194,6 +212,9 @@ def job_main(run: Callable[[], Any], report_json: str | None) -> int:
     except (InputError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (LeaseBusyError, LeaseLostError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     print(report.render())
     if report_json:
         with open(report_json, "w") as f:
@@ -202,25 +223,40 @@ def job_main(run: Callable[[], Any], report_json: str | None) -> int:
 
 
 def spark_job_main(
-    app_name: str, args: Any, run: Callable[..., Any], load: Callable[[], Any] | None = None
+    app_name: str,
+    args: Any,
+    run: Callable[..., Any],
+    load: Callable[[], Any] | None = None,
+    writes: str | None = None,
 ) -> int:
     """`job_main` for a Spark job: `run(spark, args)` with the session from the one factory,
     configured by the common flags (`args.common`). With `load`, `run(spark, args, load())`, `load`
     running before the session starts, so a bad file it reads (a checkpoint) is refused without
-    starting Spark."""
+    starting Spark. With `writes` (the output root), `run` holds the lease on that root
+    (jobs.lib.lease) under run id `args.common.run_id`."""
     from jobs.lib.session import get_spark
 
     def job() -> Any:
         loaded = () if load is None else (load(),)
-        return run(get_spark(app_name, args.common.master, args.common.conf), args, *loaded)
+        common = args.common
+        spark = get_spark(app_name, common.master, common.conf)
+        if writes is None:
+            return run(spark, args, *loaded)
+        with held(spark, writes, common.run_id, common.lease_timeout):
+            return run(spark, args, *loaded)
 
     return job_main(job, args.common.report_json)
 
 
-def model_job_main(app_name: str, args: Any, run: Callable[..., Any]) -> int:
-    """`spark_job_main` for a job that runs the model: `run(spark, args, checkpoint)`. The checkpoint
+def model_job_main(app_name: str, args: Any, run: Callable[..., Any], writes: str) -> int:
+    """`spark_job_main` for a job that runs the model, writing under `writes`: `run(spark, args,
+    checkpoint)`. The checkpoint
     (args.checkpoint, pinned to args.checkpoint_sha256 when given) is read before Spark starts, so a
     bad or swapped file fails fast; executors re-check the hash of the broadcast bytes."""
     return spark_job_main(
-        app_name, args, run, load=lambda: read_checkpoint(args.checkpoint, args.checkpoint_sha256)
+        app_name,
+        args,
+        run,
+        load=lambda: read_checkpoint(args.checkpoint, args.checkpoint_sha256),
+        writes=writes,
     )

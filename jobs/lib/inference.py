@@ -7,6 +7,7 @@ model keyed by SHA-256 and device, so a task pays for loading at most once per w
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import warnings
 from collections.abc import Iterator
@@ -82,17 +83,26 @@ FAULT_ENV = "PINSAGE_INJECT_FAULT"
 
 
 def inject_fault(step: str, k: int) -> None:
-    """Fault injection for the recovery tests, off unless the executor's environment sets
-    PINSAGE_INJECT_FAULT="<step>:<k>:<mode>[:<marker dir>]" (step: project or pool). Mode `crash`
-    kills this Python worker the first time any task gets here (a marker file in the directory makes
-    it once per run; without a directory, every time); mode `fail` raises in every attempt, so the
-    Spark job fails."""
+    """Fault injection for the recovery tests, off unless the environment sets
+    PINSAGE_INJECT_FAULT="<step>:<k>:<mode>[:<marker dir>]". Executor steps: project or pool of
+    layer k, head (k 0: the output head, which embed_new's MERGE runs); driver steps: validate (k 0,
+    between the input checks), publish (after the k-th published table's commit). Mode `crash` kills
+    this Python worker the first time any task gets here (a marker file in the directory makes it
+    once per run; without a directory, every time); mode `fail` raises in every attempt, so the
+    Spark job fails; mode `kill` SIGKILLs the run's driver and JVM (the process group of the run's
+    session, as a lost machine would end them: start the run as a session leader, e.g. setsid), so
+    on an executor it kills the run in the middle of the stage's write."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
     want_step, want_k, mode, *marker = spec.split(":", 3)
     if (want_step, int(want_k)) != (step, k):
         return
+    if mode == "kill":
+        # The session's first process group holds the driver and its JVM (Python workers sit in
+        # groups of their own, and exit once the JVM is gone).
+        os.killpg(os.getsid(0), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
     if mode == "fail":
         raise RuntimeError(f"{FAULT_ENV}: injected failure in {step} of layer {k}")
     if not marker:  # no marker directory: every attempt dies, as a worker that always crashes would
@@ -329,6 +339,7 @@ def head_batches(batches: Iterator[pa.RecordBatch], ref: ModelRef) -> Iterator[p
     model = device = None
     for batch in batches:
         if model is None:
+            inject_fault("head", 0)
             model, device = get_model(ref)
         h = to_matrix(batch.column("vec"), model.config.embed_dim)
         with torch.inference_mode():

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -19,6 +24,26 @@ class InputError(ValueError):
         self.table, self.column, self.problem = table, column, problem
         where = f"table '{table}'" + (f", column '{column}'" if column else "")
         super().__init__(f"{where}: {problem}")
+
+
+# Checks run before every commit and every delete below (jobs.lib.lease registers the check that the
+# run still holds the lease on the root it writes: fencing).
+_FENCES: list[Callable[[], None]] = []
+
+
+def add_fence(check: Callable[[], None]) -> None:
+    _FENCES.append(check)
+
+
+def remove_fence(check: Callable[[], None]) -> None:
+    if check in _FENCES:
+        _FENCES.remove(check)
+
+
+def fence() -> None:
+    """Raise unless every registered fence check passes (called before each commit and delete)."""
+    for check in list(_FENCES):
+        check()
 
 
 def _fs_path(spark: SparkSession, path: str):
@@ -37,6 +62,7 @@ def is_delta(spark: SparkSession, path: str) -> bool:
 
 
 def delete_path(spark: SparkSession, path: str) -> None:
+    fence()
     fs, hpath = _fs_path(spark, path)
     if fs.exists(hpath):
         fs.delete(hpath, True)
@@ -51,17 +77,95 @@ def delete_work(spark: SparkSession, work: str) -> None:
 
 
 def read_table(spark: SparkSession, name: str, path: str, version: int | None = None) -> DataFrame:
-    """A Delta table when `path` holds a _delta_log (at `version` when given), else Parquet."""
+    """A Delta table when `path` holds a _delta_log (at `version` when given), else Parquet. A path
+    that cannot be read as either is an InputError naming the table and what is wrong: a _delta_log
+    without commits, a file that is not Parquet, Parquet files that disagree on a column's type
+    (every footer is read: Spark otherwise takes the schema from one file and fails mid-scan)."""
     if not path_exists(spark, path):
         raise InputError(name, None, f"path {path} does not exist")
-    fmt = "delta" if is_delta(spark, path) else "parquet"
-    try:
-        reader = spark.read.format(fmt)
+    if is_delta(spark, path):
+        if not _delta_commits(spark, path):
+            raise InputError(
+                name, None, f"{path}/_delta_log holds no commit (the write that created it died)"
+            )
+        fmt, reader = "delta", spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
+    else:
+        fmt, reader = "parquet", spark.read.format("parquet").option("mergeSchema", "true")
+    try:
         return reader.load(path)
-    except Exception as exc:  # Spark's AnalysisException for unreadable or empty folders
-        raise InputError(name, None, f"cannot read {path} as {fmt}: {_first_line(exc)}") from None
+    except Exception as exc:  # AnalysisException, or a Py4JJavaError from the footer-reading job
+        raise _storage_error(spark, name, path, fmt, exc) from None
+
+
+def _delta_commits(spark: SparkSession, path: str) -> bool:
+    fs, log_dir = _fs_path(spark, path.rstrip("/") + "/_delta_log")
+    return any(
+        status.getPath().getName().endswith((".json", ".checkpoint.parquet"))
+        for status in fs.listStatus(log_dir)
+    )
+
+
+def data_files(spark: SparkSession, path: str) -> list:
+    """The data files under `path` (Hadoop FileStatus), names starting with `_` or `.` skipped."""
+    fs, hpath = _fs_path(spark, path)
+    files, found = fs.listFiles(hpath, True), []
+    while files.hasNext():
+        status = files.next()
+        if not status.getPath().getName().startswith(("_", ".")):
+            found.append(status)
+    return found
+
+
+def _storage_error(spark: SparkSession, name: str, path: str, fmt: str, exc: Exception) -> InputError:
+    """The InputError for a table Spark could not open: which file, which column, what is wrong."""
+    text = str(exc)
+    if "CANNOT_MERGE_SCHEMAS" in text:
+        clash = _type_clash(spark, path)
+        if clash is not None:
+            column, (type_a, file_a), (type_b, file_b) = clash
+            return InputError(
+                name,
+                column,
+                f"its Parquet files under {path} disagree on the type: "
+                f"{type_a} in {file_a}, {type_b} in {file_b}",
+            )
+    bad_file = re.search(r"reading file (\S+?)\.? Could not read footer", text)
+    if bad_file:
+        return InputError(name, None, f"cannot read {bad_file[1]}: not a Parquet file, or a damaged one")
+    if "UNABLE_TO_INFER_SCHEMA" in text:
+        return InputError(name, None, f"{path} is neither a Delta table nor a folder of Parquet files")
+    return InputError(name, None, f"cannot read {path} as {fmt}: {_first_line(exc)}")
+
+
+def _type_clash(spark: SparkSession, path: str) -> tuple[str, tuple[str, str], tuple[str, str]] | None:
+    """The first column two Parquet files under `path` store with different types, with each type and
+    file; each footer is read on its own (only on this error path)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for status in sorted(data_files(spark, path), key=lambda status: str(status.getPath())):
+        file = str(status.getPath().toString())
+        for field in spark.read.parquet(file).schema.fields:
+            found = (field.dataType.simpleString(), status.getPath().getName())
+            first = seen.setdefault(field.name, found)
+            if first[0] != found[0]:
+                return field.name, first, found
+    return None
+
+
+@contextmanager
+def reading(name: str) -> Iterator[None]:
+    """A block in which a Spark job that fails reading a file of table `name` (a damaged data page
+    found mid-scan) raises InputError naming the file."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        bad_file = re.search(r"Encountered error while reading file (\S+?)\.? ", str(exc))
+        if bad_file is None:
+            raise
+        raise InputError(name, None, f"cannot read {bad_file[1]}: a damaged data file") from None
 
 
 def read_snapshot(spark: SparkSession, name: str, snap: dict) -> DataFrame:
@@ -84,18 +188,14 @@ def snapshot(spark: SparkSession, name: str, path: str) -> dict:
     reruns and resumes can tell whether their inputs changed."""
     if not path_exists(spark, path):
         raise InputError(name, None, f"path {path} does not exist")
+    full = qualified(spark, path)  # as Hadoop resolves it, so the record is valid from any directory
     if is_delta(spark, path):
-        return {"path": path, "format": "delta", "version": table_version(spark, path)}
-    fs, hpath = _fs_path(spark, path)
-    files = fs.listFiles(hpath, True)
+        return {"path": full, "format": "delta", "version": table_version(spark, path)}
     count = size = latest = 0
-    while files.hasNext():
-        status = files.next()
-        if status.getPath().getName().startswith(("_", ".")):
-            continue
+    for status in data_files(spark, path):
         count, size = count + 1, size + status.getLen()
         latest = max(latest, status.getModificationTime())
-    return {"path": path, "format": "parquet", "files": count, "bytes": size, "modified_ms": latest}
+    return {"path": full, "format": "parquet", "files": count, "bytes": size, "modified_ms": latest}
 
 
 def write_delta(df: DataFrame, path: str, metadata: dict | None = None) -> int:
@@ -110,6 +210,7 @@ def write_delta(df: DataFrame, path: str, metadata: dict | None = None) -> int:
 def write_delta_commit(df: DataFrame, path: str, metadata: dict | None = None) -> dict:
     """`write_delta`, returning the new commit as `last_commit` reads it (its operationMetrics
     count the rows written, so no second pass over the table is needed to report them)."""
+    fence()
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     if metadata:
         writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
@@ -120,6 +221,7 @@ def write_delta_commit(df: DataFrame, path: str, metadata: dict | None = None) -
 def write_parquet(df: DataFrame, path: str) -> None:
     """Replace the Parquet folder at `path` (files that readers without Spark load, such as the
     related-pins index; not atomic, unlike a Delta commit)."""
+    fence()
     df.write.mode("overwrite").parquet(path)
 
 
@@ -140,6 +242,7 @@ def write_and_reload(df: DataFrame, path: str, metadata: dict | None = None) -> 
 
 def append_delta(df: DataFrame, path: str, first: bool) -> None:
     """Add `df`'s rows to the Delta table at `path` in one commit; `first` replaces what is there."""
+    fence()
     df.write.format("delta").mode("overwrite" if first else "append").save(path)
 
 
@@ -149,6 +252,7 @@ def merge_delta(df: DataFrame, path: str, key: str, metadata: dict | None = None
     from delta.tables import DeltaTable
 
     spark = df.sparkSession
+    fence()
     conf = "spark.databricks.delta.commitInfo.userMetadata"  # MERGE takes no userMetadata option
     if metadata:
         spark.conf.set(conf, json.dumps(metadata, sort_keys=True))
@@ -172,6 +276,7 @@ def committed_rows(spark: SparkSession, path: str, commit: dict) -> int:
 
 def put_file(spark: SparkSession, local: str, dest: str) -> None:
     """Copy a driver-local file to `dest` on the job's file system (local, HDFS, S3, ...)."""
+    fence()
     fs, target = _fs_path(spark, dest)
     jvm = spark.sparkContext._jvm
     fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(os.path.abspath(local)), target)
@@ -179,6 +284,7 @@ def put_file(spark: SparkSession, local: str, dest: str) -> None:
 
 def copy_path(spark: SparkSession, source: str, dest: str) -> None:
     """Replace `dest` with a copy of the file or folder `source` (not atomic)."""
+    fence()
     jvm = spark.sparkContext._jvm
     src_fs, src = _fs_path(spark, source)
     dst_fs, dst = _fs_path(spark, dest)
@@ -217,3 +323,221 @@ def json_object(raw: str) -> dict | None:
     except ValueError:
         return None
     return decoded if isinstance(decoded, dict) else None
+
+
+class LocalFiles:
+    """Small files on the driver's local file system, for leases. `create_new` is link(2), which
+    fails when the name exists: atomic on a POSIX file system (Hadoop's local create(overwrite=false)
+    checks, then creates)."""
+
+    def create_new(self, path: str, data: bytes) -> bool:
+        # Written in full under a private name, then linked into place: link(2) fails when the name
+        # exists, so the file appears atomically and never empty.
+        for _ in range(10):  # the folder may be removed by a releasing run between the calls
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                continue
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        raise FileNotFoundError(path)
+
+    def replace(self, path: str, data: bytes) -> None:
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def names(self, folder: str) -> list[str]:
+        try:
+            return os.listdir(folder)
+        except FileNotFoundError:
+            return []
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def modified(self, path: str) -> float | None:
+        try:
+            return os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def touch(self, path: str) -> bool:
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete(self, path: str) -> None:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def remove_empty_folder(self, path: str) -> None:
+        try:
+            os.rmdir(path)
+        except OSError:  # not empty (another run's lease, a table), or already gone
+            pass
+
+
+class HadoopFiles:
+    """`LocalFiles` through the Hadoop FileSystem API, for leases on HDFS and other stores:
+    `create_new` is create(overwrite=false), atomic on HDFS (the NameNode creates the file or
+    refuses); an object store gives that guarantee only with conditional writes."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+
+    def _path(self, path: str):
+        return _fs_path(self.spark, path)
+
+    def create_new(self, path: str, data: bytes) -> bool:
+        fs, hpath = self._path(path)
+        try:
+            stream = fs.create(hpath, False)
+        except Exception as exc:  # FileAlreadyExistsException through Py4J
+            if "AlreadyExists" in str(exc) or fs.exists(hpath):
+                return False
+            raise
+        try:
+            stream.write(bytearray(data))
+        finally:
+            stream.close()
+        return True
+
+    def replace(self, path: str, data: bytes) -> None:
+        fs, hpath = self._path(path)
+        stream = fs.create(hpath, True)
+        try:
+            stream.write(bytearray(data))
+        finally:
+            stream.close()
+
+    def names(self, folder: str) -> list[str]:
+        fs, hpath = self._path(folder)
+        if not fs.exists(hpath):
+            return []
+        return [status.getPath().getName() for status in fs.listStatus(hpath)]
+
+    def read(self, path: str) -> bytes | None:
+        fs, hpath = self._path(path)
+        try:
+            stream = fs.open(hpath)
+        except Exception:  # FileNotFoundException: released or taken over meanwhile
+            return None
+        try:
+            jvm = self.spark.sparkContext._jvm
+            return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+        finally:
+            stream.close()
+
+    def modified(self, path: str) -> float | None:
+        fs, hpath = self._path(path)
+        try:
+            return fs.getFileStatus(hpath).getModificationTime() / 1000
+        except Exception:  # FileNotFoundException
+            return None
+
+    def touch(self, path: str) -> bool:
+        fs, hpath = self._path(path)
+        try:
+            fs.setTimes(hpath, int(time.time() * 1000), -1)
+        except Exception:  # FileNotFoundException: taken over and cleaned up
+            return False
+        return True
+
+    def delete(self, path: str) -> None:
+        fs, hpath = self._path(path)
+        fs.delete(hpath, False)
+
+    def exists(self, path: str) -> bool:
+        fs, hpath = self._path(path)
+        return bool(fs.exists(hpath))
+
+    def remove_empty_folder(self, path: str) -> None:
+        fs, hpath = self._path(path)
+        try:
+            if fs.exists(hpath) and len(fs.listStatus(hpath)) == 0:
+                fs.delete(hpath, False)
+        except Exception:  # PathIsNotEmptyDirectoryException: something arrived meanwhile
+            pass
+
+
+def qualified(spark: SparkSession, path: str) -> str:
+    """`path` as Hadoop resolves it: scheme and absolute path (file:/abs/out, hdfs://nn/out)."""
+    fs, hpath = _fs_path(spark, path)
+    return str(fs.makeQualified(hpath).toString())
+
+
+def small_files(spark: SparkSession, root: str) -> tuple[LocalFiles | HadoopFiles, str]:
+    """The small-file access for leases under `root`, and `root` in the form that access takes: a
+    local path for the file: scheme, the qualified URI otherwise."""
+    full = qualified(spark, root)
+    fs, hpath = _fs_path(spark, full)
+    uri = fs.makeQualified(hpath).toUri()
+    if uri.getScheme() == "file":
+        return LocalFiles(), str(uri.getPath())
+    return HadoopFiles(spark), full
+
+
+def delta_tables_under(spark: SparkSession, root: str, depth: int = 2) -> list[str]:
+    """The Delta tables at most `depth` folders below `root` (ROOT/pin_embeddings,
+    ROOT/board_layers/layer_1), skipping folders named with `_` or `.` (work tables, leases)."""
+    found, level = [], [root.rstrip("/")]
+    for _ in range(depth):
+        below = []
+        for folder in level:
+            fs, hpath = _fs_path(spark, folder)
+            if not fs.exists(hpath):
+                continue
+            for status in fs.listStatus(hpath):
+                name = str(status.getPath().getName())
+                if status.isDirectory() and not name.startswith(("_", ".")):
+                    path = f"{folder}/{name}"
+                    (found if is_delta(spark, path) else below).append(path)
+        level = below
+    return sorted(found)
+
+
+def entries_older_than(spark: SparkSession, folder: str, cutoff_ms: int) -> list[str]:
+    """The entries of `folder` whose newest file (or own time, when empty) is older than `cutoff_ms`."""
+    fs, hpath = _fs_path(spark, folder)
+    if not fs.exists(hpath):
+        return []
+    old = []
+    for status in fs.listStatus(hpath):
+        newest = status.getModificationTime()
+        if status.isDirectory():
+            files = fs.listFiles(status.getPath(), True)
+            while files.hasNext():
+                newest = max(newest, files.next().getModificationTime())
+        if newest < cutoff_ms:
+            old.append(f"{folder.rstrip('/')}/{status.getPath().getName()}")
+    return sorted(old)
+
+
+def vacuum_delta(spark: SparkSession, path: str, hours: float) -> None:
+    """Delete the files of the Delta table at `path` that no version newer than `hours` ago reads
+    (Delta's VACUUM; those versions can no longer be read)."""
+    from delta.tables import DeltaTable
+
+    fence()
+    DeltaTable.forPath(spark, path).vacuum(hours)

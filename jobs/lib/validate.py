@@ -17,7 +17,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType
 
-from jobs.lib.io import InputError
+from jobs.lib.io import InputError, reading
 from schemas import INPUT_SCHEMAS, OPTIONAL_COLUMNS, accepted
 
 EXAMPLES = 3
@@ -100,6 +100,11 @@ def _feature_stats(batches, id_col: str, dim: int | None):
 def check_nodes(df: DataFrame, table: str, id_col: str, dim: int | None, dim_source: str) -> int:
     """Ids non-null and unique; when `dim` is given, features non-null, of length `dim`, finite.
     Returns the row count. Feature checks run as one numpy pass over Arrow batches."""
+    with reading(table):
+        return _check_nodes(df, table, id_col, dim, dim_source)
+
+
+def _check_nodes(df: DataFrame, table: str, id_col: str, dim: int | None, dim_source: str) -> int:
     cols = [id_col] + (["features"] if dim is not None else [])
     fn = partial(_feature_stats, id_col=id_col, dim=dim)
     parts = df.select(*cols).mapInArrow(fn, _STATS_SCHEMA).collect()
@@ -144,6 +149,11 @@ class LinkStats:
 def check_links(df: DataFrame, table: str, id_cols: tuple[str, str]) -> LinkStats:
     """Weights present, finite and > 0. Rows with NULL ids are allowed: they are dropped later as
     dangling references, and counted here."""
+    with reading(table):
+        return _check_links(df, table, id_cols)
+
+
+def _check_links(df: DataFrame, table: str, id_cols: tuple[str, str]) -> LinkStats:
     weight = F.col("weight")
     bad = weight.isNull() | _non_finite(weight) | (weight <= 0)
     null_ids = F.col(id_cols[0]).isNull() | F.col(id_cols[1]).isNull()
