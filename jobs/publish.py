@@ -5,7 +5,7 @@
 Copies SOURCE/board_embeddings, then SOURCE/related_pins and the folder SOURCE/related_index when
 the run has them (jobs/related.py), then SOURCE/pin_embeddings, to TARGET, one Delta overwrite commit
 per table; each target commit carries the source commit's userMetadata plus `published_from` (the
-source table's path) and `source_version` (the version copied). Both sources are checked before
+source table's path, fully qualified) and `source_version` (the version copied). Both sources are checked before
 anything is written: when one is missing or not a Delta table the job exits with status 2 and
 TARGET is untouched.
 """
@@ -29,6 +29,7 @@ from jobs.lib.io import (
     json_object,
     last_commit,
     path_exists,
+    qualified,
     read_delta,
     write_delta_commit,
 )
@@ -116,7 +117,11 @@ def run(spark: SparkSession, args: PublishArgs) -> PublishReport:
             spark.sparkContext.setJobDescription(f"publish {name} from {source}")
             # Read at the version whose metadata is recorded, even if the source gains a commit meanwhile.
             df = read_delta(spark, source, commit["version"])
-            metadata = {**commit["metadata"], "published_from": source, "source_version": commit["version"]}
+            metadata = {
+                **commit["metadata"],
+                "published_from": qualified(spark, source),
+                "source_version": commit["version"],
+            }
             path = f"{args.target}/{name}"
             written = write_delta_commit(df, path, metadata)
             rows = committed_rows(spark, path, written)

@@ -380,12 +380,12 @@ def test_a_nightly_run_publishes_and_a_rerun_of_its_date_replaces_it(nightly, sp
     run_version, run_meta = commit(spark, f"{run_dir}/pin_embeddings")
     version, meta = commit(spark, f"{current}/pin_embeddings")
     assert version == 0 and run_version == 0
-    assert meta == {**run_meta, "published_from": f"{run_dir}/pin_embeddings", "source_version": 0}
+    assert meta == {**run_meta, "published_from": f"file:{run_dir}/pin_embeddings", "source_version": 0}
     first_run_id = run_meta["run_id"]
     assert spark.read.format("delta").load(f"{current}/board_embeddings").count() == 8
     related = spark.read.format("delta").load(f"{current}/related_pins")
     assert related.select("pin_id").distinct().count() == len(graph.pins)
-    assert commit(spark, f"{current}/related_pins")[1]["published_from"] == f"{run_dir}/related_pins"
+    assert commit(spark, f"{current}/related_pins")[1]["published_from"] == f"file:{run_dir}/related_pins"
 
     # The rerun re-embeds with another checkpoint; its walks would repeat the first run's exactly
     # (same edges and seed, see test_neighborhoods), so they are marked done to keep the test short.
@@ -402,5 +402,5 @@ def test_a_nightly_run_publishes_and_a_rerun_of_its_date_replaces_it(nightly, sp
             commit(spark, f"{current}/{name}"),
         )
         assert run_version == 1 and version == 1
-        assert meta == {**run_meta, "published_from": f"{run_dir}/{name}", "source_version": 1}
+        assert meta == {**run_meta, "published_from": f"file:{run_dir}/{name}", "source_version": 1}
         assert meta["run_id"] != first_run_id

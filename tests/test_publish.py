@@ -62,7 +62,7 @@ def test_publishes_both_tables_with_the_source_metadata_and_version(spark, tmp_p
         assert json.loads(commit["userMetadata"]) == {
             "run_id": "run-a",
             "checkpoint_sha256": "ab" * 32,
-            "published_from": f"{source}/{name}",
+            "published_from": f"file:{source}/{name}",
             "source_version": 1,
         }
     assert report.tables["pin_embeddings"]["rows"] == 5 and report.tables["board_embeddings"]["rows"] == 3
@@ -92,7 +92,7 @@ def test_publishing_another_run_replaces_the_current_tables(spark, tmp_path):
         )
         commit = last_commit(spark, f"{target}/{name}")
         assert commit["version"] == 1
-        assert json.loads(commit["userMetadata"])["published_from"] == f"{second}/{name}"
+        assert json.loads(commit["userMetadata"])["published_from"] == f"file:{second}/{name}"
         assert json.loads(commit["userMetadata"])["run_id"] == "run-b"
 
 
@@ -120,7 +120,7 @@ def test_source_metadata_that_is_not_a_json_object_is_kept_verbatim(spark, tmp_p
 
     assert json.loads(last_commit(spark, f"{target}/pin_embeddings")["userMetadata"]) == {
         "source_user_metadata": "nightly rebuild",
-        "published_from": f"{source}/pin_embeddings",
+        "published_from": f"file:{source}/pin_embeddings",
         "source_version": 1,
     }
 
