@@ -5,9 +5,9 @@
 Copies SOURCE/board_embeddings, then SOURCE/related_pins and the folder SOURCE/related_index when
 the run has them (jobs/related.py), then SOURCE/pin_embeddings, to TARGET, one Delta overwrite commit
 per table; each target commit carries the source commit's userMetadata plus `published_from` (the
-source table's path, fully qualified) and `source_version` (the version copied). Both sources are checked before
-anything is written: when one is missing or not a Delta table the job exits with status 2 and
-TARGET is untouched.
+source table's path, fully qualified) and `source_version` (the version copied). Both sources are
+checked before anything is written: when one is missing or not a Delta table the job exits with
+status 2 and TARGET is untouched.
 """
 
 from __future__ import annotations
