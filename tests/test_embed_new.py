@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -238,6 +239,7 @@ def test_a_run_killed_during_its_merge_leaves_pin_embeddings_as_it_was_and_a_rer
     assert after.version() == before.version()
     assert after.to_pyarrow_table().sort_by("pin_id") == before.to_pyarrow_table().sort_by("pin_id")
 
+    time.sleep(2)  # the killed run's lease (timeout 1 s) goes stale; this session is already up
     assert embed_new.main([*argv, "--base", out]) == 0  # takes the killed run's lease over
     assert embeddings(spark, f"{out}/pin_embeddings").keys() >= {50, 51}
     rerun, undisturbed = (
