@@ -10,9 +10,9 @@ from jobs.lib.evaluation.checks import (
     check_pairs,
     check_vector_table,
     conform_labels,
-    vector_width,
 )
 from jobs.lib.io import InputError
+from jobs.lib.validate import vector_width
 
 
 def known(spark, ids):

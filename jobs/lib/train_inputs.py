@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from jobs.lib.io import InputError, read_table
-from jobs.lib.validate import EXAMPLES, check_links, check_nodes, conform
+from jobs.lib.validate import EXAMPLES, check_links, check_nodes, conform, vector_width
 from pinsage_model.training.graph import TrainGraph, build_graph
 
 log = logging.getLogger("pinsage.train")
@@ -52,13 +51,6 @@ def _features(table: pa.Table, rows: int, dim: int) -> np.ndarray:
         return np.zeros((rows, 0), dtype=np.float32)
     flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return flat.astype(np.float32).reshape(rows, dim)
-
-
-def vector_width(df: DataFrame, column: str) -> int:
-    """The length of the first non-NULL vector in `column` (0 when there is none); the node checks
-    then hold every other row to it."""
-    first = df.where(F.col(column).isNotNull()).select(F.size(column).alias("n")).first()
-    return int(first["n"]) if first is not None else 0
 
 
 def read_links(df: DataFrame, name: str, cols: tuple[str, str]) -> pa.Table:

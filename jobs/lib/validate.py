@@ -97,6 +97,13 @@ def _feature_stats(batches, id_col: str, dim: int | None):
         yield pa.RecordBatch.from_pylist([row], schema=_STATS_ARROW)
 
 
+def vector_width(df: DataFrame, column: str) -> int:
+    """The length of the first non-NULL vector in `column` (0 when there is none); `check_nodes`
+    then holds every other row to it."""
+    first = df.where(F.col(column).isNotNull()).select(F.size(column).alias("n")).first()
+    return int(first["n"]) if first is not None else 0
+
+
 def check_nodes(df: DataFrame, table: str, id_col: str, dim: int | None, dim_source: str) -> int:
     """Ids non-null and unique; when `dim` is given, features non-null, of length `dim`, finite.
     Returns the row count. Feature checks run as one numpy pass over Arrow batches."""

@@ -9,7 +9,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.lib.io import InputError
-from jobs.lib.validate import EXAMPLES, check_nodes
+from jobs.lib.validate import EXAMPLES, check_nodes, vector_width
 from schemas.tables import LABEL_ACCEPTED_TYPES, LABELS, accepted
 
 # Rows fetched to show the distinct examples of a problem.
@@ -29,13 +29,6 @@ def conform_labels(df: DataFrame) -> DataFrame:
             want = " or ".join(t.simpleString() for t in types)
             raise InputError("labels", name, f"has type {present[name].simpleString()}, expected {want}")
     return df.select(*(F.col(f.name).cast(f.dataType).alias(f.name) for f in LABELS.fields))
-
-
-def vector_width(df: DataFrame, column: str) -> int:
-    """The length of the first non-NULL vector (0 when there is none); the node checks then hold
-    every other row to it."""
-    row = df.where(F.col(column).isNotNull()).select(F.size(column).alias("n")).first()
-    return int(row["n"]) if row else 0
 
 
 @dataclass(frozen=True)
