@@ -1,6 +1,6 @@
 """Embed pins that arrived after the last full run, inductively, and merge them into its output.
 
-    spark-submit jobs/embed_new.py --new-pins P --new-edges E --base O --checkpoint C
+    spark-submit jobs/embed_new.py --new-pins P --new-edges E --base O --checkpoint C [--related R]
 
 New pins (and existing pins listed again, e.g. with new features or memberships) get their
 neighborhoods from the same random walk as jobs/neighborhoods.py, over the base run's edges plus
@@ -8,7 +8,9 @@ the new edges, walked from these pins only. Their pin layers k = 2, 4, ..., K ar
 the model of the full run, pooling the board representations h_b(k-1) that the full run stored
 (O/board_embeddings, and O/board_layers/layer_<k> when K > 2: jobs.lib.chain.board_tables); no
 board is recomputed. The result is merged into O/pin_embeddings with one Delta MERGE: new pins
-inserted, pins already there updated.
+inserted, pins already there updated. With --related R (the output root of the base run's
+jobs/related.py --method ann), the embedded pins then get their related lists from R/related_index,
+merged into R/related_pins with a second MERGE that replaces these pins' rows.
 """
 
 from __future__ import annotations
@@ -39,12 +41,15 @@ from jobs.lib.io import (
     last_commit,
     merge_delta,
     path_exists,
+    qualified,
     read_delta,
     read_snapshot,
     snapshot,
     write_and_reload,
 )
+from jobs.lib.lease import held
 from jobs.lib.provenance import software
+from jobs.lib.related import WrittenIndex, index_related, read_written_index, replacement_rows
 from jobs.lib.report import Report
 from jobs.lib.transforms import embed_pins, links, node_table
 from jobs.lib.validate import check_links, check_nodes, conform
@@ -62,6 +67,7 @@ class EmbedNewArgs:
     checkpoint: str
     checkpoint_sha256: str | None = None
     edges: str | None = None  # the base graph's edges; default: what the base run recorded
+    related: str | None = None  # output root of the base run's jobs/related.py --method ann
     walks_per_batch: int = 25
     broadcast_mb: int = 512
     device: str = "auto"
@@ -75,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> EmbedNewArgs:
     p.add_argument("--new-edges", required=True, help="their memberships: pin_id, board_id[, weight]")
     p.add_argument("--base", required=True, help="output root of the last full jobs/embed.py run")
     p.add_argument("--edges", help="the base graph's edges (default: the table the base run recorded)")
+    p.add_argument(
+        "--related",
+        metavar="R",
+        help="output root of the base run's jobs/related.py --method ann: give the embedded pins related "
+        "lists from R/related_index and merge them into R/related_pins",
+    )
     add_walks_per_batch(p)
     add_model_args(
         p,
@@ -83,7 +95,8 @@ def parse_args(argv: list[str] | None = None) -> EmbedNewArgs:
     )
     add_common_args(p)
     a = p.parse_args(argv)
-    return job_args(EmbedNewArgs, p, a, base=a.base.rstrip("/"))
+    related = a.related.rstrip("/") if a.related else None
+    return job_args(EmbedNewArgs, p, a, base=a.base.rstrip("/"), related=related)
 
 
 @dataclass
@@ -93,6 +106,7 @@ class EmbedNewReport(Report):
     checkpoint_sha256: str
     counts: dict[str, int] = field(default_factory=dict)
     output: dict = field(default_factory=dict)
+    related: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         lines = [f"run {self.run_id}: new pins against full run {self.base_run_id}"]
@@ -101,6 +115,13 @@ class EmbedNewReport(Report):
             lines.append(
                 f"merged into {self.output['path']}: version {self.output['version']}, "
                 f"{self.output['inserted']:,} inserted, {self.output['updated']:,} updated"
+            )
+        if self.related:
+            r = self.related
+            lines.append(
+                f"related lists from the index of run {r['index_run_id']} merged into {r['path']}: "
+                f"version {r['version']}, {r['inserted']:,} rows inserted, {r['updated']:,} updated, "
+                f"{r['deleted']:,} deleted"
             )
         return lines
 
@@ -190,9 +211,41 @@ def new_pin_neighbors(
     return links(write_and_reload(top, f"{work}/pin_neighbors"), "pin_id", "board_id")
 
 
+def merge_related(
+    spark: SparkSession, index: WrittenIndex, embedded: DataFrame, pins: DataFrame, metadata: dict
+) -> dict:
+    """Replace the related lists of the embedded `pins` (pin_id) in the index's related_pins table
+    by their lookups in the index (`embedded`: pin_id, vec) in one MERGE; the other pins' rows are
+    not touched."""
+    spark.sparkContext.setJobDescription("merge into related_pins")
+    new = index_related(index, embedded)
+    old = read_delta(spark, index.table, index.version)
+    source = replacement_rows(new, pins, old)
+    commit = merge_delta(source, index.table, ("pin_id", "rank"), metadata, drop="drop")
+    metrics = commit["metrics"]
+    return {
+        "path": index.table,
+        "index_run_id": index.run_id,
+        "version": commit["version"],
+        "inserted": int(metrics.get("numTargetRowsInserted", 0)),
+        "updated": int(metrics.get("numTargetRowsUpdated", 0)),
+        "deleted": int(metrics.get("numTargetRowsDeleted", 0)),
+    }
+
+
 def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> EmbedNewReport:
+    if args.related and qualified(spark, args.related) != qualified(spark, args.base):
+        # The run writes R/related_pins too: it holds R's lease as jobs/related.py does.
+        with held(spark, args.related, args.common.run_id, args.common.lease_timeout):
+            return embed_and_merge(spark, args, checkpoint)
+    return embed_and_merge(spark, args, checkpoint)
+
+
+def embed_and_merge(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> EmbedNewReport:
     config = checkpoint.config
     base = read_base(spark, args.base, config, checkpoint.sha256)
+    # Checked before anything is computed or written, as the base is.
+    index = read_written_index(spark, args.related, base.run_id) if args.related else None
     report = EmbedNewReport(args.common.run_id, base.run_id, checkpoint.sha256)
     sc = spark.sparkContext
     work = f"{args.base}/_work/{report.run_id}"
@@ -264,6 +317,22 @@ def run(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpoint) -> Embe
             "inserted": int(commit["metrics"].get("numTargetRowsInserted", 0)),
             "updated": int(commit["metrics"].get("numTargetRowsUpdated", 0)),
         }
+    if index is not None:
+        with report.timed("related"):
+            # The embeddings as the MERGE stored them, so the lists score exactly what readers see.
+            ids = pins.select("pin_id")
+            embedded = read_delta(spark, path, report.output["version"]).join(ids, "pin_id", "left_semi")
+            embedded = embedded.select("pin_id", F.col("embedding").alias("vec"))
+            related_metadata = {
+                **index.record,
+                "run_id": report.run_id,
+                "related_run_id": index.run_id,
+                "operation": "embed_new",
+                "new_inputs": inputs,
+                "pin_embeddings": {"path": qualified(spark, path), "version": report.output["version"]},
+                "software": software(spark),
+            }
+            report.related = merge_related(spark, index, embedded, ids, related_metadata)
     if not args.common.keep_work:
         delete_work(spark, work)
     return report

@@ -1,9 +1,11 @@
 """Ad-hoc embedding of new pins against a full run: the same numbers as a full rerun for pins whose
 boards did not change, a MERGE that inserts and updates without touching other rows, and refusal
-of a base run made with another checkpoint."""
+of a base run made with another checkpoint; with --related, the embedded pins' related lists from
+the base run's index, merged into its related_pins, and refusal of an index of another run."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,13 +14,17 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from jobs import embed, embed_new, neighborhoods
+from jobs import embed, embed_new, neighborhoods, related
+from jobs.lib.cli import CommonArgs
 from jobs.lib.inference import FAULT_ENV
-from jobs.lib.io import last_commit
+from jobs.lib.io import last_commit, merge_delta, read_delta, write_delta
+from jobs.lib.related import RELATED_DDL, replacement_rows
 from pinsage_model.checkpoint import read_checkpoint
 from tests.graphs import embed_argv, small_graph, vector_type, write_checkpoint, write_graph, write_parquet
+from tests.test_evaluate import snapshot as snapshot_files
 from tests.test_recovery import ROOT, SAME_AS_FIXTURE
 
 WALK = [
@@ -246,3 +252,147 @@ def test_a_run_killed_during_its_merge_leaves_pin_embeddings_as_it_was_and_a_rer
         DeltaTable(f"{root}/pin_embeddings").to_pyarrow_table().sort_by("pin_id") for root in (out, copy)
     )
     assert rerun == undisturbed  # bit-identical
+
+
+# ---- --related: lists from the base run's index ------------------------------------------------
+
+RELATED_K = 4
+
+
+@pytest.fixture(scope="module")
+def related_root(spark, base):
+    """The base run's related pins by ann, written into its root as the nightly chain does; two
+    lists, both probed, so a lookup scores every pin of the index."""
+    _, _, _, out, _ = base
+    args = related.RelatedArgs(
+        f"{out}/pin_embeddings",
+        out,
+        top_k=RELATED_K,
+        method="ann",
+        lists=2,
+        probes=2,
+        sample=10,
+        common=CommonArgs(),
+    )
+    return related.run(spark, args).run_id
+
+
+def brute_force(ids: np.ndarray, vectors: np.ndarray, query_id: int, query: np.ndarray, k: int):
+    """[(related_pin_id, score)]: every pin of the index but the query itself, by stored cosine
+    (rounded to 2**-24) descending, then id."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    q = query / max(np.linalg.norm(query), 1e-12)
+    scored = sorted(
+        (-round(float(u @ q) * 2**24), int(i)) for i, u in zip(ids, unit, strict=True) if i != query_id
+    )
+    return [(i, -step / 2**24) for step, i in scored[:k]]
+
+
+def related_rows(spark, path: str) -> list[tuple]:
+    return sorted(tuple(r) for r in read_delta(spark, path).collect())
+
+
+def test_embedded_pins_get_related_lists_from_the_base_index_replacing_only_their_rows(
+    spark, base, related_root, tmp_path
+):
+    graph, _, ckpt, out, _ = base
+    before = related_rows(spark, f"{out}/related_pins")
+    # 60 is new; 3 is in the index (with its old vector) and is re-embedded with new features.
+    new = {60: [0.3, -0.2, 0.5, 0.1, -0.4, 0.2], 3: [x * -1.0 for x in graph.pins[3]]}
+    args = [
+        "--new-pins",
+        pins_table(str(tmp_path / "p"), new),
+        "--new-edges",
+        edges_table(str(tmp_path / "e"), [(60, 100), (60, 101), (3, 102)]),
+        "--base",
+        out,
+        "--checkpoint",
+        ckpt,
+        "--related",
+        out,
+    ]
+    report = embed_new.run(spark, embed_new.parse_args(args), read_checkpoint(ckpt))
+
+    lists = pq.read_table(f"{out}/related_index/lists")
+    ids = lists.column("pin_id").to_numpy()
+    vectors = np.array(lists.column("embedding").to_pylist(), dtype=np.float64)
+    stored = embeddings(spark, f"{out}/pin_embeddings")
+    after = related_rows(spark, f"{out}/related_pins")
+    for pin in new:
+        got = [(r[2], r[3]) for r in after if r[0] == pin]
+        assert [r[1] for r in after if r[0] == pin] == list(range(1, RELATED_K + 1))
+        want = brute_force(ids, vectors, pin, stored[pin].astype(np.float64), RELATED_K)
+        assert [i for i, _ in got] == [i for i, _ in want]
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-7)
+    assert [r for r in after if r[0] not in new] == [r for r in before if r[0] not in new]
+    assert [r for r in before if r[0] == 3] != [r for r in after if r[0] == 3]  # replaced
+    r = report.related
+    assert (r["inserted"], r["updated"], r["deleted"]) == (RELATED_K, RELATED_K, 0)
+    commit = last_commit(spark, f"{out}/related_pins")
+    assert commit["operation"] == "MERGE"
+    meta = commit["metadata"]
+    assert (meta["run_id"], meta["related_run_id"], meta["operation"]) == (
+        report.run_id,
+        related_root,
+        "embed_new",
+    )
+    assert meta["pin_embeddings"]["version"] == report.output["version"]
+
+
+def test_a_replaced_list_drops_the_old_rows_its_new_list_has_no_rank_for(spark, tmp_path):
+    path = str(tmp_path / "related_pins")
+    old = [(1, 1, 7, 0.9), (1, 2, 8, 0.8), (1, 3, 9, 0.7), (2, 1, 1, 0.5), (2, 2, 9, 0.4), (6, 1, 2, 0.1)]
+    write_delta(spark.createDataFrame(old, RELATED_DDL), path)
+    # Pin 1's new list is shorter, 5 is new, 6 was looked up and found nothing; 2 is not listed.
+    new = spark.createDataFrame([(1, 1, 9, 0.95), (1, 2, 2, 0.6), (5, 1, 1, 0.3)], RELATED_DDL)
+    pins = spark.createDataFrame([(1,), (5,), (6,)], "pin_id bigint")
+    source = replacement_rows(new, pins, read_delta(spark, path))
+    commit = merge_delta(source, path, ("pin_id", "rank"), {"run_id": "r"}, drop="drop")
+    assert related_rows(spark, path) == [
+        (1, 1, 9, pytest.approx(0.95)),
+        (1, 2, 2, pytest.approx(0.6)),
+        (2, 1, 1, 0.5),
+        (2, 2, 9, pytest.approx(0.4)),
+        (5, 1, 1, pytest.approx(0.3)),
+    ]
+    assert commit["operation"] == "MERGE" and commit["metadata"] == {"run_id": "r"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("missing", "table 'related_index': {R}/related_index/index.json is missing"),
+        (
+            "run_id",
+            "table 'related_pins': holds the lists of run {run}, but {R}/related_index is the index of",
+        ),
+        ("inputs", "table 'related_index': was built from pin_embeddings of run "),
+    ],
+)
+def test_an_index_missing_or_of_another_run_exits_2_and_nothing_is_written(
+    spark, base, related_root, tmp_path, capsys, edit, message
+):
+    _, _, ckpt, out, _ = base
+    root = str(tmp_path / "R")
+    for name in ("related_index", "related_pins"):
+        shutil.copytree(f"{out}/{name}", f"{root}/{name}")
+    meta_path = f"{root}/related_index/index.json"
+    if edit == "missing":
+        os.remove(meta_path)
+    else:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if edit == "run_id":
+            meta["run_id"] = "another-run"
+        else:  # a Delta table of another run: the neighborhoods the base run read
+            neighbors = f"file:{os.path.dirname(out)}/nbrs/pin_neighbors"
+            meta["inputs"]["pin_embeddings"] = {"path": neighbors, "format": "delta", "version": 0}
+        with open(meta_path, "w") as f:
+            json.dump(meta, f)
+    version = last_commit(spark, f"{out}/pin_embeddings")["version"]
+    files = snapshot_files(root)
+    assert embed_new.main([*one_new_pin_args(str(tmp_path), out, ckpt), "--related", root]) == 2
+    err = capsys.readouterr().err
+    assert message.format(R=root, run=related_root) in err
+    assert last_commit(spark, f"{out}/pin_embeddings")["version"] == version
+    assert snapshot_files(root) == files

@@ -246,20 +246,41 @@ def append_delta(df: DataFrame, path: str, first: bool) -> None:
     df.write.format("delta").mode("overwrite" if first else "append").save(path)
 
 
-def merge_delta(df: DataFrame, path: str, key: str, metadata: dict | None = None) -> dict:
-    """Upsert `df` into the Delta table at `path` in one MERGE commit: rows whose `key` is there are
-    updated, the others inserted; returns the commit as `last_commit` reads it."""
+def merge_delta(
+    df: DataFrame,
+    path: str,
+    key: str | tuple[str, ...],
+    metadata: dict | None = None,
+    drop: str | None = None,
+) -> dict:
+    """Upsert `df` into the Delta table at `path` in one MERGE commit: rows whose `key` (a column or
+    several) is there are updated, the others inserted; returns the commit as `last_commit` reads it.
+
+    With `drop`, a boolean column of `df` that the table does not have: a table row matched by a
+    source row with `drop` true is deleted, and such source rows are never inserted (a set of rows
+    replaced, rows beyond the new set removed, in the same commit)."""
     from delta.tables import DeltaTable
 
     spark = df.sparkSession
+    keys = (key,) if isinstance(key, str) else key
     fence()
     conf = "spark.databricks.delta.commitInfo.userMetadata"  # MERGE takes no userMetadata option
     if metadata:
         spark.conf.set(conf, json.dumps(metadata, sort_keys=True))
     try:
-        target = DeltaTable.forPath(spark, path).alias("t")
-        merge = target.merge(df.alias("s"), f"t.{key} = s.{key}")
-        merge.whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+        table = DeltaTable.forPath(spark, path)
+        on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        merge = table.alias("t").merge(df.alias("s"), on)
+        if drop is None:
+            merge = merge.whenMatchedUpdateAll().whenNotMatchedInsertAll()
+        else:
+            columns = {c: f"s.{c}" for c in table.toDF().columns}
+            merge = (
+                merge.whenMatchedDelete(f"s.{drop}")
+                .whenMatchedUpdate(set=columns)
+                .whenNotMatchedInsert(f"NOT s.{drop}", values=columns)
+            )
+        merge.execute()
     finally:
         spark.conf.unset(conf)
     return last_commit(spark, path)
@@ -294,6 +315,13 @@ def copy_path(spark: SparkSession, source: str, dest: str) -> None:
     jvm.org.apache.hadoop.fs.FileUtil.copy(src_fs, src, dst_fs, dst, False, conf)
 
 
+def get_file(spark: SparkSession, source: str, local: str) -> None:
+    """Copy the file `source` on the job's file system to the driver-local path `local`."""
+    fs, src = _fs_path(spark, source)
+    jvm = spark.sparkContext._jvm
+    fs.copyToLocalFile(False, src, jvm.org.apache.hadoop.fs.Path(os.path.abspath(local)), True)
+
+
 def table_version(spark: SparkSession, path: str) -> int:
     return int(last_commit(spark, path)["version"])
 
@@ -304,7 +332,10 @@ def last_commit(spark: SparkSession, path: str) -> dict:
     object, as every table these jobs write carries)."""
     from delta.tables import DeltaTable
 
-    row = DeltaTable.forPath(spark, path).history(1).collect()[0]
+    return _commit_record(DeltaTable.forPath(spark, path).history(1).collect()[0])
+
+
+def _commit_record(row) -> dict:
     raw = row["userMetadata"]
     return {
         "version": int(row["version"]),
@@ -313,6 +344,16 @@ def last_commit(spark: SparkSession, path: str) -> dict:
         "user_metadata": raw,
         "metadata": (json_object(raw) or {}) if raw else {},
     }
+
+
+def commit_at(spark: SparkSession, path: str, version: int) -> dict | None:
+    """`last_commit`'s record of the commit that made `version` of the Delta table at `path`, or None
+    when the table's history no longer holds it."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    rows = DeltaTable.forPath(spark, path).history().where(F.col("version") == version).collect()
+    return _commit_record(rows[0]) if rows else None
 
 
 def json_object(raw: str) -> dict | None:

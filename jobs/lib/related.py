@@ -15,6 +15,8 @@ never on partitioning or on the order in which candidates are met.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -22,16 +24,28 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 from pyspark import Broadcast, StorageLevel
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.lib.evaluation.ranking import blocks_for
-from jobs.lib.io import append_delta, read_delta
+from jobs.lib.io import (
+    InputError,
+    append_delta,
+    commit_at,
+    get_file,
+    is_delta,
+    json_object,
+    last_commit,
+    path_exists,
+    read_delta,
+    read_table,
+)
 from jobs.lib.seeded import CENTROID_SAMPLE, QUERY_BLOCK, seeded_hash
 from jobs.lib.vectors import to_list, to_matrix
+from pinsage_model import related as index_format
 from pinsage_model.related import probe_lists
 from pinsage_model.similarity import TopK, normalise, top_k_rows
-from schemas.tables import RELATED_PINS
+from schemas.tables import RELATED_INDEX_LISTS, RELATED_PINS
 
 log = logging.getLogger("pinsage.related")
 
@@ -265,6 +279,16 @@ def score_lists(batches: Iterator[pa.RecordBatch], dim: int, k: int) -> Iterator
             yield from _partial_batch(ids[lo:hi], top)
 
 
+def score_probed(members: DataFrame, queries: DataFrame, dim: int, k: int) -> DataFrame:
+    """Partial lists (pin_id, related_pin_id, score) of `queries` (list_id, pin_id, vec: a query once
+    per list it probes) against the `members` (list_id, pin_id, vec) of the lists they probe."""
+    rows = members.select("list_id", F.lit(MEMBER).alias("kind"), "pin_id", "vec").unionByName(
+        queries.select("list_id", F.lit(QUERY).alias("kind"), "pin_id", "vec")
+    )
+    gathered = rows.repartition("list_id").sortWithinPartitions("list_id", "kind", "pin_id")
+    return gathered.mapInArrow(partial(score_lists, dim=dim, k=k), PARTIAL_DDL)
+
+
 @dataclass(frozen=True)
 class InvertedFile:
     """What ann_related computed besides the related lists: the index's lists, and the pairs it
@@ -289,12 +313,7 @@ def ann_related(
     probed = write_and_reload(probe(vectors, ref, dim, probes), f"{work}/probes")
     vec = vectors.select("pin_id", "vec")
     members = probed.where(F.col("probe") == 1).join(vec, "pin_id")
-    queries = probed.join(vec, "pin_id")
-    rows = members.select("list_id", F.lit(MEMBER).alias("kind"), "pin_id", "vec").unionByName(
-        queries.select("list_id", F.lit(QUERY).alias("kind"), "pin_id", "vec")
-    )
-    gathered = rows.repartition("list_id").sortWithinPartitions("list_id", "kind", "pin_id")
-    partials = gathered.mapInArrow(partial(score_lists, dim=dim, k=k), PARTIAL_DDL)
+    partials = score_probed(members, probed.join(vec, "pin_id"), dim, k)
     sc.setJobDescription("related (ann): list sizes")
     sizes = probed.groupBy("list_id").agg(
         F.sum((F.col("probe") == 1).cast("long")).alias("members"), F.count(F.lit(1)).alias("queries")
@@ -310,4 +329,131 @@ def ann_related(
     index_lists = members.select("list_id", "pin_id", F.col("vec").alias("embedding"))
     return merge_top_k(partials, k), InvertedFile(
         index_lists, pairs, (int(stats["smallest"] or 0), int(stats["largest"] or 0))
+    )
+
+
+# ---- lookups of pins embedded later (jobs/embed_new.py --related) -------------------------------
+
+
+@dataclass(frozen=True)
+class WrittenIndex:
+    """What an ann run of jobs/related.py left under its output root, checked: the index's record
+    (index.json), its normalised centroids and lists (list_id, pin_id, vec), and the related_pins
+    table (path, the version checked, its record)."""
+
+    meta: dict
+    centroids: np.ndarray
+    lists: DataFrame
+    table: str
+    version: int
+    record: dict
+
+    @property
+    def top_k(self) -> int:
+        return int(self.record["top_k"])
+
+    @property
+    def run_id(self) -> str:
+        return str(self.meta["run_id"])
+
+
+def _index_record(spark: SparkSession, folder: str) -> tuple[dict, np.ndarray]:
+    """(index.json decoded, centroids.npy) of the index folder, copied to the driver."""
+    meta_path = f"{folder}/{index_format.INDEX_META}"
+    if not path_exists(spark, meta_path):
+        raise InputError(
+            "related_index",
+            None,
+            f"{meta_path} is missing: --related needs the index that jobs/related.py --method ann writes",
+        )
+    with tempfile.TemporaryDirectory(prefix="pinsage-related-") as scratch:
+        local = os.path.join(scratch, index_format.INDEX_META)
+        get_file(spark, meta_path, local)
+        with open(local) as f:
+            meta = json_object(f.read())
+        if meta is None or meta.get("format_version") != index_format.FORMAT_VERSION:
+            found = None if meta is None else meta.get("format_version")
+            raise InputError(
+                "related_index",
+                None,
+                f"{meta_path} has format_version {found}, expected {index_format.FORMAT_VERSION}",
+            )
+        centroids_path = f"{folder}/{index_format.CENTROIDS}"
+        if not path_exists(spark, centroids_path):
+            raise InputError("related_index", None, f"{centroids_path} is missing")
+        local = os.path.join(scratch, index_format.CENTROIDS)
+        get_file(spark, centroids_path, local)
+        centroids = np.load(local)
+    if centroids.shape != (meta.get("lists"), meta.get("dim")):
+        raise InputError(
+            "related_index",
+            None,
+            f"{centroids_path} is {list(centroids.shape)}, index.json says {meta.get('lists')} lists of "
+            f"width {meta.get('dim')}",
+        )
+    return meta, normalise(centroids)
+
+
+def read_written_index(spark: SparkSession, root: str, base_run_id: str) -> WrittenIndex:
+    """The index and related_pins table under `root` (jobs/related.py --method ann --out ROOT),
+    refused (InputError) unless the index is there, related_pins holds the lists of that index's run
+    (its record's `related_run_id`, or `run_id` before any merge) and the index was built from
+    pin_embeddings of the full run `base_run_id` (the embeddings version it records)."""
+    folder, table = f"{root}/related_index", f"{root}/related_pins"
+    meta, centroids = _index_record(spark, folder)
+    if not is_delta(spark, table):
+        raise InputError("related_pins", None, f"{table} is not a Delta table written by jobs/related.py")
+    commit = last_commit(spark, table)
+    record = commit["metadata"]
+    table_run = record.get("related_run_id", record.get("run_id"))
+    if table_run != meta["run_id"] or "top_k" not in record:
+        raise InputError(
+            "related_pins",
+            None,
+            f"holds the lists of run {table_run}, but {folder} is the index of run {meta['run_id']}",
+        )
+    built = meta.get("inputs", {}).get("pin_embeddings", {})
+    built_run = None
+    if built.get("format") == "delta" and is_delta(spark, built["path"]):
+        made = commit_at(spark, built["path"], int(built["version"]))
+        if made is not None:
+            built_run = made["metadata"].get("base_run_id", made["metadata"].get("run_id"))
+    if built_run != base_run_id:
+        where = f"{built.get('path')} version {built.get('version')}" if built else "no recorded input"
+        raise InputError(
+            "related_index",
+            None,
+            f"was built from pin_embeddings of run {built_run} ({where}), but --base holds full run "
+            f"{base_run_id}: run jobs/related.py --method ann on the base run's embeddings",
+        )
+    stored = read_table(spark, "related_index", f"{folder}/{index_format.LISTS}")
+    for name in RELATED_INDEX_LISTS.fieldNames():
+        if name not in stored.columns:
+            raise InputError("related_index", name, f"missing column in {folder}/{index_format.LISTS}")
+    lists = stored.select("list_id", "pin_id", F.col("embedding").alias("vec"))
+    return WrittenIndex(meta, centroids, lists, table, int(commit["version"]), record)
+
+
+def index_related(index: WrittenIndex, queries: DataFrame) -> DataFrame:
+    """RELATED_PINS rows of `queries` (pin_id, vec) looked up in a written index as
+    pinsage_model.related.RelatedIndex.lookup does (the index's probes, its own id excluded, the
+    index's pins with the index's vectors as candidates) and as many as the related_pins table has
+    per pin; on the executors, with the kernel of ann_related."""
+    dim, k = int(index.meta["dim"]), index.top_k
+    ref = queries.sparkSession.sparkContext.broadcast(index.centroids)
+    vec = queries.select("pin_id", "vec")
+    probed = probe(vec, ref, dim, int(index.meta["probes"])).join(vec, "pin_id")
+    return merge_top_k(score_probed(index.lists, probed, dim, k), k)
+
+
+def replacement_rows(new: DataFrame, pins: DataFrame, old: DataFrame) -> DataFrame:
+    """The source of a MERGE on (pin_id, rank) (jobs.lib.io.merge_delta with drop="drop") that
+    replaces the related lists of `pins` (pin_id) in the RELATED_PINS table `old` by their `new`
+    rows: the new rows, plus each of these pins' old rows at a rank its new list does not have,
+    to be deleted."""
+    stale = old.join(pins, "pin_id", "left_semi").join(
+        new.select("pin_id", "rank"), ["pin_id", "rank"], "left_anti"
+    )
+    return new.select(*RELATED_PINS.fieldNames(), F.lit(False).alias("drop")).unionByName(
+        stale.select(*RELATED_PINS.fieldNames(), F.lit(True).alias("drop"))
     )
