@@ -247,46 +247,110 @@ def probe(vectors: DataFrame, centroids: Broadcast, dim: int, probes: int) -> Da
     return vectors.select("pin_id", "vec").mapInArrow(kernel, PROBES_DDL)
 
 
-def score_lists(batches: Iterator[pa.RecordBatch], dim: int, k: int) -> Iterator[pa.RecordBatch]:
-    """Executor side of ann_related: rows (list_id, kind, pin_id, vec) sorted by list_id and kind,
-    so a list's members (kind MEMBER) come before the queries probing it (kind QUERY); every query
-    gets the top k of the list's members, its own id excluded."""
-    current, member_ids, member_vectors = None, [], []
+def _lookup(
+    query_ids: np.ndarray,
+    q: np.ndarray,
+    centroids: np.ndarray,
+    probes: int,
+    lists: dict[int, tuple[np.ndarray, np.ndarray]],
+    k: int,
+) -> Iterator[pa.RecordBatch]:
+    """RELATED_PINS rows of normalised queries `q` (ids `query_ids`): the top k of the members of
+    their `probes` nearest lists (`lists`: list id -> (member ids, normalised vectors)), each its own
+    id excluded; pinsage_model.related.RelatedIndex.lookup on the executors."""
+    probed = probe_lists(q, centroids, probes)
+    top = TopK(len(q), k, exclude=query_ids)
+    for list_id in np.unique(probed):
+        members = lists.get(int(list_id))
+        if members is None:
+            continue
+        rows = np.flatnonzero((probed == list_id).any(axis=1))
+        ids, vectors = members
+        chunk = _chunk(len(rows), k)
+        for lo in range(0, len(ids), chunk):
+            top.add(q[rows], vectors[lo : lo + chunk], ids[lo : lo + chunk], rows)
+    rows, ids, scores, ranks = top.result()
+    if len(rows):
+        arrays = [
+            pa.array(query_ids[rows]),
+            pa.array(ranks, pa.int32()),
+            pa.array(ids),
+            pa.array(scores, pa.float32()),
+        ]
+        yield pa.RecordBatch.from_arrays(arrays, schema=_RELATED)
+
+
+def score_routes(
+    batches: Iterator[pa.RecordBatch], centroids: Broadcast, dim: int, k: int, probes: int
+) -> Iterator[pa.RecordBatch]:
+    """Executor side of probed_related: rows (route, kind, list_id, pin_id, vec) sorted by route,
+    kind, list_id and pin_id, so a route's members (kind MEMBER: every pin of every list some query of
+    the route probes) come before its queries (kind QUERY). Every query gets its final list at once:
+    the top k of the members of its probed lists, recomputed here with the centroids."""
+    route, lists, parts = None, {}, {}
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        lists = batch.column("list_id").to_numpy(zero_copy_only=False)
+        routes = batch.column("route").to_numpy(zero_copy_only=False)
         kinds = batch.column("kind").to_numpy(zero_copy_only=False)
+        list_ids = batch.column("list_id").to_numpy(zero_copy_only=False)
         ids = _ids(batch)
         vectors = normalise(to_matrix(batch.column("vec"), dim))
-        cuts = np.flatnonzero((np.diff(lists) != 0) | (np.diff(kinds) != 0)) + 1
+        change = (np.diff(routes) != 0) | (np.diff(kinds) != 0) | (np.diff(list_ids) != 0)
+        cuts = np.flatnonzero(change) + 1
         for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(ids)], strict=True):
-            if lists[lo] != current:
-                current, member_ids, member_vectors = lists[lo], [], []
+            if routes[lo] != route:
+                route, lists, parts = routes[lo], {}, {}
             if kinds[lo] == MEMBER:
-                member_ids.append(ids[lo:hi])
-                member_vectors.append(vectors[lo:hi])
+                # A list's members may span batches: gathered, joined when the first query comes.
+                parts.setdefault(int(list_ids[lo]), []).append((ids[lo:hi], vectors[lo:hi]))
                 continue
-            if not member_ids:
-                continue
-            members, mvecs = np.concatenate(member_ids), np.concatenate(member_vectors)
-            member_ids, member_vectors = [members], [mvecs]
-            top = TopK(hi - lo, k, exclude=ids[lo:hi])
-            q = vectors[lo:hi]
-            chunk = _chunk(hi - lo, k)
-            for c in range(0, len(members), chunk):
-                top.add(q, mvecs[c : c + chunk], members[c : c + chunk])
-            yield from _partial_batch(ids[lo:hi], top)
+            if parts:
+                for list_id, chunks in parts.items():
+                    lists[list_id] = (
+                        np.concatenate([c[0] for c in chunks]),
+                        np.concatenate([c[1] for c in chunks]),
+                    )
+                parts = {}
+            yield from _lookup(ids[lo:hi], vectors[lo:hi], centroids.value, probes, lists, k)
 
 
-def score_probed(members: DataFrame, queries: DataFrame, dim: int, k: int) -> DataFrame:
-    """Partial lists (pin_id, related_pin_id, score) of `queries` (list_id, pin_id, vec: a query once
-    per list it probes) against the `members` (list_id, pin_id, vec) of the lists they probe."""
-    rows = members.select("list_id", F.lit(MEMBER).alias("kind"), "pin_id", "vec").unionByName(
-        queries.select("list_id", F.lit(QUERY).alias("kind"), "pin_id", "vec")
+def probed_related(
+    members: DataFrame,
+    queries: DataFrame,
+    centroids: Broadcast,
+    dim: int,
+    k: int,
+    probes: int,
+    probed: DataFrame | None = None,
+) -> DataFrame:
+    """RELATED_PINS rows of `queries` (pin_id, list_id: the list nearest to it, vec) against the
+    `members` (list_id, pin_id, vec) of the lists each probes: its `probes` nearest, given as
+    `probed` (pin_id, list_id) when already computed.
+
+    Queries are routed by their nearest list to one of spark.sql.shuffle.partitions routes, and each
+    list's members are sent to every route whose queries probe it, so a query is scored in one task
+    and its list is final there: no partial lists are shuffled and merged. A route holds the members
+    of the lists its queries probe (at most the catalogue; more partitions, fewer per route)."""
+    spark = queries.sparkSession
+    routes = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    route = F.pmod(F.hash(F.col("list_id")), F.lit(routes)).cast("int")
+    routed = queries.select("pin_id", "vec", "list_id", route.alias("route"))
+    if probed is None:
+        probed = probe(routed, centroids, dim, probes)
+    # The lists each route needs: the probes of its queries (the task recomputes them per query).
+    needed = probed.join(routed.select("pin_id", "route"), "pin_id").select("route", "list_id").distinct()
+    member_rows = members.join(needed, "list_id").select(
+        "route", F.lit(MEMBER).alias("kind"), "list_id", "pin_id", "vec"
     )
-    gathered = rows.repartition("list_id").sortWithinPartitions("list_id", "kind", "pin_id")
-    return gathered.mapInArrow(partial(score_lists, dim=dim, k=k), PARTIAL_DDL)
+    query_rows = routed.select("route", F.lit(QUERY).alias("kind"), "list_id", "pin_id", "vec")
+    gathered = (
+        member_rows.unionByName(query_rows)
+        .repartition(routes, "route")
+        .sortWithinPartitions("route", "kind", "list_id", "pin_id")
+    )
+    score = partial(score_routes, centroids=centroids, dim=dim, k=k, probes=probes)
+    return gathered.mapInArrow(score, RELATED_DDL)
 
 
 @dataclass(frozen=True)
@@ -313,7 +377,7 @@ def ann_related(
     probed = write_and_reload(probe(vectors, ref, dim, probes), f"{work}/probes")
     vec = vectors.select("pin_id", "vec")
     members = probed.where(F.col("probe") == 1).join(vec, "pin_id")
-    partials = score_probed(members, probed.join(vec, "pin_id"), dim, k)
+    related = probed_related(members, members, ref, dim, k, probes, probed.select("pin_id", "list_id"))
     sc.setJobDescription("related (ann): list sizes")
     sizes = probed.groupBy("list_id").agg(
         F.sum((F.col("probe") == 1).cast("long")).alias("members"), F.count(F.lit(1)).alias("queries")
@@ -327,7 +391,7 @@ def ann_related(
     # A pin meets itself in its own list and is not scored against itself.
     pairs = int(stats["pairs"] or 0) - int(stats["pins"] or 0)
     index_lists = members.select("list_id", "pin_id", F.col("vec").alias("embedding"))
-    return merge_top_k(partials, k), InvertedFile(
+    return related, InvertedFile(
         index_lists, pairs, (int(stats["smallest"] or 0), int(stats["largest"] or 0))
     )
 
@@ -439,11 +503,11 @@ def index_related(index: WrittenIndex, queries: DataFrame) -> DataFrame:
     pinsage_model.related.RelatedIndex.lookup does (the index's probes, its own id excluded, the
     index's pins with the index's vectors as candidates) and as many as the related_pins table has
     per pin; on the executors, with the kernel of ann_related."""
-    dim, k = int(index.meta["dim"]), index.top_k
+    dim, k, probes = int(index.meta["dim"]), index.top_k, int(index.meta["probes"])
     ref = queries.sparkSession.sparkContext.broadcast(index.centroids)
     vec = queries.select("pin_id", "vec")
-    probed = probe(vec, ref, dim, int(index.meta["probes"])).join(vec, "pin_id")
-    return merge_top_k(score_probed(index.lists, probed, dim, k), k)
+    own = probe(vec, ref, dim, 1).select("pin_id", "list_id").join(vec, "pin_id")
+    return probed_related(index.lists, own, ref, dim, k, probes)
 
 
 def replacement_rows(new: DataFrame, pins: DataFrame, old: DataFrame) -> DataFrame:
