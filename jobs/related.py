@@ -3,12 +3,14 @@ nearest-neighbor lookups of the PinSage paper, section 3.5).
 
     spark-submit jobs/related.py --embeddings O/pin_embeddings --out R [--top-k 50]
         [--method exact|ann] [--lists N --probes P --sample S --seed X] [--query-block-mb MB]
+        [--pairs PAIRS]
 
 Writes the Delta table R/related_pins (pin_id, rank, related_pin_id, score) in one commit recording
 the run. `exact` scores every pair (blocked brute force on the executors); `ann` scores the pins of
 each query's P nearest lists of an inverted file whose N centroids are trained on a seeded sample of
 S pins, and also writes the index, R/related_index, that pinsage_model.related.related_for answers
-lookups from without Spark. Method, order and index format: docs/related.md.
+lookups from without Spark. With --pairs (query_pin, pos_pin), the report gives the table's hit@10
+(and hit@K) over those pairs. Method, order and index format: docs/related.md.
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ from jobs.lib.io import (
     write_delta_commit,
     write_parquet,
 )
-from jobs.lib.related import KMEANS_ITERATIONS, ann_related, centroid_sample, exact_related, train_centroids
+from jobs.lib.related import (
+    KMEANS_ITERATIONS,
+    ann_related,
+    centroid_sample,
+    exact_related,
+    related_hits,
+    train_centroids,
+)
 from jobs.lib.report import Report
 from jobs.lib.validate import conform
 from pinsage_model import related as index_format
@@ -57,6 +66,7 @@ class RelatedArgs:
     seed: int = 0
     query_block_mb: float = 2.0
     show: int = 0
+    pairs: str | None = None
     common: CommonArgs = field(default_factory=CommonArgs)
 
 
@@ -78,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> RelatedArgs:
         help="exact: size of a broadcast block of query vectors (float64)",
     )
     p.add_argument("--show", type=at_least(0), default=d.show, metavar="N", help="print N pins' lists")
+    p.add_argument(
+        "--pairs", help="held-out pairs (query_pin, pos_pin): report the table's hit@10 and hit@K over them"
+    )
     add_common_args(p)
     a = p.parse_args(argv)
     if a.probes > a.lists:
@@ -95,6 +108,7 @@ class RelatedReport(Report):
     index: dict = field(default_factory=dict)
     outputs: dict[str, dict] = field(default_factory=dict)
     shown: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    hits: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         lines = [f"run {self.run_id}: " + ", ".join(f"{k} {v}" for k, v in self.params.items())]
@@ -108,6 +122,10 @@ class RelatedReport(Report):
         for name, out in self.outputs.items():
             where = f"Delta version {out['version']} at " if "version" in out else ""
             lines.append(f"output {name}: {out['rows']:,} rows, {where}{out['path']}")
+        if self.hits:
+            h = self.hits
+            rates = ", ".join(f"{k} {v:.4f}" for k, v in h.items() if k.startswith("hit@"))
+            lines.append(f"pairs: {h['pairs']:,} distinct, {rates}")
         for pin, related in self.shown.items():
             lines.append(f"pin {pin}: " + ", ".join(f"{r} ({s:.3f})" for r, s in related))
         return lines
@@ -146,6 +164,9 @@ def run(spark: SparkSession, args: RelatedArgs) -> RelatedReport:
     work = f"{args.out}/_work/{run_id}"
     with report.timed("inputs"):
         inputs = {"pin_embeddings": snapshot(spark, "pin_embeddings", args.embeddings)}
+        if args.pairs:
+            inputs["pairs"] = snapshot(spark, "pairs", args.pairs)
+            pairs = conform(read_snapshot(spark, "pairs", inputs["pairs"]), "pairs")
         vectors, dim, pins = load_vectors(spark, inputs["pin_embeddings"])
         report.inputs["pin_embeddings"] = pins
         if args.method == "ann" and pins < args.lists:
@@ -197,6 +218,10 @@ def run(spark: SparkSession, args: RelatedArgs) -> RelatedReport:
         first = table.select("pin_id").distinct().orderBy("pin_id").limit(args.show)
         for r in table.join(first, "pin_id").orderBy("pin_id", "rank").collect():
             report.shown.setdefault(r["pin_id"], []).append((r["related_pin_id"], r["score"]))
+    if args.pairs:
+        spark.sparkContext.setJobDescription("related_pins: hits over the pairs")
+        ks = sorted({min(10, args.top_k), args.top_k})
+        report.hits = related_hits(read_delta(spark, path, version), pairs, ks)
     if not args.common.keep_work:
         delete_work(spark, work)
     return report

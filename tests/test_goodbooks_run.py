@@ -43,6 +43,8 @@ def write_reports(root: str, variants: tuple[str, ...]) -> None:
             "params": {"k": [10, 100, 500]},
         }
         if name == "pinsage":
+            reports["related-exact"] = {"hits": {"pairs": 4, "hit@10": 0.1}}
+            reports["related-ann"] = {"hits": {"pairs": 4, "hit@10": 0.05}}
             reports[f"evaluate-{name}"]["paired"] = {
                 "graph": {"hit@10": {"embedding_only": 1234, "baseline_only": 56, "p_value": 0.00042}}
             }
@@ -73,6 +75,8 @@ def test_resume_skips_finished_steps_and_the_report_carries_every_method(tmp_pat
     assert "**margin** (importance pooling, margin loss, hidden 8, embedding 4):" in report
     assert "| embedding | 10 | 0.100 | 0.200 | n/a |" in report
     assert "| graph | 10 | 1,234 | 56 | 0.00042 |" in report
+    assert "| evaluation, exact ranks | 0.1000 | 4 |\n| related_pins, exact | 0.1000 | 4 |" in report
+    assert "| related_pins, ann | 0.0500 | 4 |" in report
 
 
 def test_the_chain_runs_each_project_command_in_order_and_stops_at_a_failure(tmp_path, monkeypatch):

@@ -162,3 +162,61 @@ def test_bad_parameters_are_usage_errors_naming_the_flag(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         related.parse_args(["--embeddings", "e", "--out", "o", *args])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_exact_lists_hold_the_pairs_the_evaluation_ranks_within_k_wherever_no_score_ties_the_kth(
+    spark, tmp_path
+):
+    from jobs.lib.evaluation.ranking import rank_by_similarity
+
+    # Small integer vectors tie often (equal and parallel ones); normal ones almost never.
+    rng = np.random.default_rng(7)
+    vectors = np.vstack([rng.integers(-2, 3, size=(20, 3)), rng.normal(size=(20, 3))]).astype(np.float32)
+    ids = np.arange(100, 140)
+    k = 5
+    pair_list = [(int(q), int(p)) for q in ids for p in ids if q != p]
+    pairs_path = str(tmp_path / "pairs")
+    os.makedirs(pairs_path)
+    pq.write_table(
+        pa.table({"query_pin": [q for q, _ in pair_list], "pos_pin": [p for _, p in pair_list]}),
+        f"{pairs_path}/p.parquet",
+    )
+    embeddings = write_embeddings(str(tmp_path / "e"), ids, vectors)
+    report = run_job(spark, embeddings, str(tmp_path / "r"), top_k=k, pairs=pairs_path)
+    # Every pin has k other pins listed: k of its 39 pairs are hits.
+    assert report.hits == {"pairs": 40 * 39, f"hit@{k}": pytest.approx(k / 39)}
+    lists = {
+        p: {r for r, _ in rows} for p, rows in table_lists(spark, str(tmp_path / "r/related_pins")).items()
+    }
+
+    table = spark.createDataFrame(pa.table({"pin_id": pa.array(ids), "vec": to_list(vectors)}))
+    pairs = spark.createDataFrame(pair_list, "query_pin long, pos_pin long")
+    ranks = rank_by_similarity("embedding", table, 3, table, pairs, pairs.count(), 1.0)
+    rank = {(r["query_pin"], r["pos_pin"]): r["rank"] for r in ranks.collect()}
+
+    # Tie-free at the K-th: the K-th and (K+1)-th best float64 cosines of the query differ by more
+    # than the related order's score step (2**-24), so both orders agree on which pins are the top K.
+    unit = vectors.astype(np.float64) / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    checked = {True: 0, False: 0}
+    for i, q in enumerate(ids):
+        others = np.sort(np.delete(unit @ unit[i], i))[::-1]
+        if others[k - 1] - others[k] <= 2.0**-24:
+            continue
+        for p in ids:
+            if p != q:
+                in_list = int(p) in lists[int(q)]
+                assert in_list == (rank[(int(q), int(p))] <= k), (q, p, rank[(int(q), int(p))])
+                checked[in_list] += 1
+    # Enough of both kinds to fail on a wrong list or a wrong rank; some queries were skipped for ties.
+    assert checked[True] >= 5 * k and checked[False] >= 100, checked
+    assert sum(checked.values()) < len(rank)
+
+
+def test_related_hits_count_a_pair_whose_positive_is_listed_within_k(spark):
+    from jobs.lib.related import RELATED_DDL, related_hits
+
+    rows = [(1, 1, 2, 0.9), (1, 2, 3, 0.8), (1, 3, 4, 0.7), (2, 1, 1, 0.9), (2, 2, 4, 0.5)]
+    related_table = spark.createDataFrame(rows, RELATED_DDL)
+    # (1, 3) at rank 2, (1, 4) at rank 3, (2, 3) not listed, (9, 1): no list; (1, 3) twice is one pair.
+    pairs = spark.createDataFrame([(1, 3), (1, 3), (1, 4), (2, 3), (9, 1)], "query_pin long, pos_pin long")
+    assert related_hits(related_table, pairs, [2, 3]) == {"pairs": 4, "hit@2": 0.25, "hit@3": 0.5}

@@ -182,12 +182,62 @@ def run(args: GoodbooksArgs) -> ChainReport:
         evaluation = [*test, "--out", f"{out}/evaluation/{name}", *seed]
         evaluation += [*(baselines if name == "pinsage" else []), *sample]
         step(f"evaluate-{name}", ["jobs/evaluate.py", *evaluation, *spark])
+        if name == "pinsage":
+            for method, cmd in related_steps(out, embeddings, f"{data}/test_pairs").items():
+                step(f"related-{method}", [*cmd, *spark])
     report.results = collect(args, report.seconds)
     with open(f"{out}/report.json", "w") as f:
         json.dump(report.results, f, indent=2, sort_keys=True)
     with open(f"{out}/report.md", "w") as f:
         f.write(render(report.results))
     return report
+
+
+# The related-pins lists of the pinsage variant, exact and through an inverted file of about
+# sqrt(books) lists, scored on the test pairs (hit@10 beside the evaluation's).
+RELATED_ANN = ("--lists", "100", "--probes", "10", "--sample", "10000")
+
+
+def related_steps(out: str, embeddings: str, test_pairs: str) -> dict[str, list[str]]:
+    """jobs/related.py's command line per method, each reporting hit@10 of its table on the test pairs."""
+    common = flags(embeddings=f"{embeddings}/pin_embeddings", pairs=test_pairs, top_k="10")
+    return {
+        "exact": ["jobs/related.py", *common, "--out", f"{out}/related/exact"],
+        "ann": ["jobs/related.py", *common, "--out", f"{out}/related/ann", "--method", "ann", *RELATED_ANN],
+    }
+
+
+def related_hits(out: str) -> dict[str, dict]:
+    """{method: hits} from the related steps' reports (none when they did not run)."""
+    hits = {}
+    for method in ("exact", "ann"):
+        path = f"{out}/reports/related-{method}.json"
+        if os.path.exists(path):
+            with open(path) as f:
+                hits[method] = json.load(f)["hits"]
+    return hits
+
+
+def related_lines(results: dict) -> list[str]:
+    """The report's lines comparing hit@10 of the related tables with the evaluation's."""
+    if not results.get("related"):
+        return []
+    evaluation = results["variants"]["pinsage"]["metrics"]
+    return [
+        "",
+        "## Related books (jobs/related.py on PinSage's embeddings)",
+        "",
+        "hit@10 of each book's 10 related books over the test pairs, beside the evaluation's exact "
+        "hit@10 (which counts ties against the positive; the two agree wherever no score ties the 10th).",
+        "",
+        "| lists | hit@10 | test pairs |",
+        "|---|---:|---:|",
+        f"| evaluation, exact ranks | {evaluation['hit@10']:.4f} | {evaluation['pairs']:,} |",
+        *(
+            f"| related_pins, {m} | {h['hit@10']:.4f} | {h['pairs']:,} |"
+            for m, h in results["related"].items()
+        ),
+    ]
 
 
 def collect(args: GoodbooksArgs, seconds: dict[str, float]) -> dict:
@@ -212,6 +262,7 @@ def collect(args: GoodbooksArgs, seconds: dict[str, float]) -> dict:
             results["similarity"] = evaluation["similarity"]
             results["paired"] = evaluation.get("paired", {})
             results["params"] = evaluation["params"]
+    results["related"] = related_hits(args.out)
     return results
 
 
@@ -277,6 +328,7 @@ def render(results: dict) -> str:
     if len(results["variants"]) > 1:
         lines += ["", "## Ablations", "", head]
         lines += [_row(f"{name}: {v['title']}", v["metrics"]) for name, v in results["variants"].items()]
+    lines += related_lines(results)
     lines += [
         "",
         "## Embedding-space health (random pairs of books)",

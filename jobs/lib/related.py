@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -521,3 +521,22 @@ def replacement_rows(new: DataFrame, pins: DataFrame, old: DataFrame) -> DataFra
     return new.select(*RELATED_PINS.fieldNames(), F.lit(False).alias("drop")).unionByName(
         stale.select(*RELATED_PINS.fieldNames(), F.lit(True).alias("drop"))
     )
+
+
+# ---- the related table against held-out pairs ----------------------------------------------------
+
+
+def related_hits(related: DataFrame, pairs: DataFrame, ks: Sequence[int]) -> dict:
+    """{"pairs": n, "hit@k": share, ...}: over the distinct (query_pin, pos_pin) `pairs`, the share
+    whose pos_pin is in query_pin's related list (RELATED_PINS rows) at rank <= k; a pair whose query
+    has no list is a miss. With exact lists this is the evaluation's hit@k on the same vectors
+    wherever no score ties the k-th (tests/test_related.py)."""
+    listed = related.select(
+        F.col("pin_id").alias("query_pin"), F.col("related_pin_id").alias("pos_pin"), "rank"
+    )
+    joined = pairs.select("query_pin", "pos_pin").distinct().join(listed, ["query_pin", "pos_pin"], "left")
+    hit = {k: F.coalesce((F.col("rank") <= k).cast("double"), F.lit(0.0)) for k in ks}
+    row = joined.agg(
+        F.count(F.lit(1)).alias("pairs"), *(F.avg(h).alias(f"hit@{k}") for k, h in hit.items())
+    ).first()
+    return {"pairs": int(row["pairs"]), **{f"hit@{k}": float(row[f"hit@{k}"] or 0.0) for k in ks}}
