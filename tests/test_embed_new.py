@@ -145,28 +145,6 @@ def test_new_pins_equal_a_full_rerun_where_their_boards_did_not_change(spark, ba
         np.testing.assert_allclose(again[pin], merged[pin], rtol=0, atol=1e-7)
 
 
-def test_an_existing_pin_listed_again_is_updated_in_place(spark, base, tmp_path):
-    graph, _, ckpt, out, _ = base
-    before = embeddings(spark, f"{out}/pin_embeddings")
-    changed = {3: [x * -1.0 for x in graph.pins[3]]}
-    args = [
-        "--new-pins",
-        pins_table(str(tmp_path / "p"), changed),
-        "--new-edges",
-        edges_table(str(tmp_path / "e"), [(3, 105)]),
-        "--base",
-        out,
-        "--checkpoint",
-        ckpt,
-    ]
-    report = embed_new.run(spark, embed_new.parse_args(args), read_checkpoint(ckpt))
-    after = embeddings(spark, f"{out}/pin_embeddings")
-    assert (report.output["inserted"], report.output["updated"]) == (0, 1)
-    assert not np.allclose(after[3], before[3])
-    assert len(after) == len(before)
-    assert all(np.array_equal(after[p], before[p]) for p in before if p != 3)
-
-
 def one_new_pin_args(folder: str, base: str, ckpt: str) -> list[str]:
     """embed_new's command line for one new pin, 40, with one membership."""
     return [
@@ -292,7 +270,7 @@ def related_rows(spark, path: str) -> list[tuple]:
     return sorted(tuple(r) for r in read_delta(spark, path).collect())
 
 
-def test_embedded_pins_get_related_lists_from_the_base_index_replacing_only_their_rows(
+def test_a_listed_pin_is_updated_in_place_and_embedded_pins_get_related_lists_from_the_base_index(
     spark, base, related_root, tmp_path
 ):
     graph, _, ckpt, out, _ = base
@@ -311,12 +289,19 @@ def test_embedded_pins_get_related_lists_from_the_base_index_replacing_only_thei
         "--related",
         out,
     ]
+    pins_before = embeddings(spark, f"{out}/pin_embeddings")
     report = embed_new.run(spark, embed_new.parse_args(args), read_checkpoint(ckpt))
+
+    # pin_embeddings: the existing pin updated in place, the new one inserted, no other row changed.
+    stored = embeddings(spark, f"{out}/pin_embeddings")
+    assert (report.output["inserted"], report.output["updated"]) == (1, 1)
+    assert not np.allclose(stored[3], pins_before[3])
+    assert stored.keys() == pins_before.keys() | {60}
+    assert all(np.array_equal(stored[p], pins_before[p]) for p in pins_before if p != 3)
 
     lists = pq.read_table(f"{out}/related_index/lists")
     ids = lists.column("pin_id").to_numpy()
     vectors = np.array(lists.column("embedding").to_pylist(), dtype=np.float64)
-    stored = embeddings(spark, f"{out}/pin_embeddings")
     after = related_rows(spark, f"{out}/related_pins")
     for pin in new:
         got = [(r[2], r[3]) for r in after if r[0] == pin]

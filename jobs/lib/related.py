@@ -8,8 +8,14 @@ never on partitioning or on the order in which candidates are met.
   lists are merged per query (`merge_top_k`).
 - `ann_related`: centroids trained with faiss k-means on a seeded sample (in one executor task),
   every pin's P nearest lists computed on the executors (`probe_batches`; the first is the pin's
-  own list), each list's pins scored exactly against the queries probing it (`score_lists`), and the
-  partial lists merged as above. The driver holds the centroids only.
+  own list), and `probed_related`: queries routed by their own list, each list's members sent to
+  the routes that probe it, every query scored in one task against the members of its probed lists
+  (`score_routes`), so its list is final there and no partial lists are merged. The driver holds
+  the centroids only.
+- `index_related`: the same for pins looked up in an index an ann run wrote (jobs/embed_new.py
+  --related), checked by `read_written_index`; `replacement_rows` is the MERGE that swaps their
+  lists into related_pins.
+- `related_hits`: hit@k of a related table over held-out pairs.
 """
 
 from __future__ import annotations
