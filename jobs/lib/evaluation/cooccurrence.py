@@ -26,6 +26,7 @@ summed in no fixed order, so two scores within a relative SCORE_RTOL of the larg
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -303,9 +304,11 @@ def ease_inverse(items: EaseItems, lam: float) -> np.ndarray:
     sparse X, factored, then inverted from the factor (at most two dense matrices alive)."""
     n = len(items.ids)
     idx = torch.from_numpy(np.stack([items.rows, items.cols]))
-    x = torch.sparse_coo_tensor(idx, torch.ones(len(items.rows), dtype=torch.float64), (items.boards, n))
-    x = x.coalesce()
-    g = torch.sparse.mm(x.t().coalesce(), x).to_dense()
+    ones = torch.ones(len(items.rows), dtype=torch.float64)
+    with warnings.catch_warnings():  # torch's notes that its sparse tensors are in beta
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.sparse_coo_tensor(idx, ones, (items.boards, n), check_invariants=False).coalesce()
+        g = torch.sparse.mm(x.t().coalesce(), x).to_dense()
     g.diagonal().add_(lam)
     factor = torch.linalg.cholesky(g)
     del g
