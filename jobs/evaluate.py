@@ -1,15 +1,18 @@
 """Evaluate pin embeddings offline, as in the PinSage paper (section 4.2, Figure 4).
 
     spark-submit jobs/evaluate.py --embeddings T --pairs PAIRS --out O [--k 10,100,500]
-        [--candidates N] [--seed 0] [--pins P] [--edges E] [--labels L] [--report-json R]
+        [--candidates N] [--seed 0] [--pins P] [--edges E] [--extra-edges X] [--labels L]
+        [--methods embedding,content,graph,popularity,itemknn,rp3beta,ease] [--report-json R]
 
 For every distinct (query_pin, pos_pin) pair, the exact rank of the positive among the candidates
 (every pin of T, or a seeded sample of N of them, plus the positive; never the query) by cosine
 similarity of the embeddings, computed on the executors one broadcast block of queries at a time.
 With --pins the same ranking runs on the raw features (content-only baseline); with --edges the
 candidates are ranked by random-walk visit counts from the query (graph-only, Pixie-style) and, for
-scale, by their number of boards alone, the same order for every query (popularity). Reports
-hit-rate@k, MRR and scaled MRR per method; writes O/pair_ranks (Delta), the histogram of random-pair
+scale, by their number of boards alone, the same order for every query (popularity). With --methods
+the co-occurrence baselines of the memberships run too: item-kNN, RP3beta and EASE, each over a grid
+of its hyperparameters (jobs/lib/evaluation/cooccurrence.py). Reports hit-rate@k, MRR and scaled
+MRR per method; writes O/pair_ranks (Delta), the histogram of random-pair
 cosine similarities O/similarity_histogram.png and, with --labels, a 2-D PCA map O/pca_map.png.
 Rank and tie definitions: jobs/lib/evaluation/__init__.py.
 """
@@ -23,6 +26,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -36,6 +40,7 @@ from jobs.lib.cli import (
     positive,
     spark_job_main,
 )
+from jobs.lib.evaluation import cooccurrence as co
 from jobs.lib.evaluation import health
 from jobs.lib.evaluation.checks import check_covered, check_pairs, check_vector_table, conform_labels
 from jobs.lib.evaluation.metrics import format_p, metric_names, metrics, paired_hits, sign_test_p
@@ -43,11 +48,20 @@ from jobs.lib.evaluation.ranking import (
     blocks_for,
     candidate_pool,
     distinct_pairs,
+    pair_ranks,
     popularity_ranks,
     rank_by_similarity,
     rank_by_walks,
 )
-from jobs.lib.io import delete_work, put_file, read_delta, read_table, write_and_reload, write_delta
+from jobs.lib.io import (
+    InputError,
+    delete_work,
+    put_file,
+    read_delta,
+    read_table,
+    write_and_reload,
+    write_delta,
+)
 from jobs.lib.provenance import software
 from jobs.lib.report import Report
 from jobs.lib.validate import check_links, check_nodes, conform
@@ -55,8 +69,14 @@ from jobs.lib.vectors import to_matrix
 from jobs.lib.walks import WalkParams, memberships
 
 HISTOGRAM_BINS = 100
-METHODS = ("embedding", "content", "graph", "popularity")
+METHODS = ("embedding", "content", "graph", "popularity", "itemknn", "rp3beta", "ease")
+# The methods ranked from the memberships (--edges and --extra-edges).
+MEMBERSHIP_METHODS = ("graph", "popularity", "itemknn", "rp3beta", "ease")
+# Methods run over a grid of hyperparameters: every grid point is reported as NAME[param=value,...].
+GRID_METHODS = ("itemknn", "rp3beta", "ease")
 DEFAULT_WALKS_PER_NODE = 500
+DEFAULT_EASE_MAX_ITEMS = 50_000
+_GB = 1e9
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,15 @@ class EvaluateArgs:
     pins: str | None = None
     edges: str | None = None
     labels: str | None = None
+    methods: tuple[str, ...] | None = None
+    extra_edges: str | None = None
+    itemknn_shrink: tuple[float, ...] = (0.0,)
+    itemknn_neighbors: tuple[int, ...] = (0,)
+    rp3_alpha: tuple[float, ...] = (1.0,)
+    rp3_beta: tuple[float, ...] = (0.5,)
+    ease_lambda: tuple[float, ...] = (500.0,)
+    ease_max_items: int = DEFAULT_EASE_MAX_ITEMS
+    max_board_pins: int = 0
     walks: WalkParams = field(default_factory=lambda: WalkParams(walks_per_node=DEFAULT_WALKS_PER_NODE))
     walks_per_batch: int = 100
     similarity_pairs: int = 10_000
@@ -87,6 +116,38 @@ def _cut_offs(text: str) -> tuple[int, ...]:
     if not values or values[0] < 1:
         raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
     return tuple(values)
+
+
+def _grid(kind: type, low: float, above: bool = False):
+    """An argparse type: comma-separated numbers of `kind`, each >= `low` (> with `above`), in the
+    order given, each once."""
+
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(dict.fromkeys(kind(v) for v in text.split(",") if v.strip()))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__}s, got {text!r}"
+            ) from None
+        ok = all(np.isfinite(v) and (v > low if above else v >= low) for v in values)
+        if not values or not ok:
+            raise argparse.ArgumentTypeError(
+                f"expected numbers {'>' if above else '>='} {low:g}, got {text!r}"
+            )
+        return values
+
+    return parse
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated names of METHODS, in the order given, each once."""
+    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    unknown = [n for n in names if n not in METHODS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown method {', '.join(unknown) or '(none)'}; expected some of {','.join(METHODS)}"
+        )
+    return names
 
 
 def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
@@ -113,7 +174,68 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
     p.add_argument(
         "--edges", help="memberships (pin_id, board_id[, weight]): graph-only and popularity baselines"
     )
+    p.add_argument(
+        "--extra-edges",
+        help="memberships (pin_id, board_id[, weight]) the membership methods see besides --edges",
+    )
     p.add_argument("--labels", help="labels (pin_id, label): colours the PCA map")
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        metavar="M,M,...",
+        help=f"methods to run, of {','.join(METHODS)} (default: embedding, content with --pins, "
+        "graph and popularity with --edges)",
+    )
+    p.add_argument(
+        "--itemknn-shrink",
+        type=_grid(float, 0),
+        default=d.itemknn_shrink,
+        metavar="S,S,...",
+        help="itemknn: shrinkage added to the cosine's denominator (grid; default 0)",
+    )
+    p.add_argument(
+        "--itemknn-neighbors",
+        type=_grid(int, 0),
+        default=d.itemknn_neighbors,
+        metavar="N,N,...",
+        help="itemknn: only each query's N most similar pins keep their score, 0: all (grid; default 0)",
+    )
+    p.add_argument(
+        "--rp3-alpha",
+        type=_grid(float, 0),
+        default=d.rp3_alpha,
+        metavar="A,A,...",
+        help="rp3beta: exponent of each step's probability (grid; default 1)",
+    )
+    p.add_argument(
+        "--rp3-beta",
+        type=_grid(float, 0),
+        default=d.rp3_beta,
+        metavar="B,B,...",
+        help="rp3beta: exponent of the candidate's boards dividing its score (grid; default 0.5)",
+    )
+    p.add_argument(
+        "--ease-lambda",
+        type=_grid(float, 0, above=True),
+        default=d.ease_lambda,
+        metavar="L,L,...",
+        help="ease: L2 regularisation (grid; default 500)",
+    )
+    p.add_argument(
+        "--ease-max-items",
+        type=at_least(1),
+        default=d.ease_max_items,
+        metavar="N",
+        help="ease: refuse when more pins than this have memberships (a dense N x N float64 matrix, "
+        f"two at the peak, on the driver; default {DEFAULT_EASE_MAX_ITEMS:,})",
+    )
+    p.add_argument(
+        "--max-board-pins",
+        type=at_least(0),
+        default=d.max_board_pins,
+        metavar="N",
+        help="itemknn, rp3beta, ease: leave out boards with more pins than this (0: none; default 0)",
+    )
     add_walk_args(
         p, d.walks.walks_per_node, seed=False, walks_per_batch=d.walks_per_batch, starts="each query pin"
     )
@@ -134,6 +256,8 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
     )
     add_common_args(p)
     a = p.parse_args(argv)
+    if a.extra_edges and not a.edges:
+        p.error("argument --extra-edges: needs --edges")
     walks = WalkParams(a.walks_per_node, a.walk_length, a.restart_prob, 1, a.seed)
     return job_args(EvaluateArgs, p, a, out=a.out.rstrip("/"), ks=a.k, walks=walks)
 
@@ -148,6 +272,11 @@ class EvaluationReport(Report):
     # Per baseline method, per "hit@k": pairs only the embedding hits, only the baseline hits, and
     # the exact sign test's two-sided p-value.
     paired: dict[str, dict[str, dict]] = field(default_factory=dict)
+    # Per grid point run (itemknn[...], rp3beta[...], ease[...]): its method and hyperparameters.
+    grid: dict[str, dict] = field(default_factory=dict)
+    # Per grid method run: the grid point with the highest hit@10 (hit@ the smallest --k without
+    # 10), the first in grid order among equals.
+    best: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -156,12 +285,16 @@ class EvaluationReport(Report):
         lines.append("inputs: " + ", ".join(f"{k} {v:,}" for k, v in self.inputs.items()))
         names = metric_names(self.params["k"])
         heads = [n.replace("scaled_mrr", "scaled MRR").replace("mrr", "MRR") for n in names]
-        lines.append(f"{'method':<11}{'pairs':>9}{'candidates':>12}" + "".join(f"{h:>12}" for h in heads))
+        w = max([11, *(len(m) + 2 for m in self.methods)])
+        lines.append(f"{'method':<{w}}{'pairs':>9}{'candidates':>12}" + "".join(f"{h:>12}" for h in heads))
         for method, m in self.methods.items():
             lines.append(
-                f"{method:<11}{m['pairs']:>9,}{m['mean_candidates']:>12,.1f}"
+                f"{method:<{w}}{m['pairs']:>9,}{m['mean_candidates']:>12,.1f}"
                 + "".join(f"{m[n]:>12.4f}" for n in names)
             )
+        lines += [
+            f"best {base} by {best_metric(self.params['k'])}: {name}" for base, name in self.best.items()
+        ]
         for method, by_k in self.paired.items():
             for name, c in by_k.items():
                 lines.append(
@@ -179,6 +312,11 @@ class EvaluationReport(Report):
         return lines
 
 
+def best_metric(ks: list[int] | tuple[int, ...]) -> str:
+    """The hit rate that picks the best grid point: hit@10, or hit@ the smallest cut-off without 10."""
+    return "hit@10" if 10 in ks else f"hit@{min(ks)}"
+
+
 @dataclass
 class Inputs:
     """Validated inputs, lazy. Vector tables are (pin_id, vec); `pool` is (pin_id)."""
@@ -189,8 +327,61 @@ class Inputs:
     pool: DataFrame
     pins: DataFrame | None = None
     pins_dim: int = 0
-    edges: DataFrame | None = None
+    edges: DataFrame | None = None  # memberships of --edges and --extra-edges (walks.memberships)
+    members: DataFrame | None = None  # binary (pin_id, board_id) of the co-occurrence methods
     labels: DataFrame | None = None
+    methods: tuple[str, ...] = ()  # the methods to run, in METHODS order
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A requested method that will not run: its missing or refusing input, and why."""
+
+    method: str
+    table: str
+    column: str | None
+    problem: str
+
+    def note(self) -> str:
+        where = f"table '{self.table}'" + (f", column '{self.column}'" if self.column else "")
+        return f"method {self.method} skipped: {where}: {self.problem}"
+
+
+def plan_methods(
+    args: EvaluateArgs, pins: bool, edges: bool, ease_items: int | None
+) -> tuple[tuple[str, ...], list[Skip]]:
+    """(methods to run in METHODS order, the requested methods skipped). Without --methods: the
+    embedding, content with --pins, graph and popularity with --edges. A requested method whose
+    input is missing, or ease with more than --ease-max-items items (`ease_items` pins with
+    memberships), is skipped; when that leaves nothing to run, the input is bad (InputError)."""
+    if args.methods is None:
+        wanted = ["embedding", *(["content"] if pins else []), *(["graph", "popularity"] if edges else [])]
+    else:
+        wanted = list(args.methods)
+    skipped = []
+    for m in wanted:
+        if m == "content" and not pins:
+            skipped.append(Skip(m, "pins", None, "not given (--pins)"))
+        elif m in MEMBERSHIP_METHODS and not edges:
+            skipped.append(Skip(m, "edges", None, "not given (--edges)"))
+        elif m == "ease" and ease_items is not None and ease_items > args.ease_max_items:
+            gb = co.ease_bytes(ease_items) / _GB
+            skipped.append(
+                Skip(
+                    m,
+                    "edges",
+                    "pin_id",
+                    f"{ease_items:,} pins have memberships, more than --ease-max-items "
+                    f"{args.ease_max_items:,} (ease holds a dense {ease_items:,} x {ease_items:,} float64 "
+                    f"matrix of {gb:,.1f} GB, two at its peak, on the driver)",
+                )
+            )
+    run = tuple(m for m in METHODS if m in wanted and m not in {s.method for s in skipped})
+    if not run:
+        first = skipped[0]
+        problems = "; ".join(s.note() for s in skipped)
+        raise InputError(first.table, first.column, f"no method of --methods can run: {problems}")
+    return run, skipped
 
 
 def load_inputs(spark: SparkSession, args: EvaluateArgs, report: EvaluationReport) -> Inputs:
@@ -201,6 +392,12 @@ def load_inputs(spark: SparkSession, args: EvaluateArgs, report: EvaluationRepor
     pairs = conform(read_table(spark, "pairs", args.pairs), "pairs")
     pins = conform(read_table(spark, "pins", args.pins), "pins") if args.pins else None
     edges = conform(read_table(spark, "edges", args.edges), "edges") if args.edges else None
+    extra = None
+    if args.extra_edges:
+        try:
+            extra = conform(read_table(spark, "extra_edges", args.extra_edges), "edges")
+        except InputError as exc:
+            raise InputError("extra_edges", exc.column, exc.problem) from None
     labels = conform_labels(read_table(spark, "labels", args.labels)) if args.labels else None
 
     embeddings = check_vector_table(raw, "pin_embeddings", "embedding")
@@ -220,10 +417,23 @@ def load_inputs(spark: SparkSession, args: EvaluateArgs, report: EvaluationRepor
         check_covered(covered, inputs.pins, "pins", "candidate or pair pins of pin_embeddings")
     if edges is not None:
         report.inputs["edges"] = check_links(edges, "edges", ("pin_id", "board_id")).rows
+        if extra is not None:
+            report.inputs["extra edges"] = check_links(extra, "extra_edges", ("pin_id", "board_id")).rows
+            edges = edges.unionByName(extra)
         inputs.edges = memberships(edges)
+        inputs.members = co.binary_memberships(inputs.edges, args.max_board_pins)
     if labels is not None:
         report.inputs["labels"] = check_nodes(labels, "labels", "pin_id", None, "")
         inputs.labels = labels.select("pin_id", F.coalesce("label", F.lit("(none)")).alias("label"))
+    ease_items = None
+    if inputs.members is not None and args.methods is not None and "ease" in args.methods:
+        spark.sparkContext.setJobDescription("ease: count the pins with memberships")
+        ease_items = inputs.members.select("pin_id").distinct().count()
+        report.inputs["ease items"] = ease_items
+    inputs.methods, skipped = plan_methods(args, pins is not None, edges is not None, ease_items)
+    for skip in skipped:
+        report.notes.append(skip.note())
+        print(f"warning: {skip.note()}", file=sys.stderr)
     return inputs
 
 
@@ -277,7 +487,7 @@ def publish(
     spark: SparkSession, ranks: list[DataFrame], args: EvaluateArgs, report: EvaluationReport
 ) -> None:
     """Write every method's ranks as O/pair_ranks in one commit, and report the metrics and the
-    paired comparisons computed from the table as written."""
+    paired comparisons computed from the table as written, in the order the methods ran."""
     spark.sparkContext.setJobDescription("publish pair_ranks")
     union = ranks[0]
     for df in ranks[1:]:
@@ -290,7 +500,7 @@ def publish(
     }
     version = write_delta(union, path, metadata)
     published = read_delta(spark, path)
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(report.methods)}
     rows = sorted(metrics(published, args.ks).collect(), key=lambda r: order[r["method"]])
     report.methods = {r["method"]: {k: v for k, v in r.asDict().items() if k != "method"} for r in rows}
     hits = sorted(paired_hits(published, args.ks).collect(), key=lambda r: (order[r["method"]], r["k"]))
@@ -301,11 +511,24 @@ def publish(
             "baseline_only": losses,
             "p_value": sign_test_p(wins, losses),
         }
+    by = best_metric(args.ks)
+    for base in GRID_METHODS:
+        points = [n for n, g in report.grid.items() if g["method"] == base and n in report.methods]
+        if points:
+            report.best[base] = max(points, key=lambda n: report.methods[n][by])
     report.outputs["pair_ranks"] = f"{path} (Delta version {version})"
 
 
-def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
-    run_id = args.common.run_id
+def grid_points(args: EvaluateArgs, method: str) -> list:
+    """The grid of `method` (itemknn, rp3beta or ease), in the order of its flags' values."""
+    if method == "itemknn":
+        return [co.ItemKnn(s, n) for s in args.itemknn_shrink for n in args.itemknn_neighbors]
+    if method == "rp3beta":
+        return [co.RP3Beta(a, b) for a in args.rp3_alpha for b in args.rp3_beta]
+    return [co.Ease(lam) for lam in args.ease_lambda]
+
+
+def run_params(args: EvaluateArgs) -> dict:
     params: dict = {"k": list(args.ks), "candidates": args.candidates or "all", "seed": args.seed}
     if args.edges:
         walks = args.walks
@@ -314,7 +537,75 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
             walk_length=walks.walk_length,
             restart_prob=walks.restart_prob,
         )
-    report = EvaluationReport(run_id, params)
+    if args.methods is not None:
+        params["methods"] = ",".join(args.methods)
+        wanted = set(args.methods)
+        if "itemknn" in wanted:
+            params.update(
+                itemknn_shrink=list(args.itemknn_shrink), itemknn_neighbors=list(args.itemknn_neighbors)
+            )
+        if "rp3beta" in wanted:
+            params.update(rp3_alpha=list(args.rp3_alpha), rp3_beta=list(args.rp3_beta))
+        if "ease" in wanted:
+            params.update(ease_lambda=list(args.ease_lambda), ease_max_items=args.ease_max_items)
+        if wanted & set(GRID_METHODS):
+            params["max_board_pins"] = args.max_board_pins
+    return params
+
+
+def cooccurrence_ranks(
+    inputs: Inputs, args: EvaluateArgs, report: EvaluationReport, pool_size: int, work: str
+) -> list[DataFrame]:
+    """itemknn and rp3beta ranks of every grid point, on Spark: the self-join written once, then one
+    pass per method over it; each method's ranks written, so its time is its own."""
+    sc = inputs.pairs.sparkSession.sparkContext
+    methods = [m for m in ("itemknn", "rp3beta") if m in inputs.methods]
+    alphas = list(args.rp3_alpha) if "rp3beta" in methods else []
+    with report.timed("cooccurrence"):
+        sc.setJobDescription("co-occurrence: self-join through the boards")
+        scores = write_and_reload(
+            co.cooccurrence(inputs.pairs, inputs.members, inputs.pool, alphas), f"{work}/cooccurrence"
+        )
+        flags = write_and_reload(
+            co.pair_flags(inputs.pairs, inputs.members, inputs.pool), f"{work}/pair_flags"
+        )
+    out = []
+    for method in methods:
+        with report.timed(method):
+            sc.setJobDescription(f"{method}: score and count")
+            points = grid_points(args, method)
+            counts = co.rank_cooccurrence(scores, flags, points, alphas, pool_size)
+            joined = flags.join(counts, ["query_pin", "pos_pin"])
+            candidates = F.lit(pool_size) - F.col("q_in") - F.col("p_in") + 1
+            ranks = pair_ranks(F.col("method"), F.col("higher"), F.col("ties"), candidates, joined)
+            out.append(write_and_reload(ranks, f"{work}/{method}"))
+            for pt in points:
+                report.grid[pt.name] = {"method": method, **pt.params()}
+    return out
+
+
+def ease_ranks(inputs: Inputs, args: EvaluateArgs, report: EvaluationReport) -> DataFrame:
+    """ease ranks of every grid point, on the driver: the memberships, the pool and the pairs
+    collected, one dense inverse per lambda."""
+    spark = inputs.pairs.sparkSession
+    with report.timed("ease"):
+        spark.sparkContext.setJobDescription("ease: collect memberships, pool and pairs")
+        items = co.EaseItems.from_arrow(inputs.members.toArrow())
+        pool = np.unique(inputs.pool.toArrow().column("pin_id").to_numpy().astype(np.int64))
+        pairs = inputs.pairs.toArrow()
+        query = pairs.column("query_pin").to_numpy().astype(np.int64)
+        pos = pairs.column("pos_pin").to_numpy().astype(np.int64)
+        points = grid_points(args, "ease")
+        tables = co.ease_ranks(items, points, pool, query, pos, report.timed)
+        for pt in points:
+            report.grid[pt.name] = {"method": "ease", **pt.params()}
+        df = spark.createDataFrame(pa.concat_tables(tables))
+        return pair_ranks(F.col("method"), F.col("higher"), F.col("ties"), F.col("candidates"), df)
+
+
+def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
+    run_id = args.common.run_id
+    report = EvaluationReport(run_id, run_params(args))
     work = f"{args.out}/_work/{run_id}"
     sc = spark.sparkContext
     with report.timed("inputs"):
@@ -325,12 +616,15 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
     n_pairs = report.inputs["distinct pairs"]
     # The pool is every pin, or the first N of them in the seeded order: no need to count it.
     rows = report.inputs["pin_embeddings"]
-    report.inputs["candidate pool"] = rows if args.candidates is None else min(args.candidates, rows)
+    pool_size = rows if args.candidates is None else min(args.candidates, rows)
+    report.inputs["candidate pool"] = pool_size
     vectors = {"embedding": (inputs.embeddings, inputs.dim)}
-    if inputs.pins is not None:
+    if inputs.pins is not None and "content" in inputs.methods:
         vectors["content"] = (inputs.pins, inputs.pins_dim)
     ranks = []
     for method, (table, dim) in vectors.items():
+        if method not in inputs.methods:
+            continue
         with report.timed(method):
             candidates = table
             if method != "embedding" or args.candidates is not None:
@@ -341,15 +635,22 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
             ranks.append(
                 rank_by_similarity(method, table, dim, candidates, inputs.pairs, n_pairs, args.query_block_mb)
             )
-    if inputs.edges is not None:
+    if "graph" in inputs.methods:
         with report.timed("graph"):
             ranks.append(
                 rank_by_walks(
                     inputs.pairs, inputs.edges, inputs.pool, args.walks, args.walks_per_batch, f"{work}/graph"
                 )
             )
+    if "popularity" in inputs.methods:
         sc.setJobDescription("popularity: rank by boards per pin")
         ranks.append(popularity_ranks(inputs.pairs, inputs.edges, inputs.pool))
+    if "itemknn" in inputs.methods or "rp3beta" in inputs.methods:
+        ranks += cooccurrence_ranks(inputs, args, report, pool_size, work)
+    if "ease" in inputs.methods:
+        ranks.append(ease_ranks(inputs, args, report))
+    # The report lists the methods in the order they ran; publish fills in their metrics.
+    report.methods = {m: {} for m in inputs.methods if m not in GRID_METHODS} | {m: {} for m in report.grid}
 
     with report.timed("publish"):
         publish(spark, ranks, args, report)

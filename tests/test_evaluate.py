@@ -6,6 +6,7 @@ tests/test_evaluation_*.py."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -156,3 +157,198 @@ def test_the_walk_and_common_flags_reach_the_arguments():
     assert (
         evaluate.parse_args(["--embeddings", "e", "--pairs", "p", "--out", "o"]).walks.walks_per_node == 500
     )
+
+
+# ---- the co-occurrence baselines: itemknn, rp3beta, ease ------------------------------------------
+
+# 30 pins. Pins 2 and 3 sit on the same boards (ties for a query on both); board 106 (12 pins) is
+# larger than CAP and left out of the co-occurrence models, so pin 11 loses its only board there;
+# 22 is alone on its board (a query with no co-member); 23-27 have no board (pool pins that score 0);
+# 28 and 29 have boards but no embedding (scored pins outside the pool).
+CO_EDGES = [
+    *[(p, 100) for p in (0, 1, 2, 3)],
+    *[(p, 101) for p in (0, 1, 4)],
+    *[(p, 102) for p in (2, 3, 5)],
+    *[(p, 103) for p in (4, 5, 6, 7)],
+    *[(p, 104) for p in (6, 7, 8, 9, 10)],
+    (8, 105),
+    (9, 105),
+    *[(p, 106) for p in (0, *range(11, 22))],
+    *[(p, 107) for p in (20, 21, 28)],
+    *[(p, 108) for p in (29, 10, 1)],
+    (22, 109),
+]
+# Seen by the membership methods besides CO_EDGES; (0, 100) twice counts once.
+CO_EXTRA = [(5, 105), (12, 107), (0, 100), (6, 101)]
+CO_PINS = 30
+CO_POOL = range(28)
+CAP = 10
+CO_PAIRS = [(0, 1), (0, 2), (2, 3), (3, 5), (4, 6), (8, 9), (22, 0), (11, 12), (20, 21), (10, 8), (0, 23)]
+CO_PAIRS += [(5, 4), (7, 2), (1, 10), (12, 20)]
+
+
+def brute_force_scores(edges, cap: int) -> dict[str, np.ndarray]:
+    """Every grid point's [pins, pins] score matrix from the dense membership matrix, by the formulas."""
+    boards = sorted({b for _, b in edges})
+    X = np.zeros((CO_PINS, len(boards)))
+    for p, b in edges:
+        X[p, boards.index(b)] = 1.0
+    X = X[:, X.sum(axis=0) <= cap]
+    dp, db = X.sum(axis=1), X.sum(axis=0)
+    C = X @ X.T
+    out = {}
+    for shrink in (0.0, 2.0):
+        for n in (0, 3):
+            S = np.zeros_like(C)
+            for q in range(CO_PINS):
+                for c in range(CO_PINS):
+                    if C[q, c]:
+                        S[q, c] = C[q, c] / (np.sqrt(dp[q]) * np.sqrt(dp[c]) + shrink)
+                row = np.delete(S[q], q)
+                if n and np.count_nonzero(row) > n:
+                    nth = np.sort(row)[::-1][n - 1]
+                    S[q][S[q] < nth] = 0.0
+            out[f"itemknn[shrink={shrink:g},neighbors={n}]"] = S
+    for alpha in (0.5, 1.0):
+        for beta in (0.0, 0.5):
+            S = np.zeros_like(C)
+            for q in range(CO_PINS):
+                for c in range(CO_PINS):
+                    walks = sum(
+                        (1 / dp[q]) ** alpha * (1 / db[b]) ** alpha for b in np.flatnonzero(X[q] * X[c])
+                    )
+                    S[q, c] = walks / dp[c] ** beta if walks else 0.0
+            out[f"rp3beta[alpha={alpha:g},beta={beta:g}]"] = S
+    for lam in (1.0, 10.0):
+        P = np.linalg.inv(C + lam * np.eye(CO_PINS))
+        out[f"ease[lambda={lam:g}]"] = -P / np.diag(P)[None, :]
+    return out
+
+
+def brute_force_counts(S: np.ndarray, q: int, p: int) -> tuple[int, int]:
+    """(higher, ties) of p among the pool without q and p, scores equal within a relative 1e-9."""
+    higher = ties = 0
+    for c in CO_POOL:
+        if c in (q, p):
+            continue
+        if math.isclose(S[q, c], S[q, p], rel_tol=1e-9, abs_tol=0.0):
+            ties += 1
+        elif S[q, c] > S[q, p]:
+            higher += 1
+    return higher, ties
+
+
+def write_co_inputs(root) -> dict[str, str]:
+    rng = np.random.default_rng(3)
+    tables = {
+        "embeddings": {
+            "pin_id": pa.array(list(CO_POOL), ID),
+            "embedding": pa.array(rng.normal(size=(len(CO_POOL), 3)).tolist(), VEC),
+        },
+        "pairs": {
+            "query_pin": pa.array([q for q, _ in CO_PAIRS], ID),
+            "pos_pin": pa.array([p for _, p in CO_PAIRS], ID),
+        },
+        "edges": {
+            "pin_id": pa.array([p for p, _ in CO_EDGES], ID),
+            "board_id": pa.array([b for _, b in CO_EDGES], ID),
+        },
+        "extra-edges": {
+            "pin_id": pa.array([p for p, _ in CO_EXTRA], ID),
+            "board_id": pa.array([b for _, b in CO_EXTRA], ID),
+            "weight": pa.array([2.0] * len(CO_EXTRA), pa.float64()),
+        },
+    }
+    return {name: write_parquet(f"{root}/{name}", columns) for name, columns in tables.items()}
+
+
+def co_argv(paths: dict[str, str], out: str, *extra: str) -> list[str]:
+    args = ["--out", out, "--k", "1,3", "--similarity-pairs", "0", "--master", "local[2]"]
+    for name, path in paths.items():
+        args += [f"--{name}", path]
+    return [*args, *extra]
+
+
+def test_cooccurrence_baselines_match_a_brute_force_on_every_grid_point(spark, tmp_path):
+    paths = write_co_inputs(tmp_path / "in")
+    out, report_path = str(tmp_path / "out"), str(tmp_path / "report.json")
+    grids = ["--itemknn-shrink", "0,2", "--itemknn-neighbors", "0,3", "--rp3-alpha", "0.5,1"]
+    grids += ["--rp3-beta", "0,0.5", "--ease-lambda", "1,10", "--max-board-pins", str(CAP)]
+    methods = ["--methods", "ease,itemknn,rp3beta,popularity", "--report-json", report_path]
+    assert evaluate.main(co_argv(paths, out, *methods, *grids)) == 0
+
+    rows = spark.read.format("delta").load(f"{out}/pair_ranks").collect()
+    found = {(r.method, r.query_pin, r.pos_pin): r for r in rows}
+    expected = brute_force_scores(CO_EDGES + CO_EXTRA, CAP)
+    pairs = set(CO_PAIRS)
+    assert len(rows) == (len(expected) + 1) * len(pairs)
+    for method, S in expected.items():
+        for q, p in pairs:
+            r = found[(method, q, p)]
+            higher, ties = brute_force_counts(S, q, p)
+            assert (r.higher, r.ties, r["rank"]) == (higher, ties, 1 + higher + ties), (method, q, p)
+            assert r.candidates == len(CO_POOL) - 1
+    # popularity counts every membership, the big board's and the extra ones too.
+    degree = np.zeros(CO_PINS)
+    for p, _ in set(CO_EDGES + CO_EXTRA):
+        degree[p] += 1
+    for q, p in pairs:
+        others = [degree[c] for c in CO_POOL if c not in (q, p)]
+        r = found[("popularity", q, p)]
+        assert (r.higher, r.ties) == (sum(d > degree[p] for d in others), sum(d == degree[p] for d in others))
+
+    report = json.load(open(report_path))
+    assert set(report["methods"]) == {"popularity", *expected}
+    assert report["grid"]["rp3beta[alpha=0.5,beta=0]"] == {"method": "rp3beta", "alpha": 0.5, "beta": 0.0}
+    for base in ("itemknn", "rp3beta", "ease"):
+        names = [m for m in expected if m.startswith(base)]
+        best = max(names, key=lambda m: report["methods"][m]["hit@3"])
+        assert report["best"][base] == best
+    assert report["inputs"]["extra edges"] == len(CO_EXTRA)
+    assert report["paired"] == {}, "no embedding ranks: nothing to pair with"
+    assert {"cooccurrence", "itemknn", "rp3beta", "ease", "ease[lambda=10]"} <= set(report["seconds"])
+
+
+def test_ease_alone_above_its_item_limit_exits_2_naming_the_flag(spark, tmp_path, capsys):
+    paths = write_co_inputs(tmp_path / "in")
+    out = str(tmp_path / "out")
+    assert evaluate.main(co_argv(paths, out, "--methods", "ease", "--ease-max-items", "20")) == 2
+    err = capsys.readouterr().err
+    assert "table 'edges', column 'pin_id': no method of --methods can run: method ease skipped" in err, err
+    assert "25 pins have memberships, more than --ease-max-items 20" in err, err
+    assert not os.path.exists(f"{out}/pair_ranks")
+
+
+def test_refused_or_unfed_methods_are_skipped_with_a_note_while_the_others_run():
+    args = evaluate.parse_args(
+        ["--embeddings", "e", "--pairs", "p", "--out", "o", "--methods", "ease,content,graph"]
+    )
+    run, skipped = evaluate.plan_methods(args, pins=False, edges=True, ease_items=60_000)
+    assert run == ("graph",)
+    assert [s.note() for s in skipped] == [
+        "method ease skipped: table 'edges', column 'pin_id': 60,000 pins have memberships, more than "
+        "--ease-max-items 50,000 (ease holds a dense 60,000 x 60,000 float64 matrix of 28.8 GB, two at "
+        "its peak, on the driver)",
+        "method content skipped: table 'pins': not given (--pins)",
+    ]
+    assert evaluate.plan_methods(args, pins=True, edges=True, ease_items=5)[0] == ("content", "graph", "ease")
+    default = evaluate.parse_args(["--embeddings", "e", "--pairs", "p", "--out", "o"])
+    assert evaluate.plan_methods(default, pins=False, edges=True, ease_items=None) == (
+        ("embedding", "graph", "popularity"),
+        [],
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--methods", "knn", "argument --methods: unknown method knn"),
+        ("--ease-lambda", "0", "argument --ease-lambda: expected numbers > 0"),
+        ("--itemknn-neighbors", "1.5", "argument --itemknn-neighbors: expected comma-separated ints"),
+        ("--extra-edges", "x", "argument --extra-edges: needs --edges"),
+    ],
+)
+def test_bad_method_flags_are_usage_errors_naming_the_flag(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.parse_args(["--embeddings", "e", "--pairs", "p", "--out", "o", flag, value])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -155,12 +155,15 @@ def ranks_from_counts(pairs: DataFrame, counts: DataFrame, method: str) -> DataF
     scanned in parts); a pair that met no candidate ranks 1 of 1."""
     joined = distinct_pairs(pairs).join(_sum_counts(counts), ["query_pin", "pos_pin"], "left")
     higher, ties = F.coalesce("higher", F.lit(0)), F.coalesce("ties", F.lit(0))
-    return _pair_ranks(method, higher, ties, F.coalesce("seen", F.lit(0)) + 1, joined)
+    return pair_ranks(method, higher, ties, F.coalesce("seen", F.lit(0)) + 1, joined)
 
 
-def _pair_ranks(method: str, higher: Column, ties: Column, candidates: Column, df: DataFrame) -> DataFrame:
+def pair_ranks(
+    method: str | Column, higher: Column, ties: Column, candidates: Column, df: DataFrame
+) -> DataFrame:
+    """PAIR_RANKS rows of `df` (query_pin, pos_pin, ...): `method` a name, or a column of names."""
     cols = {
-        "method": F.lit(method),
+        "method": F.lit(method) if isinstance(method, str) else method,
         "query_pin": F.col("query_pin"),
         "pos_pin": F.col("pos_pin"),
         "rank": 1 + higher + ties,
@@ -262,7 +265,7 @@ def graph_ranks(pairs: DataFrame, visits: DataFrame, pool: DataFrame, method: st
     unvisited = F.col("pos_count") == 0
     higher = F.when(unvisited, visited_others).otherwise(above)
     ties = F.when(unvisited, F.col("others") - visited_others).otherwise(level)
-    return _pair_ranks(method, higher, ties, F.col("others") + 1, joined)
+    return pair_ranks(method, higher, ties, F.col("others") + 1, joined)
 
 
 def same_type_visits(counts: DataFrame) -> DataFrame:
@@ -333,4 +336,4 @@ def popularity_ranks(
     q_in = F.col("q_i") == 1
     higher = more - F.when(q_in & (F.col("q_d") > F.col("p_d")), 1).otherwise(0)
     ties = same - F.col("p_i") - F.when(q_in & (F.col("q_d") == F.col("p_d")), 1).otherwise(0)
-    return _pair_ranks(method, higher, ties, F.col("pool_size") - F.col("q_i") - F.col("p_i") + 1, joined)
+    return pair_ranks(method, higher, ties, F.col("pool_size") - F.col("q_i") - F.col("p_i") + 1, joined)
