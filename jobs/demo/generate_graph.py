@@ -25,6 +25,10 @@ from jobs.lib.vectors import to_list as list_column
 # pins start them at the next power of ten instead (`board_id_offset`).
 BOARD_ID_OFFSET = 1_000_000
 
+FEATURE_NOISE = 0.8  # standard deviation of a pin's features around its topic's centroid
+BOARD_SIZE_SIGMA = 0.8  # log-normal spread of board sizes around mean_board_size
+MIN_ROWS_PER_GROUP = 1024
+
 
 def board_id_offset(pins: int) -> int:
     """The first board id of a graph of `pins` pins: BOARD_ID_OFFSET while it is above every pin
@@ -33,9 +37,6 @@ def board_id_offset(pins: int) -> int:
     while offset < pins:
         offset *= 10
     return offset
-FEATURE_NOISE = 0.8  # standard deviation of a pin's features around its topic's centroid
-BOARD_SIZE_SIGMA = 0.8  # log-normal spread of board sizes around mean_board_size
-MIN_ROWS_PER_GROUP = 1024
 
 
 @dataclass(frozen=True)
