@@ -22,6 +22,14 @@ def test_board_ids_start_at_the_offset_and_every_edge_names_a_pin():
     assert "board_neighbors" not in tables
 
 
+def test_board_ids_stay_above_every_pin_id_when_the_pins_outnumber_the_offset():
+    pins = BOARD_ID_OFFSET + 5
+    tables = generate(GraphSpec(pins=pins, boards=2, feature_dim=1, topics=1, mean_board_size=3.0))
+    boards = tables["edges"].column("board_id").to_numpy()
+    assert boards.min() == 10 * BOARD_ID_OFFSET and boards.max() <= 10 * BOARD_ID_OFFSET + 1
+    assert tables["pins"].column("pin_id").to_numpy().max() == pins - 1
+
+
 def test_uniform_neighbors_are_the_memberships_with_weight_one_and_the_seed_fixes_the_graph():
     tables = generate(GraphSpec(**{**SMALL.__dict__, "uniform_neighbors": True}))
     edges = tables["edges"].to_pydict()

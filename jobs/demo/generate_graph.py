@@ -21,11 +21,22 @@ import pyarrow.parquet as pq
 
 from jobs.lib.vectors import to_list as list_column
 
-# Board ids start here, so no board id equals a pin id (pins are numbered from 0).
+# Board ids start here, so no board id equals a pin id (pins are numbered from 0); graphs of more
+# pins start them at the next power of ten instead (`board_id_offset`).
 BOARD_ID_OFFSET = 1_000_000
+
 FEATURE_NOISE = 0.8  # standard deviation of a pin's features around its topic's centroid
 BOARD_SIZE_SIGMA = 0.8  # log-normal spread of board sizes around mean_board_size
 MIN_ROWS_PER_GROUP = 1024
+
+
+def board_id_offset(pins: int) -> int:
+    """The first board id of a graph of `pins` pins: BOARD_ID_OFFSET while it is above every pin
+    id, else the smallest power of ten that is."""
+    offset = BOARD_ID_OFFSET
+    while offset < pins:
+        offset *= 10
+    return offset
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ def generate(spec: GraphSpec) -> dict[str, pa.Table]:
         pin_ids.append(members)
         board_ids.append(np.full(len(members), b))
     pin_col = np.concatenate(pin_ids).astype(np.int64)
-    board_col = np.concatenate(board_ids).astype(np.int64) + BOARD_ID_OFFSET
+    board_col = np.concatenate(board_ids).astype(np.int64) + board_id_offset(spec.pins)
     ones = np.ones(len(pin_col), dtype=np.float32)
 
     vectors = list_column(features)
@@ -82,7 +93,7 @@ def generate(spec: GraphSpec) -> dict[str, pa.Table]:
         tables["pin_neighbors"] = pa.table({"pin_id": pin_col, "board_id": board_col, "weight": ones})
     if spec.board_feature_dim:
         bf = rng.normal(size=(spec.boards, spec.board_feature_dim)).astype(np.float32)
-        board_ids = np.arange(spec.boards, dtype=np.int64) + BOARD_ID_OFFSET
+        board_ids = np.arange(spec.boards, dtype=np.int64) + board_id_offset(spec.pins)
         tables["boards"] = pa.table({"board_id": board_ids, "features": list_column(bf)})
     return tables
 
