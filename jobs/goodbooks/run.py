@@ -37,7 +37,7 @@ QUIET = ["--conf", "spark.ui.showConsoleProgress=false"]
 TRAIN_DEFAULTS = tuple(
     shlex.split(
         "--epochs 6 --batch-size 8192 --lr 0.005 --embed-dim 64 "
-        "--co-membership-pairs 1000000 --loss softmax --temperature 0.1"
+        "--co-membership-pairs 1000000 --loss softmax --temperature 0.1 --structural-features 1"
     )
 )
 
@@ -175,7 +175,7 @@ def run(args: GoodbooksArgs) -> ChainReport:
     baselines = flags(pins=f"{data}/content", edges=f"{data}/edges", labels=f"{data}/labels")
     for name in args.variants:
         ckpt, embeddings = f"{out}/models/{name}.pt", f"{out}/runs/{name}"
-        train = [*graph, *pairs, "--out", ckpt, *seed, *master, *TRAIN_DEFAULTS, *VARIANTS[name].train_flags]
+        train = [*graph, *pairs, "--out", ckpt, *seed, *spark, *TRAIN_DEFAULTS, *VARIANTS[name].train_flags]
         step(f"train-{name}", ["jobs/train.py", *train, *args.train_flags])
         step(f"embed-{name}", ["jobs/embed.py", *graph, "--checkpoint", ckpt, "--out", embeddings, *spark])
         test = flags(embeddings=f"{embeddings}/pin_embeddings", pairs=f"{data}/test_pairs")
