@@ -13,8 +13,10 @@ held out so nothing of a test pair reaches the graph or the training pairs: jobs
 With --cold-share S > 0, a seeded share S of the books with at least 4 memberships is held out
 entirely, as new books: they are in none of the tables above but content and labels. For them:
 cold_memberships (board_id, pin_id, split, reveal_rank), cold_pins_r{0,1,3} (their features with
-0, 1 or 3 memberships revealed), cold_edges_r{0,1,3} (those revealed memberships) and
-cold_validation_pairs, cold_test_pairs (docs/goodbooks.md, "New books").
+0, 1 or 3 memberships revealed), cold_edges_r{0,1,3} (those revealed memberships),
+cold_extra_edges_r{0,1,3} (those plus the training-split held-out memberships: what co-occurrence
+baselines may see besides edges) and cold_validation_pairs, cold_test_pairs (docs/goodbooks.md,
+"New books").
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ log = logging.getLogger("pinsage.goodbooks.prepare")
 OUTPUTS = ("edges", "heldout", "pins", "content", "labels", "train_pairs", "validation_pairs", "test_pairs")
 COLD_OUTPUTS = (
     "cold_memberships",
-    *(f"cold_{kind}_r{r}" for r in tables.REVEALED for kind in ("pins", "edges")),
+    *(f"cold_{kind}_r{r}" for r in tables.REVEALED for kind in ("pins", "edges", "extra_edges")),
     "cold_validation_pairs",
     "cold_test_pairs",
 )
@@ -222,6 +224,7 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
                 # Scaled by the training graph's largest count, exactly as a warm book's degree.
                 degree = tables.log_degree(new, edges, top)
                 publish(f"cold_pins_r{r}", tables.with_log_degree(content, degree))
+                publish(f"cold_extra_edges_r{r}", tables.known_edges(edges, heldout))
             for split, df in tables.cold_pairs(graph, cold, args.seed).items():
                 publish(f"cold_{split}_pairs", df)
     return report

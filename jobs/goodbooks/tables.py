@@ -236,6 +236,15 @@ def revealed_edges(cold: DataFrame, r: int) -> DataFrame:
     )
 
 
+def known_edges(revealed: DataFrame, heldout: DataFrame) -> DataFrame:
+    """What a co-occurrence baseline may see besides the graph when new books arrive: their
+    revealed memberships and the training-split held-out memberships, as edges."""
+    train = heldout.where(F.col("split") == "train").select(
+        "pin_id", "board_id", F.lit(1.0).cast("float").alias("weight")
+    )
+    return revealed.select("pin_id", "board_id", "weight").unionByName(train)
+
+
 def cold_pairs(graph: DataFrame, cold: DataFrame, seed: int) -> dict[str, DataFrame]:
     """For the validation and test splits, distinct (query_pin, pos_pin): pos = a new book with an
     evaluation membership in a list of that split, query = a book of the same list left in the
