@@ -94,6 +94,7 @@ class GoodbooksArgs:
     candidates: int | None = None
     resume: bool = False
     cold_share: float = 0.1
+    cold_splits: tuple[str, ...] = COLD_SPLITS
     baselines: bool = True
     baseline_flags: tuple[str, ...] = BASELINE_FLAGS
     common: CommonArgs = field(default_factory=CommonArgs)
@@ -127,6 +128,11 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
         help="share of the books (with at least 4 memberships) held out as new books; 0: no new books",
     )
     p.add_argument(
+        "--cold-splits",
+        default=",".join(COLD_SPLITS),
+        help="new-book pairs to evaluate: validation to choose settings, test once they are chosen",
+    )
+    p.add_argument(
         "--baselines",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -144,6 +150,8 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or "pinsage" not in variants:
         p.error(f"--variants: must include pinsage, each of {', '.join(VARIANTS)}; got {a.variants!r}")
+    if not set(a.cold_splits.split(",")) <= set(COLD_SPLITS):
+        p.error(f"--cold-splits: a comma-separated subset of {','.join(COLD_SPLITS)}, got {a.cold_splits!r}")
     return GoodbooksArgs(
         a.data_dir.rstrip("/"),
         a.out.rstrip("/"),
@@ -154,6 +162,7 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
         a.candidates,
         a.resume,
         a.cold_share,
+        tuple(x for x in a.cold_splits.split(",") if x),
         a.baselines,
         tuple(shlex.split(a.baseline_flags)),
         common_args(p, a),
@@ -239,7 +248,7 @@ def run(args: GoodbooksArgs) -> ChainReport:
             new = flags(new_pins=f"{data}/cold_pins_r{r}", new_edges=f"{data}/cold_edges_r{r}", base=root)
             cmd = ["jobs/embed_new.py", *new, "--checkpoint", f"{out}/models/pinsage.pt", *spark]
             step(f"cold-embed-r{r}", cmd, copy=(f"{out}/runs/pinsage", root))
-            for split in COLD_SPLITS:
+            for split in args.cold_splits:
                 cold = flags(
                     embeddings=f"{root}/pin_embeddings",
                     pairs=f"{data}/cold_{split}_pairs",
@@ -299,7 +308,7 @@ def collect(args: GoodbooksArgs, seconds: dict[str, float]) -> dict:
             results["params"] = evaluation["params"]
     if args.cold_share > 0:
         results["cold"] = {
-            f"r{r}": {split: load(f"cold-evaluate-r{r}-{split}")["methods"] for split in COLD_SPLITS}
+            f"r{r}": {split: load(f"cold-evaluate-r{r}-{split}")["methods"] for split in args.cold_splits}
             for r in REVEALED
         }
         results["cold_chosen"] = choose_baselines(results["cold"])
@@ -317,14 +326,14 @@ def choose_baselines(cold: dict) -> dict:
     chosen = {}
     for r, by_split in cold.items():
         best: dict[str, str] = {}
-        for name, m in by_split["validation"].items():
+        for name, m in by_split.get("validation", {}).items():
             family = method_family(name)
             if family != "embedding" and (
                 family not in best or m["hit@10"] > by_split["validation"][best[family]]["hit@10"]
             ):
                 best[family] = name
         top = max(best.values(), key=lambda n: by_split["validation"][n]["hit@10"], default=None)
-        test = by_split["test"]
+        test = by_split.get("test", {})
         ratio = None
         if top is not None and top in test and test[top]["hit@10"] > 0:
             ratio = test["embedding"]["hit@10"] / test[top]["hit@10"]
@@ -446,7 +455,7 @@ def render_cold(cold: dict, chosen: dict) -> list[str]:
         "memberships revealed; each pair ranks a new book among all books for a book of a list it "
         "was saved to. Baseline grid points marked * are the ones chosen on the validation pairs.",
     ]
-    for split in reversed(COLD_SPLITS):
+    for split in (s for s in reversed(COLD_SPLITS) if all(s in by_split for by_split in cold.values())):
         lines += [
             "",
             f"### {split.capitalize()} pairs",
