@@ -18,7 +18,16 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from pyspark.sql import SparkSession
 
-from jobs.lib.cli import CommonArgs, add_common_args, at_least, fraction, job_args, job_main, positive
+from jobs.lib.cli import (
+    CommonArgs,
+    add_common_args,
+    at_least,
+    below_one,
+    fraction,
+    job_args,
+    job_main,
+    positive,
+)
 from jobs.lib.io import InputError
 from jobs.lib.report import Report, Stopwatch
 from jobs.lib.session import get_spark
@@ -108,6 +117,23 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     )
     p.add_argument("--warmup-steps", type=at_least(0), help="linear warmup steps (default: one epoch)")
     p.add_argument("--lr-decay", type=fraction, default=d.lr_decay, help="lr factor per epoch after warmup")
+    p.add_argument(
+        "--neighbor-dropout",
+        type=below_one,
+        default=d.neighbor_dropout,
+        metavar="P",
+        help="train for new pins: each pin of a batch is shown, with probability P, as a pin arriving "
+        "without memberships (no neighbors at any pin layer, its --structural-features zeroed), as "
+        "jobs/embed_new.py embeds one",
+    )
+    p.add_argument(
+        "--structural-features",
+        type=at_least(0),
+        default=d.structural_features,
+        metavar="N",
+        help="the last N feature columns of a pin are computed from its memberships (a log degree): "
+        "0 for a pin shown without memberships",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--workers", type=at_least(0), default=d.workers, help="DataLoader batch producers")
@@ -176,6 +202,13 @@ def read_inputs(args: TrainArgs) -> TrainInputs:
         if started_here:  # the arrays are in numpy now; a session the caller owns stays up
             spark.stop()
     options = args.options
+    width = inputs.graph.pin_features.shape[1]
+    if options.structural_features > width:
+        raise InputError(
+            "pins",
+            "features",
+            f"has {width} columns, fewer than --structural-features {options.structural_features}",
+        )
     if hard_negative_count(options.epochs, options.hard_negatives):
         try:
             window_for(options, inputs.graph.num_pins)

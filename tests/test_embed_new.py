@@ -381,3 +381,42 @@ def test_an_index_missing_or_of_another_run_exits_2_and_nothing_is_written(
     assert message.format(R=root, run=related_root) in err
     assert last_commit(spark, f"{out}/pin_embeddings")["version"] == version
     assert snapshot_files(root) == files
+
+
+def test_a_new_pin_without_memberships_is_embedded_from_its_features_alone(spark, base, tmp_path):
+    """A new book that arrives with no membership: no neighbors, so its layers pool nothing (the
+    zero vector), exactly as the trainer's neighbor dropout presents a pin."""
+    import torch
+
+    from pinsage_model.checkpoint import build_model
+    from pinsage_model.training.graph import build_graph
+
+    _, _, ckpt, out, _ = base
+    features = [0.25, -0.5, 1.0, 0.0, 0.75, -1.0]
+    args = [
+        "--new-pins",
+        pins_table(str(tmp_path / "p"), {41: features}),
+        "--new-edges",
+        edges_table(str(tmp_path / "e"), []),
+        "--base",
+        out,
+        "--checkpoint",
+        ckpt,
+    ]
+    report = embed_new.run(spark, embed_new.parse_args(args), read_checkpoint(ckpt))
+    assert (report.output["inserted"], report.counts["neighbor rows"]) == (1, 0)
+    got = embeddings(spark, f"{out}/pin_embeddings")[41]
+    no_rows = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    alone, _ = build_graph(
+        np.array([41]),
+        np.array([features], np.float32),
+        np.array([100]),
+        np.zeros((1, 0), np.float32),
+        no_rows,
+        no_rows,
+        no_rows,
+    )
+    model = build_model(read_checkpoint(ckpt))
+    with torch.no_grad():
+        expected = model(*alone.whole_graph())[0][0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)

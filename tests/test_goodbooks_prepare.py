@@ -54,9 +54,9 @@ def prepared(spark, tmp_path_factory):
     data = goodbooks_folder(str(root / "data"))
     out = str(root / "out")
     argv = ["--data-dir", str(root / "data"), "--out", out, "--seed", "3", "--holdout-per-board", "2"]
-    argv += ["--min-board-size", "4", "--split", "0.5,0.25,0.25", "--device", "cpu"]
+    argv += ["--min-board-size", "4", "--split", "0.5,0.25,0.25", "--cold-share", "0.25", "--device", "cpu"]
     report = job.run(spark, job.parse_args(argv))
-    tables = {name: read_delta(spark, f"{out}/{name}") for name in job.OUTPUTS}
+    tables = {name: read_delta(spark, f"{out}/{name}") for name in job.OUTPUTS + job.COLD_OUTPUTS}
     return data, tables, report
 
 
@@ -66,12 +66,13 @@ def rows(df, *cols) -> set[tuple]:
 
 def test_every_output_is_written_and_counted_in_the_report(prepared):
     data, tables, report = prepared
-    assert set(report.outputs) == set(job.OUTPUTS)
+    assert set(report.outputs) == set(job.OUTPUTS + job.COLD_OUTPUTS)
     assert report.rows == {name: df.count() for name, df in tables.items()}
-    assert {"read", "hold out", "text features", "pairs and labels"} <= set(report.seconds)
+    assert {"read", "hold out", "text features", "pairs and labels", "new books"} <= set(report.seconds)
     members = {(u, b) for u, bs in data["lists"].items() for b in bs}
     held = rows(tables["heldout"], "board_id", "pin_id")
-    assert rows(tables["edges"], "board_id", "pin_id") | held == members and held
+    cold = rows(tables["cold_memberships"], "board_id", "pin_id")
+    assert rows(tables["edges"], "board_id", "pin_id") | held | cold == members and held and cold
     assert all(report.rows[f"{split}_pairs"] for split in SPLITS)
 
 
@@ -80,7 +81,10 @@ def test_pins_are_the_text_vector_of_title_by_authors_and_the_scaled_log_degree(
 
     data, tables, _ = prepared
     features = {r.pin_id: np.array(r.features) for r in tables["pins"].collect()}
-    assert len(features) == BOOKS and {len(v) for v in features.values()} == {TEXT_DIM + 1}
+    new = {p for _, p in rows(tables["cold_memberships"], "board_id", "pin_id")}
+    assert set(features) == set(range(1, BOOKS + 1)) - new and {len(v) for v in features.values()} == {
+        TEXT_DIM + 1
+    }
     degree = defaultdict(int)
     for _, pin in rows(tables["edges"], "board_id", "pin_id"):
         degree[pin] += 1
@@ -92,7 +96,93 @@ def test_pins_are_the_text_vector_of_title_by_authors_and_the_scaled_log_degree(
     for pin, want in zip((1, 2, 9), expected, strict=True):
         np.testing.assert_allclose(features[pin][:TEXT_DIM], want, atol=1e-5)
     content = {r.pin_id: np.array(r.features) for r in tables["content"].collect()}
-    np.testing.assert_array_equal(content[2], features[2][:TEXT_DIM])
+    assert set(content) == set(range(1, BOOKS + 1)), "new books are ranked by content too"
+    for pin in features:
+        np.testing.assert_array_equal(content[pin], features[pin][:TEXT_DIM])
+
+
+def cold_rows(tables) -> list:
+    return tables["cold_memberships"].collect()
+
+
+def test_new_books_are_in_no_table_of_the_warm_protocol(prepared):
+    data, tables, _ = prepared
+    new = {r.pin_id for r in cold_rows(tables)}
+    counts = defaultdict(int)
+    for books in data["lists"].values():
+        for b in books:
+            counts[b] += 1
+    assert 2 <= len(new) < BOOKS // 2 and all(counts[b] >= 4 for b in new)
+    warm = {
+        p
+        for _, p in rows(tables["edges"], "board_id", "pin_id")
+        | rows(tables["heldout"], "board_id", "pin_id")
+    }
+    warm |= {p for (p,) in rows(tables["pins"], "pin_id")}
+    for split in SPLITS:
+        for q, p in rows(tables[f"{split}_pairs"], "query_pin", "pos_pin"):
+            warm |= {q, p}
+    assert not warm & new
+    # Each of a new book's memberships lies in its list's split, the one the warm pairs use.
+    split_of = {b: s for b, _, s in rows(tables["heldout"], "board_id", "pin_id", "split")}
+    for r in cold_rows(tables):
+        assert split_of.get(r.board_id, r.split) == r.split
+
+
+def test_revealed_memberships_are_nested_training_ones_and_never_behind_a_new_book_pair(prepared):
+    _, tables, _ = prepared
+    members = cold_rows(tables)
+    train = defaultdict(set)
+    for r in members:
+        if r.split == "train":
+            train[r.pin_id].add(r.board_id)
+    revealed = {r: rows(tables[f"cold_edges_r{r}"], "pin_id", "board_id") for r in (0, 1, 3)}
+    assert not revealed[0] and revealed[1] < revealed[3]
+    for r in (1, 3):
+        per_book = defaultdict(set)
+        for pin, board in revealed[r]:
+            per_book[pin].add(board)
+        assert {p: len(b) for p, b in per_book.items()} == {p: min(r, len(b)) for p, b in train.items() if b}
+        assert all(per_book[p] <= train[p] for p in per_book)
+    # Behind a pair (q, p) of a split: a list of that split holding p (an evaluation membership,
+    # never a revealed one) and q (left in the graph).
+    evaluation = {(r.board_id, r.pin_id): r.split for r in members if r.split != "train"}
+    graph = rows(tables["edges"], "board_id", "pin_id")
+    for split in ("validation", "test"):
+        pairs = rows(tables[f"cold_{split}_pairs"], "query_pin", "pos_pin")
+        assert pairs
+        for q, p in pairs:
+            behind = {b for (b, pin), s in evaluation.items() if pin == p and s == split and (b, q) in graph}
+            assert behind and not {(p, b) for b in behind} & revealed[3]
+    assert not rows(tables["cold_validation_pairs"], "query_pin", "pos_pin") & rows(
+        tables["cold_test_pairs"], "query_pin", "pos_pin"
+    )
+
+
+def test_new_book_features_count_only_revealed_memberships_on_the_training_graphs_scale(prepared):
+    """The leak check: a new book's log degree is log(1 + r revealed) / log(1 + the largest degree
+    in edges), whatever its other memberships."""
+    _, tables, _ = prepared
+    degree = defaultdict(int)
+    for _, pin in rows(tables["edges"], "board_id", "pin_id"):
+        degree[pin] += 1
+    top = max(degree.values())
+    content = {r.pin_id: np.array(r.features) for r in tables["content"].collect()}
+    new = {r.pin_id for r in cold_rows(tables)}
+    train_heldout = {
+        (p, b) for b, p, s in rows(tables["heldout"], "board_id", "pin_id", "split") if s == "train"
+    }
+    for r in (0, 1, 3):
+        revealed = defaultdict(int)
+        edges = rows(tables[f"cold_edges_r{r}"], "pin_id", "board_id")
+        for pin, _ in edges:
+            revealed[pin] += 1
+        features = {row.pin_id: np.array(row.features) for row in tables[f"cold_pins_r{r}"].collect()}
+        assert set(features) == new
+        for pin, v in features.items():
+            assert v[-1] == pytest.approx(math.log1p(revealed[pin]) / math.log1p(top), abs=1e-6)
+            np.testing.assert_array_equal(v[:TEXT_DIM], content[pin])
+        assert rows(tables[f"cold_extra_edges_r{r}"], "pin_id", "board_id") == edges | train_heldout
 
 
 def test_labels_join_book_tags_through_the_goodreads_id(prepared):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -48,6 +49,18 @@ def write_reports(root: str, variants: tuple[str, ...]) -> None:
             reports[f"evaluate-{name}"]["paired"] = {
                 "graph": {"hit@10": {"embedding_only": 1234, "baseline_only": 56, "p_value": 0.00042}}
             }
+    for r in job.REVEALED:
+        reports[f"cold-embed-r{r}"] = {}
+        for split in job.COLD_SPLITS:
+            best = 0.3 if split == "validation" else 0.05
+            reports[f"cold-evaluate-r{r}-{split}"] = {
+                "methods": {
+                    "embedding": {**METRICS, "hit@10": 0.2, "pairs": 7},
+                    "content": {**METRICS, "hit@10": 0.1, "pairs": 7},
+                    "ease[lambda=100]": {**METRICS, "hit@10": 0.2, "pairs": 7},
+                    "ease[lambda=500]": {**METRICS, "hit@10": best, "pairs": 7},
+                }
+            }
     os.makedirs(f"{root}/reports", exist_ok=True)
     for name, content in reports.items():
         with open(f"{root}/reports/{name}.json", "w") as f:
@@ -77,11 +90,18 @@ def test_resume_skips_finished_steps_and_the_report_carries_every_method(tmp_pat
     assert "| graph | 10 | 1,234 | 56 | 0.00042 |" in report
     assert "| evaluation, exact ranks | 0.1000 | 4 |\n| related_pins, exact | 0.1000 | 4 |" in report
     assert "| related_pins, ann | 0.0500 | 4 |" in report
+    # New books: the baseline grid point is chosen on validation, compared on test.
+    assert results["cold_chosen"]["r1"]["best"] == "ease[lambda=500]"
+    assert results["cold_chosen"]["r1"]["test_hit10_ratio"] == pytest.approx(4.0)
+    assert "| ease[lambda=500] * | 3 | 0.0500 | 0.5000 | 0.7500 | 0.1250 | 7 |" in report
+    assert (
+        "- r = 0: best baseline on validation ease[lambda=500]; PinSage's test hit@10 is 4.00x its." in report
+    )
 
 
 def test_the_chain_runs_each_project_command_in_order_and_stops_at_a_failure(tmp_path, monkeypatch):
     out = str(tmp_path / "gb")
-    ran = []
+    ran, fail = [], "jobs/embed.py"
 
     class Done:
         def __init__(self, code):
@@ -89,7 +109,7 @@ def test_the_chain_runs_each_project_command_in_order_and_stops_at_a_failure(tmp
 
     def fake(cmd, cwd):
         ran.append(cmd)
-        return Done(1 if "jobs/embed.py" in cmd else 0)
+        return Done(1 if fail in cmd else 0)
 
     monkeypatch.setattr(job.subprocess, "run", fake)
     argv = ["--data-dir", "data", "--out", out, "--variants", "pinsage", "--train-flags", "--epochs 2"]
@@ -116,7 +136,75 @@ def test_the_chain_runs_each_project_command_in_order_and_stops_at_a_failure(tmp
     spark_flags = ["--master", "local[1]", *job.QUIET, "--conf", "spark.x=1"]
     for cmd in (ran[0], ran[1], ran[3]):
         assert cmd[-2 - len(spark_flags) : -2] == spark_flags
-    assert "spark.x=1" not in train and train[train.index("--master") + 1] == "local[1]"
+    # The trainer reads its inputs with Spark: it gets the chain's confs and the quiet progress too.
+    assert train[train.index("--master") : train.index("--master") + len(spark_flags)] == spark_flags
+
+
+def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_evaluated(
+    tmp_path, monkeypatch
+):
+    out = str(tmp_path / "gb")
+    write_reports(out, ("pinsage",))
+    for name in (
+        "prepare",
+        "neighbors",
+        "evaluate-pinsage",
+        "cold-embed-r3",
+        "cold-evaluate-r3-validation",
+        "cold-evaluate-r3-test",
+    ):
+        os.remove(f"{out}/reports/{name}.json")
+    os.makedirs(f"{out}/runs/pinsage/pin_embeddings")
+    os.makedirs(f"{out}/runs/pinsage/_work/x")
+    os.makedirs(f"{out}/cold/r3/stale")
+    ran = []
+
+    def fake(cmd, cwd):
+        ran.append(cmd)
+        if "jobs/embed_new.py" in cmd:  # the copy is in place when embed_new runs
+            base = cmd[cmd.index("--base") + 1]
+            assert os.path.isdir(f"{base}/pin_embeddings") and not os.path.exists(f"{base}/_work")
+            assert not os.path.exists(f"{base}/stale")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(job.subprocess, "run", fake)
+    monkeypatch.setattr(job, "collect", lambda args, seconds: {})
+    monkeypatch.setattr(job, "render", lambda results: "")
+    argv = ["--data-dir", "d", "--out", out, "--variants", "pinsage", "--resume", "--cold-share", "0.2"]
+    job.run(job.parse_args(argv))
+    names = [cmd[cmd.index("--report-json") + 1].rsplit("/", 1)[1] for cmd in ran]
+    assert names == [
+        "prepare.json",
+        "neighbors.json",
+        "evaluate-pinsage.json",
+        "cold-embed-r3.json",
+        "cold-evaluate-r3-validation.json",
+        "cold-evaluate-r3-test.json",
+    ]
+    assert ran[0][ran[0].index("--cold-share") + 1] == "0.2"
+    embed_new, test = ran[3], ran[5]
+    data = f"{out}/data"
+    assert embed_new[embed_new.index("--new-pins") + 1] == f"{data}/cold_pins_r3"
+    assert embed_new[embed_new.index("--new-edges") + 1] == f"{data}/cold_edges_r3"
+    assert embed_new[embed_new.index("--checkpoint") + 1] == f"{out}/models/pinsage.pt"
+    assert test[test.index("--embeddings") + 1] == f"{out}/cold/r3/pin_embeddings"
+    assert test[test.index("--pairs") + 1] == f"{data}/cold_test_pairs"
+    assert test[test.index("--edges") + 1] == f"{data}/edges"
+    assert test[test.index("--extra-edges") + 1] == f"{data}/cold_extra_edges_r3"
+    assert test[test.index("--methods") + 1] == ",".join(job.COLD_METHODS)
+    assert "--ease-lambda" in test
+    ran.clear()
+    job.run(job.parse_args([*argv, "--no-baselines", "--cold-splits", "test"]))
+    test = ran[-1]
+    assert [c[c.index("--report-json") + 1].rsplit("/", 1)[1] for c in ran[-2:]] == [
+        "cold-embed-r3.json",
+        "cold-evaluate-r3-test.json",
+    ]
+    assert (
+        "--edges" not in test
+        and "--methods" not in test
+        and test[test.index("--pins") + 1] == f"{data}/content"
+    )
 
 
 def test_main_writes_the_chain_report_as_json(tmp_path, monkeypatch):

@@ -17,6 +17,8 @@ from jobs.goodbooks.tables import (
     SPLITS,
     book_text,
     check_references,
+    cold_books,
+    cold_memberships,
     encode_batches,
     hold_out,
     labels,
@@ -225,3 +227,20 @@ def test_the_encoder_is_not_loaded_for_an_empty_partition_or_batch(monkeypatch):
     )
     assert list(encode_batches(iter([]), "cpu", 8)) == []
     assert list(encode_batches(iter([empty]), "cpu", 8)) == []
+
+
+def test_new_books_and_their_revealed_order_are_seeded_whatever_the_partitioning(members):
+    def chosen(df, seed):
+        cold = cold_memberships(df, cold_books(df, seed, 0.3), seed, FRACTIONS)
+        return rows(cold, "board_id", "pin_id", "split", "reveal_rank")
+
+    first = chosen(members, SEED)
+    assert first and chosen(members.repartition(5, "board_id"), SEED) == first
+    assert chosen(members, SEED + 1) != first
+    # reveal_rank numbers each book's training-split memberships 1..n, and only those.
+    ranks = defaultdict(list)
+    for _, pin, split, rank in first:
+        assert (rank is None) == (split != "train")
+        if rank is not None:
+            ranks[pin].append(rank)
+    assert all(sorted(r) == list(range(1, len(r) + 1)) for r in ranks.values())

@@ -145,3 +145,39 @@ def test_co_membership_pairs_follow_the_weighted_pin_board_pin_step():
     again = sampler.draw(200_000, np.random.default_rng(3))
     assert np.array_equal(again[0], query) and np.array_equal(again[1], pos)
     assert set(sampler.queries.tolist()) == set(graph.edge_pin.tolist())
+
+
+def test_neighbor_dropout_is_seeded_and_shows_about_that_share_of_pins_without_neighbors():
+    graph, pairs = in_memory(clustered(seed=2))
+
+    def batch(dropout: float, seed: int = 0):
+        batches = sampling.EpochBatches(graph, SCHEDULE, pairs, 64, 40, 0, None, seed, 1, dropout, 1)
+        return batches[0]
+
+    plain, again = batch(0.5), batch(0.5)
+    top = plain.graph.blocks[-1]
+    assert torch.equal(top.dst, again.graph.blocks[-1].dst) and torch.equal(
+        top.src, again.graph.blocks[-1].src
+    )
+    targets = plain.graph.targets
+    with_rows = np.zeros(len(targets), dtype=bool)
+    with_rows[np.unique(top.dst.numpy())] = True
+    has_neighbors = np.diff(graph.neighbors["pin"].indptr)[targets] > 0
+    empty = has_neighbors & ~with_rows
+    assert 0.3 < empty.sum() / has_neighbors.sum() < 0.7
+    # Exactly the pins without neighbor rows have their last (structural) feature zeroed.
+    features = plain.graph.pin_features[: len(targets), -1].numpy()
+    np.testing.assert_array_equal(features[empty], 0.0)
+    assert (features[with_rows] == graph.pin_features[targets[with_rows], -1]).all()
+    assert not torch.equal(top.dst, batch(0.5, seed=1).graph.blocks[-1].dst)
+    # Without dropout the batch is the plain computation graph of the same draws.
+    chosen = np.random.default_rng([0, 1]).permutation(len(pairs[0]))[:64]
+    negatives = np.random.default_rng([0, 1, 0]).integers(0, graph.num_pins, size=40)
+    hard = np.zeros((64, 0), dtype=np.int64)
+    built = sampling.make_batch(graph, SCHEDULE, pairs[0][chosen], pairs[1][chosen], negatives, hard).graph
+    none = batch(0.0).graph
+    assert all(
+        torch.equal(a.dst, b.dst) and torch.equal(a.src, b.src)
+        for a, b in zip(none.blocks, built.blocks, strict=True)
+    )
+    assert torch.equal(none.pin_features, built.pin_features)

@@ -3,12 +3,15 @@ computes, for every layer count, pooling and with board features."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from pinsage_model.config import ModelConfig
 from pinsage_model.model import PinSage
+from pinsage_model.training.graph import Adjacency
 from pinsage_model.training.subgraph import computation_graph, embed_targets
 from tests.training_data import clustered, in_memory, one_torch_thread  # noqa: F401
 
@@ -27,3 +30,35 @@ def test_subgraph_batch_forward_equals_whole_graph_forward(num_layers, pooling, 
     batch = embed_targets(model, cg)
     assert batch.shape == (len(targets), 8)
     assert torch.allclose(batch, whole[targets], atol=1e-6, rtol=0)
+
+
+def without_memberships(graph, pins: np.ndarray, structural: int):
+    """The whole graph with `pins` as pins that arrived without memberships: their own neighbor rows
+    removed and their last `structural` feature columns zeroed; boards untouched."""
+    adjacency = graph.neighbors["pin"]
+    dst = np.repeat(np.arange(adjacency.num_targets), np.diff(adjacency.indptr))
+    keep = ~np.isin(dst, pins)
+    stripped = Adjacency.from_rows(
+        dst[keep], adjacency.src[keep], adjacency.weight[keep], adjacency.num_targets
+    )
+    features = graph.pin_features.copy()
+    features[pins, features.shape[1] - structural :] = 0.0
+    return dataclasses.replace(graph, pin_features=features, neighbors={**graph.neighbors, "pin": stripped})
+
+
+@pytest.mark.parametrize(("num_layers", "pooling"), [(2, "importance"), (4, "mean")])
+def test_arriving_targets_are_embedded_as_pins_without_memberships(num_layers, pooling):
+    graph, _ = in_memory(clustered(seed=4))
+    torch.manual_seed(5)
+    model = PinSage(ModelConfig(num_layers, 8, 0, 16, 8, pooling))
+    targets = np.unique(np.random.default_rng(1).choice(graph.num_pins, 16))
+    arriving = np.arange(len(targets)) % 3 == 0
+    cg = computation_graph(graph, targets, model.config.schedule(), arriving, structural=2)
+    expected = model(*without_memberships(graph, targets[arriving], 2).whole_graph())[0][targets]
+    got = embed_targets(model, cg)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+    # The others differ from the untouched graph's only through the boards' view of arriving pins'
+    # features; the arriving ones lose their neighborhood, so they must change.
+    whole = model(*graph.whole_graph())[0][targets]
+    assert not torch.allclose(got[torch.from_numpy(arriving)], whole[torch.from_numpy(arriving)], atol=1e-3)
+    assert graph.pin_features[targets[arriving]][:, -2:].any(), "the graph itself is left alone"

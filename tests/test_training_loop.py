@@ -116,3 +116,20 @@ def test_checkpoint_is_format_version_1_that_torch_loads_weights_only(tmp_path):
     model, _ = train(graph, pairs, TrainOptions(**{**QUICK, "epochs": 1}))
     raw = torch.load(io.BytesIO(checkpoint_bytes(model)), weights_only=True)
     assert raw["format_version"] == 1 and raw["config"]["pin_feature_dim"] == 8
+
+
+def test_progress_lines_give_counts_and_the_time_left_at_most_every_interval(caplog):
+    import logging
+
+    from pinsage_model.training.progress import Progress
+
+    now = [0.0]
+    progress = Progress("windows", 400, logging.getLogger("pinsage.test"), every=30, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="pinsage.test"):
+        for done, t in ((100, 10.0), (200, 40.0), (300, 50.0), (400, 80.0)):
+            now[0] = t
+            progress.update(done, "more")
+    assert [r.getMessage() for r in caplog.records] == [
+        "windows: 200/400 (50%), 40s, about 40s left, more",
+        "windows: 400/400 (100%), 80s, about 0s left, more",
+    ]

@@ -1,7 +1,7 @@
 """goodbooks-10k as the pipeline's input tables: books are pins, to-read lists are boards.
 
     spark-submit jobs/goodbooks/prepare.py --data-dir DIR --out O [--seed 0] [--holdout-per-board 2]
-        [--min-board-size 5] [--split 0.8,0.1,0.1] [--device auto]
+        [--min-board-size 5] [--split 0.8,0.1,0.1] [--cold-share 0.1] [--device auto]
 
 Reads books.csv, to_read.csv, book_tags.csv and tags.csv from DIR and writes Delta tables under O:
 pins (a 384-dim all-MiniLM-L6-v2 embedding of "title by authors", computed on executors, plus the
@@ -9,6 +9,14 @@ scaled log degree), content (the text vector alone, for the content-only baselin
 memberships left in the graph), heldout (the removed memberships and their split), train_pairs,
 validation_pairs, test_pairs (query_pin, pos_pin) and labels (pin_id, genre shelf). How pairs are
 held out so nothing of a test pair reaches the graph or the training pairs: jobs/goodbooks/tables.py.
+
+With --cold-share S > 0, a seeded share S of the books with at least 4 memberships is held out
+entirely, as new books: they are in none of the tables above but content and labels. For them:
+cold_memberships (board_id, pin_id, split, reveal_rank), cold_pins_r{0,1,3} (their features with
+0, 1 or 3 memberships revealed), cold_edges_r{0,1,3} (those revealed memberships),
+cold_extra_edges_r{0,1,3} (those plus the training-split held-out memberships: what co-occurrence
+baselines may see besides edges) and cold_validation_pairs, cold_test_pairs (docs/goodbooks.md,
+"New books").
 """
 
 from __future__ import annotations
@@ -22,13 +30,27 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.goodbooks import tables
-from jobs.lib.cli import CommonArgs, add_common_args, at_least, common_args, new_run_id, spark_job_main
+from jobs.lib.cli import (
+    CommonArgs,
+    add_common_args,
+    at_least,
+    below_one,
+    common_args,
+    new_run_id,
+    spark_job_main,
+)
 from jobs.lib.io import InputError, path_exists, write_and_reload
 from jobs.lib.report import Report
 
 log = logging.getLogger("pinsage.goodbooks.prepare")
 
 OUTPUTS = ("edges", "heldout", "pins", "content", "labels", "train_pairs", "validation_pairs", "test_pairs")
+COLD_OUTPUTS = (
+    "cold_memberships",
+    *(f"cold_{kind}_r{r}" for r in tables.REVEALED for kind in ("pins", "edges", "extra_edges")),
+    "cold_validation_pairs",
+    "cold_test_pairs",
+)
 CSV_FILES = ("books.csv", "to_read.csv", "book_tags.csv", "tags.csv")
 SPLIT_TOLERANCE = 1e-9  # how far from 1 the three split fractions may sum (decimal input)
 
@@ -41,6 +63,7 @@ class PrepareArgs:
     holdout_per_board: int = 2
     min_board_size: int = 5
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    cold_share: float = 0.1
     device: str = "auto"
     encode_batch: int = 256
     common: CommonArgs = field(default_factory=CommonArgs)
@@ -79,6 +102,12 @@ def parse_args(argv: list[str] | None = None) -> PrepareArgs:
     p.add_argument(
         "--split", type=_split, default="0.8,0.1,0.1", help="list fractions: train,validation,test"
     )
+    p.add_argument(
+        "--cold-share",
+        type=below_one,
+        default=d.cold_share,
+        help="share of the books with at least 4 memberships held out entirely as new books (0: none)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="text encoder device")
     p.add_argument("--encode-batch", type=at_least(1), default=d.encode_batch, help="texts per encoder call")
     add_common_args(p, work_tables=False)
@@ -92,6 +121,7 @@ def parse_args(argv: list[str] | None = None) -> PrepareArgs:
         a.holdout_per_board,
         a.min_board_size,
         a.split,
+        a.cold_share,
         a.device,
         a.encode_batch,
         common_args(p, a),
@@ -130,6 +160,7 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
             "holdout_per_board": args.holdout_per_board,
             "min_board_size": args.min_board_size,
             "split": list(args.split),
+            "cold_share": args.cold_share,
         },
     }
 
@@ -148,28 +179,54 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
         tables.check_references(books, to_read)
 
     with report.timed("hold out"):
+        members = tables.memberships(to_read)
+        cold = None
+        if args.cold_share > 0:
+            sc.setJobDescription("choose the new books")
+            chosen = tables.cold_books(members, args.seed, args.cold_share)
+            cold = publish(
+                "cold_memberships", tables.cold_memberships(members, chosen, args.seed, args.split)
+            )
+            members = members.join(cold.select("pin_id").distinct(), "pin_id", "left_anti")
         graph, heldout = tables.hold_out(
-            tables.memberships(to_read), args.seed, args.holdout_per_board, args.min_board_size, args.split
+            members, args.seed, args.holdout_per_board, args.min_board_size, args.split
         )
         graph = publish("edges", graph)
         heldout = publish("heldout", heldout)
 
     with report.timed("text features"):
         sc.setJobDescription("encode title by authors on executors")
-        text = tables.book_text(books).join(
-            tables.log_degree(books.select(F.col("book_id").alias("pin_id")), graph), "pin_id"
-        )
+        # Every book's text vector, new books' too (the content-only baseline ranks all of them).
+        text = tables.book_text(books).withColumn("log_degree", F.lit(0.0).cast("float"))
         device, batch = args.device, args.encode_batch
-        pins = text.mapInArrow(
+        encoded = text.mapInArrow(
             lambda it: tables.encode_batches(it, device, batch), "pin_id bigint, features array<float>"
         )
-        pins = publish("pins", pins)
-        publish("content", pins.select("pin_id", F.slice("features", 1, tables.TEXT_DIM).alias("features")))
+        content = publish(
+            "content", encoded.select("pin_id", F.slice("features", 1, tables.TEXT_DIM).alias("features"))
+        )
+        top = tables.largest_degree(graph)
+        warm = books.select(F.col("book_id").alias("pin_id"))
+        if cold is not None:
+            warm = warm.join(cold.select("pin_id").distinct(), "pin_id", "left_anti")
+        publish("pins", tables.with_log_degree(content, tables.log_degree(warm, graph, top)))
 
     with report.timed("pairs and labels"):
         publish("labels", tables.labels(books, book_tags, tags))
         for split, df in tables.pairs(graph, heldout, args.seed).items():
             publish(f"{split}_pairs", df)
+
+    if cold is not None:
+        with report.timed("new books"):
+            new = cold.select("pin_id").distinct()
+            for r in tables.REVEALED:
+                edges = publish(f"cold_edges_r{r}", tables.revealed_edges(cold, r))
+                # Scaled by the training graph's largest count, exactly as a warm book's degree.
+                degree = tables.log_degree(new, edges, top)
+                publish(f"cold_pins_r{r}", tables.with_log_degree(content, degree))
+                publish(f"cold_extra_edges_r{r}", tables.known_edges(edges, heldout))
+            for split, df in tables.cold_pairs(graph, cold, args.seed).items():
+                publish(f"cold_{split}_pairs", df)
     return report
 
 

@@ -2,13 +2,18 @@
 
     python jobs/goodbooks/run.py --data-dir DIR --out O [--variants pinsage,margin,mean,max,no-hard]
         [--train-flags '--epochs 4'] [--walk-flags '...'] [--candidates N] [--seed 0] [--resume]
+        [--cold-share 0.1] [--no-baselines] [--baseline-flags '...']
 
 Each step is the project's own command line, run as its own process (each prints the command it
 runs, so any step can be rerun by hand). PinSage (importance pooling, hard-negative curriculum) is
 evaluated against the content-only, graph-only and popularity baselines; the ablations retrain with
 the paper's max-margin loss, with mean or max pooling, or without hard negatives, and evaluate the
-same test pairs. Writes O/report.md with the numbers and links to the evaluation's PNGs, and
-O/report.json.
+same test pairs. New books (--cold-share, on by default): after pinsage is embedded, for each count
+r of revealed memberships (0, 1, 3) the run is copied to O/cold/r<r>, the held-out new books are
+embedded into the copy by jobs/embed_new.py as they would arrive (their features and r memberships),
+and their pairs are evaluated, validation and test, against the content-only and, unless
+--no-baselines, the co-occurrence baselines. Writes O/report.md with the numbers and links to the
+evaluation's PNGs, and O/report.json.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from jobs.lib.cli import CommonArgs, add_common_args, common_args, job_main
+from jobs.lib.cli import CommonArgs, add_common_args, below_one, common_args, job_main
 from jobs.lib.evaluation.metrics import format_p
 from jobs.lib.report import Report
 
@@ -37,7 +43,22 @@ QUIET = ["--conf", "spark.ui.showConsoleProgress=false"]
 TRAIN_DEFAULTS = tuple(
     shlex.split(
         "--epochs 6 --batch-size 8192 --lr 0.005 --embed-dim 64 "
-        "--co-membership-pairs 1000000 --loss softmax --temperature 0.1"
+        "--co-membership-pairs 1000000 --loss softmax --temperature 0.1 --structural-features 1"
+    )
+)
+
+
+# New books: the revealed-membership counts prepared (jobs/goodbooks/tables.py REVEALED), the splits
+# of their pairs, and what the evaluation compares.
+REVEALED = (0, 1, 3)
+COLD_SPLITS = ("validation", "test")
+COLD_METHODS = ("embedding", "content", "popularity", "itemknn", "rp3beta", "ease")
+# The co-occurrence baselines' grids; each point is reported as its own method, the one chosen on
+# the validation pairs is the one compared on the test pairs.
+BASELINE_FLAGS = tuple(
+    shlex.split(
+        "--itemknn-shrink 0,100 --itemknn-neighbors 100 --rp3-alpha 1.0 --rp3-beta 0.0,0.5 "
+        "--ease-lambda 100,500,2000"
     )
 )
 
@@ -72,6 +93,10 @@ class GoodbooksArgs:
     walk_flags: tuple[str, ...] = ()
     candidates: int | None = None
     resume: bool = False
+    cold_share: float = 0.1
+    cold_splits: tuple[str, ...] = COLD_SPLITS
+    baselines: bool = True
+    baseline_flags: tuple[str, ...] = BASELINE_FLAGS
     common: CommonArgs = field(default_factory=CommonArgs)
 
 
@@ -96,12 +121,37 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
         action="store_true",
         help="skip each step whose report O/reports/<step>.json an earlier run left (it succeeded)",
     )
+    p.add_argument(
+        "--cold-share",
+        type=below_one,
+        default=0.1,
+        help="share of the books (with at least 4 memberships) held out as new books; 0: no new books",
+    )
+    p.add_argument(
+        "--cold-splits",
+        default=",".join(COLD_SPLITS),
+        help="new-book pairs to evaluate: validation to choose settings, test once they are chosen",
+    )
+    p.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="evaluate new books against the co-occurrence baselines too (popularity, item-kNN, "
+        "RP3beta, EASE), besides the content-only one",
+    )
+    p.add_argument(
+        "--baseline-flags",
+        default=shlex.join(BASELINE_FLAGS),
+        help="the co-occurrence baselines' grids, for jobs/evaluate.py",
+    )
     add_common_args(p, work_tables=False)
     a = p.parse_args(argv)
     variants = tuple(v for v in a.variants.split(",") if v)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or "pinsage" not in variants:
         p.error(f"--variants: must include pinsage, each of {', '.join(VARIANTS)}; got {a.variants!r}")
+    if not set(a.cold_splits.split(",")) <= set(COLD_SPLITS):
+        p.error(f"--cold-splits: a comma-separated subset of {','.join(COLD_SPLITS)}, got {a.cold_splits!r}")
     return GoodbooksArgs(
         a.data_dir.rstrip("/"),
         a.out.rstrip("/"),
@@ -111,6 +161,10 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
         tuple(shlex.split(a.walk_flags)),
         a.candidates,
         a.resume,
+        a.cold_share,
+        tuple(x for x in a.cold_splits.split(",") if x),
+        a.baselines,
+        tuple(shlex.split(a.baseline_flags)),
         common_args(p, a),
     )
 
@@ -144,16 +198,20 @@ def run(args: GoodbooksArgs) -> ChainReport:
         with open(timings) as f:
             report.seconds = json.load(f)
 
-    def step(name: str, cmd: list[str]) -> None:
+    def step(name: str, cmd: list[str], copy: tuple[str, str] | None = None) -> None:
         """Run one of the project's command lines, which writes O/reports/<name>.json when it
-        succeeds; stop the chain when it fails."""
+        succeeds, after replacing folder copy[1] with a copy of copy[0] when given; stop the chain
+        when it fails."""
         step_report = f"{out}/reports/{name}.json"
         if args.resume and os.path.exists(step_report):
             print(f"\n== {name}: done by an earlier run ({step_report})", flush=True)
             return
         cmd = [py, *cmd, "--report-json", step_report]
-        print(f"\n== {name}: {shlex.join(cmd)}", flush=True)
         with report.timed(name):
+            if copy is not None:
+                print(f"\n== {name}: copy {copy[0]} to {copy[1]}", flush=True)
+                copy_run(*copy)
+            print(f"\n== {name}: {shlex.join(cmd)}", flush=True)
             done = subprocess.run(cmd, cwd=ROOT)
         if done.returncode != 0:
             sys.exit(f"goodbooks: step '{name}' failed with exit status {done.returncode}")
@@ -161,7 +219,8 @@ def run(args: GoodbooksArgs) -> ChainReport:
             json.dump(report.seconds, f, indent=2)
 
     seed = flags(seed=str(args.seed))
-    step("prepare", ["jobs/goodbooks/prepare.py", *flags(data_dir=args.data_dir, out=data), *seed, *spark])
+    prepare = [*flags(data_dir=args.data_dir, out=data, cold_share=str(args.cold_share)), *seed, *spark]
+    step("prepare", ["jobs/goodbooks/prepare.py", *prepare])
     walk_inputs = flags(edges=f"{data}/edges", pins=f"{data}/pins", out=nbrs)
     step("neighbors", ["jobs/neighborhoods.py", *walk_inputs, *seed, *args.walk_flags, *spark])
     graph = flags(
@@ -175,7 +234,7 @@ def run(args: GoodbooksArgs) -> ChainReport:
     baselines = flags(pins=f"{data}/content", edges=f"{data}/edges", labels=f"{data}/labels")
     for name in args.variants:
         ckpt, embeddings = f"{out}/models/{name}.pt", f"{out}/runs/{name}"
-        train = [*graph, *pairs, "--out", ckpt, *seed, *master, *TRAIN_DEFAULTS, *VARIANTS[name].train_flags]
+        train = [*graph, *pairs, "--out", ckpt, *seed, *spark, *TRAIN_DEFAULTS, *VARIANTS[name].train_flags]
         step(f"train-{name}", ["jobs/train.py", *train, *args.train_flags])
         step(f"embed-{name}", ["jobs/embed.py", *graph, "--checkpoint", ckpt, "--out", embeddings, *spark])
         test = flags(embeddings=f"{embeddings}/pin_embeddings", pairs=f"{data}/test_pairs")
@@ -185,6 +244,33 @@ def run(args: GoodbooksArgs) -> ChainReport:
         if name == "pinsage":
             for method, cmd in related_steps(out, embeddings, f"{data}/test_pairs").items():
                 step(f"related-{method}", [*cmd, *spark])
+    if args.cold_share > 0:
+        for r in REVEALED:
+            # embed_new merges into its base: each r gets its own copy of the pinsage run.
+            root = f"{out}/cold/r{r}"
+            new = flags(new_pins=f"{data}/cold_pins_r{r}", new_edges=f"{data}/cold_edges_r{r}", base=root)
+            cmd = ["jobs/embed_new.py", *new, "--checkpoint", f"{out}/models/pinsage.pt", *spark]
+            step(f"cold-embed-r{r}", cmd, copy=(f"{out}/runs/pinsage", root))
+            for split in args.cold_splits:
+                cold = flags(
+                    embeddings=f"{root}/pin_embeddings",
+                    pairs=f"{data}/cold_{split}_pairs",
+                    pins=f"{data}/content",
+                )
+                cold += [
+                    "--out",
+                    f"{out}/evaluation/cold/r{r}/{split}",
+                    "--similarity-pairs",
+                    "0",
+                    *seed,
+                    *sample,
+                ]
+                if args.baselines:
+                    # The co-occurrence baselines see the graph, the training-split held-out
+                    # memberships and the new books' r revealed ones: all a production system knows.
+                    known = flags(edges=f"{data}/edges", extra_edges=f"{data}/cold_extra_edges_r{r}")
+                    cold += [*known, "--methods", ",".join(COLD_METHODS), *args.baseline_flags]
+                step(f"cold-evaluate-r{r}-{split}", ["jobs/evaluate.py", *cold, *spark])
     report.results = collect(args, report.seconds)
     with open(f"{out}/report.json", "w") as f:
         json.dump(report.results, f, indent=2, sort_keys=True)
@@ -240,6 +326,14 @@ def related_lines(results: dict) -> list[str]:
     ]
 
 
+def copy_run(source: str, dest: str) -> None:
+    """Replace the local folder `dest` with a copy of the run folder `source`, its work tables left
+    out: the Delta tables are copied file for file, so the copy is the same table versions."""
+    if os.path.exists(dest):
+        shutil.rmtree(dest)
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("_work"))
+
+
 def collect(args: GoodbooksArgs, seconds: dict[str, float]) -> dict:
     def load(name: str) -> dict:
         with open(f"{args.out}/reports/{name}.json") as f:
@@ -263,7 +357,39 @@ def collect(args: GoodbooksArgs, seconds: dict[str, float]) -> dict:
             results["paired"] = evaluation.get("paired", {})
             results["params"] = evaluation["params"]
     results["related"] = related_hits(args.out)
+    if args.cold_share > 0:
+        results["cold"] = {
+            f"r{r}": {split: load(f"cold-evaluate-r{r}-{split}")["methods"] for split in args.cold_splits}
+            for r in REVEALED
+        }
+        results["cold_chosen"] = choose_baselines(results["cold"])
     return results
+
+
+def method_family(name: str) -> str:
+    """The method a grid point belongs to: "ease[lambda=500]" -> "ease"."""
+    return name.split("[", 1)[0]
+
+
+def choose_baselines(cold: dict) -> dict:
+    """Per r, the best grid point of each baseline by validation hit@10 (ties: the first), and the
+    best baseline of all; the test pairs are compared with these only."""
+    chosen = {}
+    for r, by_split in cold.items():
+        best: dict[str, str] = {}
+        for name, m in by_split.get("validation", {}).items():
+            family = method_family(name)
+            if family != "embedding" and (
+                family not in best or m["hit@10"] > by_split["validation"][best[family]]["hit@10"]
+            ):
+                best[family] = name
+        top = max(best.values(), key=lambda n: by_split["validation"][n]["hit@10"], default=None)
+        test = by_split.get("test", {})
+        ratio = None
+        if top is not None and top in test and test[top]["hit@10"] > 0:
+            ratio = test["embedding"]["hit@10"] / test[top]["hit@10"]
+        chosen[r] = {"per_method": best, "best": top, "test_hit10_ratio": ratio}
+    return chosen
 
 
 METRICS = (
@@ -362,9 +488,46 @@ def render(results: dict) -> str:
                 f"| {e['epoch']} | {e['loss']:.4f} | {hits} | {e['hard_negatives']} | {e['seconds']:.1f} |"
             )
         lines.append("")
+    if results.get("cold"):
+        lines += render_cold(results["cold"], results["cold_chosen"])
     lines += ["## Time", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in results["seconds"].items()]
     return "\n".join(lines) + "\n"
+
+
+COLD_METRICS = (("hit@10", "hit@10"), ("hit@100", "hit@100"), ("hit@500", "hit@500"), ("mrr", "MRR"))
+
+
+def render_cold(cold: dict, chosen: dict) -> list[str]:
+    """The new-book tables: per split, every method at each revealed count r."""
+    lines = [
+        "## New books (cold start)",
+        "",
+        "Books held out of the graph and of training, embedded by jobs/embed_new.py with r of their "
+        "memberships revealed; each pair ranks a new book among all books for a book of a list it "
+        "was saved to. Baseline grid points marked * are the ones chosen on the validation pairs.",
+    ]
+    for split in (s for s in reversed(COLD_SPLITS) if all(s in by_split for by_split in cold.values())):
+        lines += [
+            "",
+            f"### {split.capitalize()} pairs",
+            "",
+            "| method | r | " + " | ".join(h for _, h in COLD_METRICS) + " | pairs |",
+            "|---|---:" + "|---:" * (len(COLD_METRICS) + 1) + "|",
+        ]
+        for r, by_split in cold.items():
+            picked = set(chosen[r]["per_method"].values())
+            for name, m in by_split[split].items():
+                label = "PinSage" if name == "embedding" else name + (" *" if name in picked else "")
+                cells = " | ".join(f"{m[key]:.4f}" for key, _ in COLD_METRICS)
+                lines.append(f"| {label} | {r[1:]} | {cells} | {m['pairs']:,} |")
+    lines += [""]
+    for r, c in chosen.items():
+        ratio = "n/a" if c["test_hit10_ratio"] is None else f"{c['test_hit10_ratio']:.2f}x"
+        lines.append(
+            f"- r = {r[1:]}: best baseline on validation {c['best']}; PinSage's test hit@10 is {ratio} its."
+        )
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,15 @@ query", and the graph the model walks and trains on does not hold that membershi
 also a test pair (in either order) is dropped from validation and training; one that is a
 validation pair is dropped from training. Every random choice is xxhash64 of the seed and ids, never
 of partition order, so the same seed gives the same tables.
+
+New books (cold start): a seeded share of the books with at least COLD_MIN_MEMBERSHIPS memberships
+is held out entirely before any of the above (`cold_books`), so none of their memberships is in the
+graph or behind a pair of the warm protocol. Each new book's memberships in validation- and
+test-split lists become its evaluation memberships; its memberships in training-split lists are
+ranked by a seeded hash, and the first r of them are the ones "revealed" when it arrives with r
+memberships, so the revealed sets are nested (`cold_memberships`). A new-book pair (`cold_pairs`)
+has an evaluation membership's book as positive and a book of the same list left in the graph as
+query; a revealed membership is never behind one.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from jobs.lib.io import InputError
-from jobs.lib.seeded import HOLDOUT, QUERY, SPLIT, tagged_hash, uniform
+from jobs.lib.seeded import COLD, COLD_QUERY, HOLDOUT, QUERY, REVEAL, SPLIT, tagged_hash, uniform
 from jobs.lib.vectors import to_list
 
 SPLITS = ("train", "validation", "test")
@@ -161,17 +170,100 @@ def pairs(graph: DataFrame, heldout: DataFrame, seed: int) -> dict[str, DataFram
     return out
 
 
-def log_degree(pins: DataFrame, graph: DataFrame) -> DataFrame:
-    """(pin_id, log_degree): log(1 + memberships in the graph) / log(1 + the largest such count), in
-    [0, 1], so the one structural feature does not outweigh the unit-length text vector."""
+def largest_degree(graph: DataFrame) -> int:
+    """The largest number of memberships of one pin in `graph` (0 when empty)."""
     degree = graph.groupBy("pin_id").agg(F.count(F.lit(1)).alias("degree"))
-    top = degree.agg(F.max("degree")).first()[0] or 0
+    return degree.agg(F.max("degree")).first()[0] or 0
+
+
+def log_degree(pins: DataFrame, graph: DataFrame, top: int | None = None) -> DataFrame:
+    """(pin_id, log_degree): log(1 + memberships in the graph) / log(1 + the largest such count), in
+    [0, 1], so the one structural feature does not outweigh the unit-length text vector. `top`
+    gives the largest count of another graph instead (new books are scaled as the training graph's
+    books)."""
+    degree = graph.groupBy("pin_id").agg(F.count(F.lit(1)).alias("degree"))
+    if top is None:
+        top = largest_degree(graph)
     scale = 1.0 / math.log1p(top) if top > 0 else 0.0
     return (
         pins.select("pin_id")
         .join(degree, "pin_id", "left")
         .select("pin_id", (F.log1p(F.coalesce("degree", F.lit(0))) * scale).cast("float").alias("log_degree"))
     )
+
+
+def with_log_degree(content: DataFrame, degree: DataFrame) -> DataFrame:
+    """(pin_id, features = text vector ++ [log_degree]) for the pins of `degree`."""
+    feature = F.array(F.col("log_degree").cast("float"))
+    return content.join(degree, "pin_id").select("pin_id", F.concat("features", feature).alias("features"))
+
+
+# ---- new books (cold start) ----------------------------------------------------------------------
+
+COLD_MIN_MEMBERSHIPS = 4  # a new book needs memberships to reveal and memberships to evaluate
+REVEALED = (0, 1, 3)  # the revealed-membership counts prepared for each new book
+
+
+def cold_books(members: DataFrame, seed: int, share: float) -> DataFrame:
+    """(pin_id) of the books held out entirely: a seeded `share` of those with at least
+    COLD_MIN_MEMBERSHIPS memberships."""
+    degree = members.groupBy("pin_id").agg(F.count(F.lit(1)).alias("degree"))
+    eligible = degree.where(F.col("degree") >= COLD_MIN_MEMBERSHIPS)
+    return eligible.where(uniform(seed, F.col("pin_id"), COLD) < share).select("pin_id")
+
+
+def cold_memberships(
+    members: DataFrame, cold: DataFrame, seed: int, fractions: tuple[float, float, float]
+) -> DataFrame:
+    """The new books' memberships as (board_id, pin_id, split, reveal_rank): split is the list's
+    split (`split_of`, as the warm pairs'); reveal_rank is the seeded order 1, 2, ... of a book's
+    training-split memberships, in which they are revealed, and NULL for the validation and test
+    memberships, which are never revealed."""
+    rows = members.join(cold, "pin_id", "left_semi").withColumn(
+        "split", split_of(seed, F.col("board_id"), fractions)
+    )
+    order = Window.partitionBy("pin_id", "split").orderBy(
+        tagged_hash(seed, REVEAL, "pin_id", "board_id"), "board_id"
+    )
+    rank = F.when(F.col("split") == "train", F.row_number().over(order))
+    return rows.select("board_id", "pin_id", "split", rank.cast("int").alias("reveal_rank"))
+
+
+def revealed_edges(cold: DataFrame, r: int) -> DataFrame:
+    """The first r revealed memberships of each new book, as edges (pin_id, board_id, weight)."""
+    return cold.where(F.col("reveal_rank") <= r).select(
+        "pin_id", "board_id", F.lit(1.0).cast("float").alias("weight")
+    )
+
+
+def known_edges(revealed: DataFrame, heldout: DataFrame) -> DataFrame:
+    """What a co-occurrence baseline may see besides the graph when new books arrive: their
+    revealed memberships and the training-split held-out memberships, as edges."""
+    train = heldout.where(F.col("split") == "train").select(
+        "pin_id", "board_id", F.lit(1.0).cast("float").alias("weight")
+    )
+    return revealed.select("pin_id", "board_id", "weight").unionByName(train)
+
+
+def cold_pairs(graph: DataFrame, cold: DataFrame, seed: int) -> dict[str, DataFrame]:
+    """For the validation and test splits, distinct (query_pin, pos_pin): pos = a new book with an
+    evaluation membership in a list of that split, query = a book of the same list left in the
+    graph, picked by a seeded hash. A validation pair that is also a test pair is dropped."""
+    kept = graph.select("board_id", F.col("pin_id").alias("query_pin"))
+    held = cold.where(F.col("split") != "train").select("board_id", F.col("pin_id").alias("pos_pin"), "split")
+    pick = Window.partitionBy("board_id", "pos_pin").orderBy(
+        tagged_hash(seed, COLD_QUERY, "board_id", "pos_pin", "query_pin"), "query_pin"
+    )
+    chosen = (
+        held.join(kept, "board_id")
+        .withColumn("r", F.row_number().over(pick))
+        .where(F.col("r") == 1)
+        .select("split", "query_pin", "pos_pin")
+        .distinct()
+    )
+    out = {s: chosen.where(F.col("split") == s).select("query_pin", "pos_pin") for s in SPLITS[1:]}
+    out["validation"] = out["validation"].join(out["test"], ["query_pin", "pos_pin"], "left_anti")
+    return out
 
 
 def labels(books: DataFrame, book_tags: DataFrame, tags: DataFrame) -> DataFrame:

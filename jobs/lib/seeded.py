@@ -28,6 +28,9 @@ CENTROID_SAMPLE = 16  # the sample the inverted file's centroids are trained on
 SPLIT = "split"  # which split a list goes to
 HOLDOUT = "holdout"  # which memberships of a list are held out
 QUERY = "query"  # which book of the list is a held-out book's query
+COLD = "cold"  # which books are held out entirely, as new books
+REVEAL = "reveal"  # in which order a new book's training-split memberships are revealed
+COLD_QUERY = "cold query"  # which book of the list is a new book's query
 
 _MANTISSA = (1 << 53) - 1
 

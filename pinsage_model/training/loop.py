@@ -21,6 +21,7 @@ from pinsage_model.config import ModelConfig
 from pinsage_model.model import PinSage
 from pinsage_model.training.graph import TrainGraph
 from pinsage_model.training.loss import batch_loss
+from pinsage_model.training.progress import Progress
 from pinsage_model.training.sampling import (
     PPR_RESTART,
     CoMembership,
@@ -63,6 +64,10 @@ class TrainOptions:
     lr_decay: float = 0.9
     seed: int = 0
     workers: int = 1
+    # Training for new pins: the share of each batch's pins shown without memberships, and how many
+    # trailing feature columns (computed from memberships) are zeroed for them.
+    neighbor_dropout: float = 0.0
+    structural_features: int = 0
 
 
 def lr_factor(warmup_steps: int, decay: float, steps_per_epoch: int) -> Callable[[int], float]:
@@ -218,6 +223,8 @@ def _train(
             hard_pools,
             options.seed,
             epoch,
+            options.neighbor_dropout,
+            options.structural_features,
         )
         steps = len(batches)
         loader = DataLoader(
@@ -231,7 +238,7 @@ def _train(
         )
         model.train()
         total, lr = 0.0, optimiser.param_groups[0]["lr"]
-        report_every = max(1, steps // 10)
+        progress = Progress(f"epoch {epoch}/{options.epochs} steps", steps, log)
         for step, batch in enumerate(loader, start=1):
             batch = batch.to(device)
             z = embed_targets(model, batch.graph)
@@ -242,16 +249,7 @@ def _train(
             lr = optimiser.param_groups[0]["lr"]
             lr_schedule.step()
             total += float(loss.detach())
-            if step % report_every == 0 or step == steps:
-                log.info(
-                    "epoch %d/%d step %d/%d (%3.0f%%) loss %.4f",
-                    epoch,
-                    options.epochs,
-                    step,
-                    steps,
-                    100 * step / steps,
-                    total / step,
-                )
+            progress.update(step, f"loss {total / step:.4f}")
         hits = None
         if validation is not None:
             hits = hit_rate(embed_pins(model, graph, device), *validation)

@@ -8,6 +8,7 @@ is the same whichever worker builds it and however many workers there are.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -19,7 +20,10 @@ from torch.utils.data import Dataset
 
 from pinsage_model.config import Layer
 from pinsage_model.training.graph import TrainGraph
+from pinsage_model.training.progress import Progress
 from pinsage_model.training.subgraph import ComputationGraph, computation_graph
+
+log = logging.getLogger("pinsage.train")
 
 # Restart per pin -> board -> pin step (about 0.16 per hop, the classic 0.15 damping).
 PPR_RESTART = 0.3
@@ -158,6 +162,7 @@ def rank_window_pins(
     matrices = transition_matrices(graph, device)
     chunk = max(1, PPR_CHUNK_BYTES // (graph.num_pins * 4 * 3))
     out = np.empty((len(queries), window.width), dtype=np.int64)
+    progress = Progress("hard negatives: PPR windows of queries", len(queries), log)
     for start in range(0, len(queries), chunk):
         q = torch.from_numpy(queries[start : start + chunk]).to(device)
         scores = personalised_pagerank(matrices, q, restart).T  # [chunk, pins]
@@ -165,6 +170,7 @@ def rank_window_pins(
         # A stable sort keeps equal scores in index order, which is pin id order.
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices
         out[start : start + len(q)] = order[:, window.lo : window.hi + 1].cpu().numpy()
+        progress.update(start + len(q))
     return out
 
 
@@ -293,10 +299,20 @@ def make_batch(
     pos: np.ndarray,
     negatives: np.ndarray,
     hard: np.ndarray,
+    arriving: float = 0.0,
+    structural: int = 0,
+    rng: np.random.Generator | None = None,
 ) -> Batch:
     """Re-index a batch of examples (pin positions) onto the computation graph of its pins for the
-    layers of `schedule`."""
+    layers of `schedule`. With `arriving` > 0, each of the batch's pins is, with that probability
+    (drawn from `rng`), shown as a pin arriving without memberships (neighbor dropout:
+    `computation_graph`)."""
     targets = np.unique(np.concatenate([query, pos, negatives, hard.ravel()]))
+    dropped = None
+    if arriving > 0:
+        if rng is None:
+            raise ValueError("neighbor dropout needs a generator")
+        dropped = rng.random(len(targets)) < arriving
 
     def rows(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.searchsorted(targets, x).astype(np.int64))
@@ -304,7 +320,7 @@ def make_batch(
     negative_mask = (negatives[None, :] != query[:, None]) & (negatives[None, :] != pos[:, None])
     hard_mask = (hard != query[:, None]) & (hard != pos[:, None])
     return Batch(
-        graph=computation_graph(graph, targets, schedule),
+        graph=computation_graph(graph, targets, schedule, dropped, structural),
         query=rows(query),
         pos=rows(pos),
         negatives=rows(negatives),
@@ -331,8 +347,11 @@ class EpochBatches(Dataset):
         hard_pools: HardNegatives | None,
         seed: int,
         epoch: int,
+        neighbor_dropout: float = 0.0,
+        structural_features: int = 0,
     ) -> None:
         self.graph, self.schedule = graph, tuple(schedule)
+        self.neighbor_dropout, self.structural_features = neighbor_dropout, structural_features
         self.pairs, self.batch_size = pairs, batch_size
         self.negatives, self.hard, self.hard_pools = negatives, hard, hard_pools
         self.seed, self.epoch = seed, epoch
@@ -352,7 +371,17 @@ class EpochBatches(Dataset):
             hard = self.hard_pools.sample(query, self.hard, rng)
         else:
             hard = np.zeros((len(query), 0), dtype=np.int64)
-        return make_batch(self.graph, self.schedule, query, pos, negatives, hard)
+        return make_batch(
+            self.graph,
+            self.schedule,
+            query,
+            pos,
+            negatives,
+            hard,
+            self.neighbor_dropout,
+            self.structural_features,
+            rng,  # drawn from after the negatives: without dropout, the batches are as before
+        )
 
 
 def worker_init(_: int) -> None:

@@ -13,6 +13,12 @@ prefix of need[k-2], the own term h_u(k-2) of layer k's targets is the first |ne
 level k-2 representation. Each layer runs `PinSageConv.forward` on its block: the sources are
 need[k-1], the targets need[k], and the rows are the targets' complete neighbor rows, so every
 needed node sees exactly the neighborhood it has in the whole graph.
+
+Neighbor dropout (training for new pins): a target marked in `arriving` is presented as a pin that
+arrives with no memberships, as jobs/embed_new.py embeds one: at every pin layer its own neighbor
+rows are left out (it pools nothing, so its pooled vector is 0), and its `structural` trailing
+feature columns (those computed from its memberships, such as a log degree) are 0. The boards keep
+their neighborhoods, as the stored board representations that embed_new pools do.
 """
 
 from __future__ import annotations
@@ -82,16 +88,32 @@ def _positions(sorted_ids: np.ndarray, order: np.ndarray, values: np.ndarray) ->
     return order[np.searchsorted(sorted_ids, values)]
 
 
-def computation_graph(graph: TrainGraph, targets: np.ndarray, schedule: Sequence[Layer]) -> ComputationGraph:
+def computation_graph(
+    graph: TrainGraph,
+    targets: np.ndarray,
+    schedule: Sequence[Layer],
+    arriving: np.ndarray | None = None,
+    structural: int = 0,
+) -> ComputationGraph:
     """The re-indexed computation graph of `targets` (distinct pin positions) for the layers of
-    `schedule` (`ModelConfig.schedule()`)."""
+    `schedule` (`ModelConfig.schedule()`). `arriving` ([T] bool, optional) marks the targets shown
+    without memberships, `structural` the trailing feature columns zeroed for them (module doc)."""
     targets = np.asarray(targets, dtype=np.int64)
     need: dict[int, np.ndarray] = {schedule[-1].k: targets}
     lead: dict[int, np.ndarray] = {}  # level -> the nodes that must come first in it
     rows: dict[int, np.ndarray] = {}
+    counts: dict[int, np.ndarray] = {}  # layer k -> rows per node of need[k]
     for layer in reversed(schedule):
         adjacency = graph.neighbors[layer.target]
-        rows[layer.k] = adjacency.rows_of(need[layer.k])
+        nodes = need[layer.k]
+        counts[layer.k] = adjacency.indptr[nodes + 1] - adjacency.indptr[nodes]
+        rows[layer.k] = adjacency.rows_of(nodes)
+        if arriving is not None and layer.target == "pin":
+            # The targets are the first rows of every pin level (need[k] is a prefix of need[k-2]).
+            empty = np.zeros(len(nodes), dtype=bool)
+            empty[: len(targets)] = arriving
+            rows[layer.k] = rows[layer.k][np.repeat(~empty, counts[layer.k])]
+            counts[layer.k] = np.where(empty, 0, counts[layer.k])
         # Layer k's targets read their own term at level k-2 as its first rows.
         lead[layer.own] = need[layer.k]
         prefix = lead.get(layer.k - 1, np.zeros(0, dtype=np.int64))
@@ -105,8 +127,7 @@ def computation_graph(graph: TrainGraph, targets: np.ndarray, schedule: Sequence
         adjacency = graph.neighbors[layer.target]
         r = rows[layer.k]
         targets_k, sources = need[layer.k], need[layer.k - 1]
-        counts = adjacency.indptr[targets_k + 1] - adjacency.indptr[targets_k]
-        dst = np.repeat(np.arange(len(targets_k)), counts)
+        dst = np.repeat(np.arange(len(targets_k)), counts[layer.k])
         order = np.argsort(sources, kind="stable")
         src = _positions(sources[order], order, adjacency.src[r])
         blocks.append(
@@ -117,9 +138,12 @@ def computation_graph(graph: TrainGraph, targets: np.ndarray, schedule: Sequence
                 num_targets=len(targets_k),
             )
         )
+    pin_features = graph.pin_features[need[0]]  # a copy: zeroing it leaves the graph alone
+    if arriving is not None and structural:
+        pin_features[: len(targets)][arriving, -structural:] = 0.0
     return ComputationGraph(
         targets=targets,
-        pin_features=torch.from_numpy(graph.pin_features[need[0]]),
+        pin_features=torch.from_numpy(pin_features),
         board_features=torch.from_numpy(graph.board_features[need[-1]]),
         blocks=tuple(blocks),
     )
