@@ -232,7 +232,7 @@ class CoMembership:
         boards = graph.edge_board[order]
         cumulative = np.cumsum(graph.edge_weight[order].astype(np.float64))
         totals = np.bincount(boards, weights=graph.edge_weight[order], minlength=graph.num_boards)
-        powered = np.where(totals > 0, np.power(totals, board_power, where=totals > 0), 0.0)
+        powered = np.power(totals, board_power, out=np.zeros_like(totals), where=totals > 0)
         return cls(
             graph.edge_pin[order],
             boards,
