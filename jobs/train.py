@@ -84,6 +84,14 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         help="each epoch, also train on N fresh pairs of pins that share a board (a pin -> board -> "
         "pin step over the memberships, by weight); 0: PAIRS only",
     )
+    p.add_argument(
+        "--co-membership-board-power",
+        type=at_least(0.0, float),
+        default=d.co_membership_board_power,
+        metavar="A",
+        help="draw a co-membership pair's board in proportion to its total membership weight ** A "
+        "(1: the plain pin -> board -> pin step, large boards most; 0: every board equally)",
+    )
     p.add_argument("--lr", type=positive, default=d.lr, help="peak learning rate (Adam)")
     p.add_argument(
         "--loss",
@@ -97,6 +105,21 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         "--temperature", type=positive, default=d.temperature, help="the softmax loss's temperature"
     )
     p.add_argument("--negatives", type=at_least(1), default=d.negatives, help="shared per minibatch")
+    p.add_argument(
+        "--in-batch-negatives",
+        type=at_least(0),
+        default=d.in_batch_negatives,
+        metavar="N",
+        help="softmax loss: also rank each positive against the positives of the batch's first N "
+        "examples (popular pins, the hardest competition at the top); 0: none",
+    )
+    p.add_argument(
+        "--logq-correction",
+        action=argparse.BooleanOptionalAction,
+        default=d.logq_correction,
+        help="with in-batch negatives: subtract each candidate's log expected count from its logit "
+        "(sampling-bias correction), so popular pins are not pushed down for being popular",
+    )
     p.add_argument(
         "--hard-negatives",
         type=at_least(0),
@@ -145,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     )
     add_common_args(p, work_tables=False)
     a = p.parse_args(argv)
+    if a.in_batch_negatives and a.loss != "softmax":
+        p.error("--in-batch-negatives needs --loss softmax")
     if a.num_layers % 2:
         p.error(f"--num-layers must be even, got {a.num_layers}")
     try:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pinsage_model.config import ModelConfig
-from pinsage_model.training.loss import max_margin_loss, softmax_loss
+from pinsage_model.training.loss import candidate_log_count, max_margin_loss, softmax_loss
 from pinsage_model.training.sampling import make_batch
 from tests.training_data import clustered, in_memory, one_torch_thread  # noqa: F401
 
@@ -50,3 +50,46 @@ def test_softmax_loss_is_the_cross_entropy_of_the_positive_among_unmasked_negati
         logits = np.array([q @ p] + [q @ zn[n] for n in kept]) / 0.2
         terms.append(np.log(np.exp(logits).sum()) - logits[0])
     assert float(softmax_loss(z, batch, 0.2)) == pytest.approx(np.mean(terms), rel=1e-5)
+
+
+def test_in_batch_negatives_with_logq_are_the_corrected_cross_entropy_over_every_candidate():
+    graph, _ = in_memory(clustered(seed=2))
+    # Example 2's positive (3) is example 0's too, and example 1's positive (5) is a shared negative.
+    batch = make_batch(
+        graph,
+        SCHEDULE,
+        np.array([1, 2, 6]),
+        np.array([3, 5, 3]),
+        np.array([5, 7]),
+        np.array([[8], [9], [4]]),
+    )
+    z = torch.randn(len(batch.graph.targets), 5, generator=torch.Generator().manual_seed(0))
+    log_count = torch.randn(len(batch.graph.targets), generator=torch.Generator().manual_seed(1))
+    zn, lc = z.numpy().astype(np.float64), log_count.numpy().astype(np.float64)
+    pin = batch.graph.targets
+    query, pos = pin[batch.query.numpy()], pin[batch.pos.numpy()]
+    terms = []
+    for i in range(3):
+        q = zn[int(batch.query[i])]
+        logits = [q @ zn[int(batch.pos[i])] / 0.2 - lc[int(batch.pos[i])]]
+        for n, m in zip(batch.negatives.tolist(), batch.negative_mask[i].tolist(), strict=True):
+            if m:
+                logits.append(q @ zn[n] / 0.2 - lc[n])
+        for n, m in zip(batch.hard[i].tolist(), batch.hard_mask[i].tolist(), strict=True):
+            if m:
+                logits.append(q @ zn[n] / 0.2)  # hard negatives: no correction
+        for j in range(2):  # the first two examples' positives
+            if pos[j] not in (pos[i], query[i]):
+                logits.append(q @ zn[int(batch.pos[j])] / 0.2 - lc[int(batch.pos[j])])
+        logits = np.array(logits)
+        terms.append(np.log(np.exp(logits).sum()) - logits[0])
+    got = softmax_loss(z, batch, 0.2, in_batch=2, log_count=log_count)
+    assert float(got) == pytest.approx(np.mean(terms), rel=1e-5)
+    # Without the correction the in-batch candidates still count: a different loss.
+    assert float(softmax_loss(z, batch, 0.2, in_batch=2)) != pytest.approx(float(got), rel=1e-3)
+
+
+def test_candidate_log_count_adds_the_in_batch_share_to_the_uniform_rate():
+    counts = np.array([6, 0, 2, 0])  # pin 0 is 3/4 of the positives
+    got = candidate_log_count(counts, in_batch=8, shared=2, num_pins=4)
+    np.testing.assert_allclose(np.exp(got), [8 * 0.75 + 0.5, 0.5, 8 * 0.25 + 0.5, 0.5], rtol=1e-6)

@@ -109,30 +109,38 @@ def test_curriculum_adds_one_hard_negative_per_epoch_up_to_the_cap_to_each_batch
         assert batches[0].hard.shape == (16, count)
 
 
-def co_membership_distribution(edges) -> dict[tuple[int, int], float]:
-    """P(query, pos) of one pin -> board -> pin step by weight, self-pairs removed and the rest
+def co_membership_distribution(edges, board_power: float = 1.0) -> dict[tuple[int, int], float]:
+    """P(query, pos) of a board drawn by (its total weight) ** board_power, then two of its pins by
+    weight (for board_power 1, one pin -> board -> pin step), self-pairs removed and the rest
     renormalised, summed in plain Python over (pin, board, weight) rows."""
-    total = sum(w for _, _, w in edges)
     board_total: dict[int, float] = {}
     for _, b, w in edges:
         board_total[b] = board_total.get(b, 0.0) + w
+    board_mass = {b: t**board_power for b, t in board_total.items()}
+    mass = sum(board_mass.values())
     prob: dict[tuple[int, int], float] = {}
     for q, b, wq in edges:
         for p, b2, wp in edges:
             if b2 == b and p != q:
-                prob[(q, p)] = prob.get((q, p), 0.0) + (wq / total) * (wp / board_total[b])
+                step = (board_mass[b] / mass) * (wq / board_total[b]) * (wp / board_total[b])
+                prob[(q, p)] = prob.get((q, p), 0.0) + step
     kept = sum(prob.values())
     return {k: v / kept for k, v in prob.items()}
 
 
-def test_co_membership_pairs_follow_the_weighted_pin_board_pin_step():
+@pytest.mark.parametrize("board_power", [1.0, 0.0])
+def test_co_membership_pairs_follow_the_weighted_pin_board_pin_step(board_power):
     data = clustered(seed=11)
     graph, _ = in_memory(data)
+    # Boards of very different weights, so that the board power matters.
+    graph.edge_weight[graph.edge_board < 3] *= 8
     edges = list(
         zip(graph.edge_pin.tolist(), graph.edge_board.tolist(), graph.edge_weight.tolist(), strict=True)
     )
-    expected = co_membership_distribution(edges)
-    sampler = sampling.CoMembership.of(graph)
+    expected = co_membership_distribution(edges, board_power)
+    other = co_membership_distribution(edges, 1.0 - board_power)
+    assert 0.5 * sum(abs(other.get(k, 0) - v) for k, v in expected.items()) > 0.1
+    sampler = sampling.CoMembership.of(graph, board_power)
     query, pos = sampler.draw(200_000, np.random.default_rng(3))
     assert 0.7 * 200_000 < len(query) < 200_000, "only self-pairs are dropped"
     assert np.all(query != pos)

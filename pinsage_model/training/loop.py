@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from pinsage_model.config import ModelConfig
 from pinsage_model.model import PinSage
 from pinsage_model.training.graph import TrainGraph
-from pinsage_model.training.loss import batch_loss
+from pinsage_model.training.loss import batch_loss, candidate_log_count
 from pinsage_model.training.progress import Progress
 from pinsage_model.training.sampling import (
     PPR_RESTART,
@@ -52,11 +52,14 @@ class TrainOptions:
     epochs: int = 10
     batch_size: int = 512
     co_membership_pairs: int = 0  # per epoch, drawn from the memberships and added to the pairs
+    co_membership_board_power: float = 1.0  # boards drawn in proportion to their weight ** this
     lr: float = 1e-3
     loss: str = "margin"  # "margin" (the paper's) or "softmax"
     margin: float = 0.1
     temperature: float = 0.05  # softmax loss only
     negatives: int = 500
+    in_batch_negatives: int = 0  # softmax only: the positives of each batch's first N examples
+    logq_correction: bool = True  # with in-batch negatives: subtract log expected counts
     hard_negatives: int = 6
     hard_window: str | None = None  # LO:HI; None: default_window(pins)
     ppr_restart: float = PPR_RESTART
@@ -181,7 +184,9 @@ def _train(
     torch.manual_seed(options.seed)
     model = PinSage(config).to(device)
 
-    co_membership = CoMembership.of(graph) if options.co_membership_pairs else None
+    co_membership = (
+        CoMembership.of(graph, options.co_membership_board_power) if options.co_membership_pairs else None
+    )
     hard_pools: HardNegatives | None = None
     if hard_negative_count(options.epochs, options.hard_negatives) > 0:
         window = window_for(options, graph.num_pins)
@@ -213,6 +218,13 @@ def _train(
             rng = np.random.default_rng([options.seed, epoch, 0, 1])
             drawn = co_membership.draw(options.co_membership_pairs, rng)
             epoch_pairs = (np.concatenate([pairs[0], drawn[0]]), np.concatenate([pairs[1], drawn[1]]))
+        log_count = None
+        if options.loss == "softmax" and options.in_batch_negatives and options.logq_correction:
+            counts = np.bincount(epoch_pairs[1], minlength=graph.num_pins)
+            in_batch = min(options.in_batch_negatives, options.batch_size)
+            log_count = torch.from_numpy(
+                candidate_log_count(counts, in_batch, options.negatives, graph.num_pins)
+            ).to(device)
         batches = EpochBatches(
             graph,
             config.schedule(),
@@ -242,7 +254,15 @@ def _train(
         for step, batch in enumerate(loader, start=1):
             batch = batch.to(device)
             z = embed_targets(model, batch.graph)
-            loss = batch_loss(z, batch, options.loss, options.margin, options.temperature)
+            loss = batch_loss(
+                z,
+                batch,
+                options.loss,
+                options.margin,
+                options.temperature,
+                options.in_batch_negatives,
+                None if log_count is None else log_count[torch.from_numpy(batch.graph.targets).to(device)],
+            )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -227,14 +227,26 @@ class CoMembership:
     boards: np.ndarray  # [memberships] int64 board positions, in the same order
     cumulative: np.ndarray  # [memberships] float64 running sum of the weights in that order
     board_end: np.ndarray  # [boards] float64 running sum at each board's last membership
+    # Boards are drawn with probability proportional to (their total weight) ** board_power; 1 is
+    # the plain pin -> board -> pin step, 0 draws every board with memberships equally often.
+    board_power: float = 1.0
+    board_cumulative: np.ndarray | None = None  # [boards] running sum of total ** board_power
 
     @classmethod
-    def of(cls, graph: TrainGraph) -> CoMembership:
+    def of(cls, graph: TrainGraph, board_power: float = 1.0) -> CoMembership:
         order = np.argsort(graph.edge_board, kind="stable")
         boards = graph.edge_board[order]
         cumulative = np.cumsum(graph.edge_weight[order].astype(np.float64))
         totals = np.bincount(boards, weights=graph.edge_weight[order], minlength=graph.num_boards)
-        return cls(graph.edge_pin[order], boards, cumulative, np.cumsum(totals.astype(np.float64)))
+        powered = np.power(totals, board_power, out=np.zeros_like(totals), where=totals > 0)
+        return cls(
+            graph.edge_pin[order],
+            boards,
+            cumulative,
+            np.cumsum(totals.astype(np.float64)),
+            board_power,
+            None if board_power == 1.0 else np.cumsum(powered),
+        )
 
     @property
     def queries(self) -> np.ndarray:
@@ -247,18 +259,28 @@ class CoMembership:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
         last = len(self.pins) - 1
-        first = np.searchsorted(self.cumulative, rng.random(count) * self.cumulative[-1], side="right")
-        first = first.clip(max=last)
-        board = self.boards[first]
-        start = np.where(board > 0, self.board_end[board - 1], 0.0)
-        u = start + rng.random(count) * (self.board_end[board] - start)
-        second = np.searchsorted(self.cumulative, u, side="right").clip(max=last)
-        # Float rounding at a board's upper edge can step past it: stay on the board.
-        while np.any(over := self.boards[second] != board):
-            second[over] -= 1
+        if self.board_cumulative is None:
+            first = np.searchsorted(self.cumulative, rng.random(count) * self.cumulative[-1], side="right")
+            first = first.clip(max=last)
+            board = self.boards[first]
+        else:
+            u = rng.random(count) * self.board_cumulative[-1]
+            board = np.searchsorted(self.board_cumulative, u, side="right").clip(max=len(self.board_end) - 1)
+            first = self._member(board, rng)
+        second = self._member(board, rng)
         query, pos = self.pins[first], self.pins[second]
         keep = query != pos
         return query[keep], pos[keep]
+
+    def _member(self, board: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One membership of each given board, drawn in proportion to its weight."""
+        start = np.where(board > 0, self.board_end[board - 1], 0.0)
+        u = start + rng.random(len(board)) * (self.board_end[board] - start)
+        picked = np.searchsorted(self.cumulative, u, side="right").clip(max=len(self.pins) - 1)
+        # Float rounding at a board's upper edge can step past it: stay on the board.
+        while np.any(over := self.boards[picked] != board):
+            picked[over] -= 1
+        return picked
 
 
 # ---- minibatches -------------------------------------------------------------------------------
