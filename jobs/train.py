@@ -30,7 +30,7 @@ from jobs.lib.cli import (
 )
 from jobs.lib.io import InputError
 from jobs.lib.report import Report, Stopwatch
-from jobs.lib.session import get_spark
+from jobs.lib.session import get_spark, stop_spark
 from jobs.lib.train_inputs import TrainInputs, load_inputs
 from pinsage_model.checkpoint import save_checkpoint
 from pinsage_model.config import POOLINGS
@@ -225,7 +225,7 @@ def read_inputs(args: TrainArgs) -> TrainInputs:
         )
     finally:
         if started_here:  # the arrays are in numpy now; a session the caller owns stays up
-            spark.stop()
+            stop_spark(spark)  # training runs for hours: free the JVM's memory
     options = args.options
     width = inputs.graph.pin_features.shape[1]
     if options.structural_features > width:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 from delta import configure_spark_with_delta_pip
@@ -76,6 +77,29 @@ def get_spark(app_name: str, master: str | None = None, conf: dict[str, str] | N
     if master is not None or not under_spark_submit():
         spark.sparkContext.setLogLevel(os.environ.get("PINSAGE_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def stop_spark(spark: SparkSession) -> None:
+    """Stop the session and, when this process launched the JVM (plain `python`), let the JVM exit.
+
+    `SparkSession.stop()` alone leaves the JVM running with its heap (1-2 GiB resident) until Python
+    exits; the trainer reads its inputs with Spark and then trains for hours without it. Under
+    spark-submit the JVM is the parent process and is left alone. A later get_spark starts a new one."""
+    from pyspark import SparkContext
+
+    spark.stop()
+    gateway = SparkContext._gateway
+    proc = getattr(gateway, "proc", None)
+    if proc is None:
+        return
+    gateway.shutdown()
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    proc.stdin.close()  # the gateway server exits when its stdin reaches end of file
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 if __name__ == "__main__":
