@@ -9,6 +9,8 @@ DATA ?= ../shared/data/goodbooks-10k
 GOODBOOKS_DIR ?= goodbooks-output
 GOODBOOKS_ARGS ?=
 PYTEST_ARGS ?=
+# Two pytest workers, each with its own Spark session; a test module's tests stay on one worker.
+TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 QUIET := --conf spark.ui.showConsoleProgress=false
 
@@ -52,7 +54,7 @@ demo: $(STAMP) ## Generate a graph and a random checkpoint, walk, embed every pi
 test: $(STAMP) $(TEXT_STAMP) ## Lint, then run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP) ## Embedding benchmark: Spark vs in-process limit vs per-target (see docs/benchmarks.md)
 	$(PY) benchmarks/embed.py $(BENCH_ARGS)

@@ -23,6 +23,8 @@ setup(
     extras_require={
         "dev": [
             "pytest==9.2.0",
+            # make test runs the suite on two workers (--dist loadfile: a module's fixtures stay on one).
+            "pytest-xdist==3.8.0",
             "chispa==0.12.0",
             "ruff==0.17.6",
             "hypothesis==6.170.15",
