@@ -2,11 +2,12 @@
 
 Two implementations of one pooled vector, chosen by the caller:
 
-- `pool_gathered` (whole-graph inference) and the executors' `partial_pool`/`merge`/`finalize`
-  keep mergeable partial states in float64: each batch's weighted sums are one float32 sparse-dense
-  product (`weighted_sums`, no [rows, hidden] gather nor float64 copy of it), added to the float64
-  state per segment. The Spark job sees a target's neighbor rows in sorted Arrow batches, and a
-  target may straddle two batches.
+- The executors' `partial_pool`/`merge`/`finalize` keep mergeable partial states in float64: each
+  batch's weighted sums are one float32 sparse-dense product (`weighted_sums`, no [rows, hidden]
+  gather nor float64 copy of it), added to the float64 state per segment. The Spark job sees a
+  target's neighbor rows in sorted Arrow batches, and a target may straddle two batches.
+  `pool_gathered` (whole-graph inference) pools the same way in one product per layer, with each
+  row's weight normalised first.
 - `pool_projected` (training steps) pools straight from the projections in their dtype, with a
   cheap backward.
 
@@ -47,13 +48,17 @@ class PoolState:
         return PoolState(self.acc[index], self.norm[index])
 
 
-def _empty_state(num_segments: int, hidden: int, mode: str, weights, device=None) -> PoolState:
-    """The partial state of `num_segments` segments that have no rows yet, after checking that
-    `mode` is a pooling and that importance pooling has its `weights`."""
+def _check(mode: str, weights) -> None:
     if mode not in POOLINGS:
         raise ValueError(f"unknown pooling {mode!r}")
     if mode == "importance" and weights is None:
         raise ValueError("importance pooling needs weights")
+
+
+def _empty_state(num_segments: int, hidden: int, mode: str, weights, device=None) -> PoolState:
+    """The partial state of `num_segments` segments that have no rows yet, after checking that
+    `mode` is a pooling and that importance pooling has its `weights`."""
+    _check(mode, weights)
     fill = float("-inf") if mode == "max" else 0.0
     acc = torch.full((num_segments, hidden), fill, dtype=torch.float64, device=device)
     return PoolState(acc, torch.zeros(num_segments, dtype=torch.float64, device=device))
@@ -225,14 +230,23 @@ def pool_gathered(
     mode: str,
     chunk_rows: int = GATHER_CHUNK_ROWS,
 ) -> torch.Tensor:
-    """Pooling for whole-graph inference: `partial_pool` then `finalize` of the messages
-    projected[src]. Importance and mean pool with one `weighted_sums` product over every row (no
-    [rows, hidden] message matrix); max gathers `chunk_rows` rows at a time into the float64 state,
-    the same (bit for bit) whatever the chunk size. [sources, hidden] -> [num_segments, hidden]."""
-    state = _empty_state(num_segments, projected.shape[1], mode, weights, projected.device)
+    """Pooling for whole-graph inference, what `partial_pool` then `finalize` give for the messages
+    projected[src]. Importance and mean pool with one `weighted_sums` product over every row, each
+    row's weight divided by its segment's float64 total first, so no [rows, hidden] message matrix
+    nor [segments, hidden] float64 state is built; a segment whose total is not positive pools to
+    0. Max gathers `chunk_rows` rows at a time into the float64 state, the same (bit for bit)
+    whatever the chunk size. [sources, hidden] -> [num_segments, hidden]."""
+    _check(mode, weights)
     if mode != "max":
-        _accumulate(state, projected, dst, weights, mode, src)
-        return finalize(state, mode)
+        if mode == "importance":
+            w = weights.to(torch.float64)
+        else:
+            w = torch.ones(dst.shape[0], dtype=torch.float64, device=dst.device)
+        total = torch.zeros(num_segments, dtype=torch.float64, device=dst.device).index_add_(0, dst, w)
+        mine = total[dst]
+        coeff = torch.where(mine > 0, w / torch.where(mine > 0, mine, 1.0), 0.0)
+        return weighted_sums(projected, src, dst, coeff, num_segments).to(torch.float32)
+    state = _empty_state(num_segments, projected.shape[1], mode, weights, projected.device)
     for start in range(0, dst.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
         _accumulate(state, projected, dst[rows], None, mode, src[rows])
