@@ -1,27 +1,34 @@
-"""Benchmark the embedding chain: Spark pipeline vs the in-process limit vs per-target inference.
+"""Benchmark the embedding chain against the hardware: Spark pipeline vs the in-process limit vs
+per-target inference, with a roofline account of each phase.
 
     python benchmarks/embed.py [--pins 10000 100000 1000000] [--models small paper] [--out DIR]
 
-On one generated graph and checkpoint per (size, model) it times three ways to embed every pin:
+It first measures the machine's fp32 GEMM rate (`gemm_gflops`), and again before and after each
+row. On one generated graph and checkpoint per (size, model) (a graph already under DIR is reused)
+it times four ways to embed every pin:
 
-1. spark: `jobs/embed.py`'s `run` in local mode on every core (validation, layers, publishing), run
-   --spark-runs times (default 2) on the graph: the last run is reported and the first recorded beside
-   it (it also pays for warming the JVM's compiled code and the Python workers);
-2. limit: `PinSage.forward` over the whole graph in memory (gather + index_add, no Spark), the best
-   one machine can do with the same math; run as many times as the chain, the last reported;
-3. per-target: the paper's Algorithm 2, each minibatch of 512 target pins building and computing its
+1. fresh: `python jobs/embed.py` in a process of its own, as a user runs it (Spark session, JVM and
+   Python workers started for it), with Spark's event log on; its phases are accounted by
+   `roofline`: FLOPs and achieved GFLOP/s against the GEMM rate, bytes to and from Python,
+   shuffled (against the floor), broadcast and written;
+2. warm: `jobs/embed.py`'s `run` in this process's session, --spark-runs times (default 2; 0 skips
+   it): the last run is reported and the first recorded beside it;
+3. limit: `PinSage.forward` over the whole graph in memory (one sparse product per layer's pooling,
+   no Spark), the best one machine can do with the same math; run as many times as the chain (at
+   least once), the last reported;
+4. per-target: the paper's Algorithm 2, each minibatch of 512 target pins building and computing its
    own 2-hop computation graph with no reuse across minibatches. Timed on a sample of minibatches and
    scaled to all pins (the row says how many pins were timed); the neighbor tables' CSR index, built
    once per run, is timed apart and counted once.
 
-It checks that spark and limit agree within 1e-5 (on every pin, or a uniform sample of 50,000 pins
-for the paper-sized model; with --projection-precision bfloat16 or float16 it reports the largest
-and mean difference instead) and that per-target agrees with limit on the pins it computed. Peak memory
-is the largest resident set, sampled every 0.2 s: of the whole process tree (driver, JVM, Python
-workers) for spark, of the benchmark's own process (graph, model and activations) for limit.
-Graphs come from jobs/demo/generate_graph.py with 5 memberships per pin on average and the memberships as
-neighbor tables (10 neighbor rows per pin over both tables); see `graph_spec`. Results go to
-DIR/embed.json and print as markdown rows.
+It checks that the chain's output and the limit agree within 1e-5 (on every pin, or a uniform
+sample of 50,000 pins for the paper-sized model; with --projection-precision bfloat16 or float16 it
+reports the largest and mean difference instead) and that per-target agrees with limit on the pins
+it computed. Peak memory is the largest resident set, sampled every 0.2 s: of the fresh process's
+tree (driver, JVM, Python workers), of this process's tree for the warm runs, of this process
+alone (graph, model and activations) for limit. Graphs come from jobs/demo/generate_graph.py with 5
+memberships per pin on average and the memberships as neighbor tables (10 neighbor rows per pin
+over both tables); see `graph_spec`. Results go to DIR/embed.json and print as markdown tables.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ class PinSage(nn.Module):
         pin_neighbors: Neighborhood,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer-wise inference over a whole graph in memory, pooling with `pool_gathered` (the
-        executors' float64 partial states, so the same sums as the Spark chain).
+        executors' pooling in one float32 sparse product per layer: the Spark chain's sums up to
+        float32 rounding).
 
         Returns (pin embeddings z_p [pins, embed_dim], last board representations h_b(K-1)).
         board_features is [boards, board_feature_dim] (width 0 allowed).

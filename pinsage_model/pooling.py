@@ -2,10 +2,12 @@
 
 Two implementations of one pooled vector, chosen by the caller:
 
-- `pool_gathered` (whole-graph inference) and the executors' `partial_pool`/`merge`/`finalize`
-  accumulate mergeable partial states in float64, so the order in which rows arrive changes the
-  result by far less than float32 resolution. The Spark job sees a target's neighbor rows in
-  sorted Arrow batches, and a target may straddle two batches.
+- The executors' `partial_pool`/`merge`/`finalize` keep mergeable partial states in float64: each
+  batch's weighted sums are one float32 sparse-dense product (`weighted_sums`, no [rows, hidden]
+  gather nor float64 copy of it), added to the float64 state per segment. The Spark job sees a
+  target's neighbor rows in sorted Arrow batches, and a target may straddle two batches.
+  `pool_gathered` (whole-graph inference) pools the same way in one product per layer, with each
+  row's weight normalised first.
 - `pool_projected` (training steps) pools straight from the projections in their dtype, with a
   cheap backward.
 
@@ -15,6 +17,7 @@ num_segments, mode) and return [num_segments, hidden] (`PoolFn`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +26,9 @@ import torch
 from pinsage_model.config import POOLINGS
 
 # (projected, src, dst, weights, num_segments, mode) -> pooled: `pool_gathered` or `pool_projected`.
+# torch marks its CSR tensors beta; `weighted_sums` uses only their product with a dense matrix.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
 PoolFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, int, str], torch.Tensor]
 
 
@@ -42,36 +48,75 @@ class PoolState:
         return PoolState(self.acc[index], self.norm[index])
 
 
-def _empty_state(num_segments: int, hidden: int, mode: str, weights, device=None) -> PoolState:
-    """The partial state of `num_segments` segments that have no rows yet, after checking that
-    `mode` is a pooling and that importance pooling has its `weights`."""
+def _check(mode: str, weights) -> None:
     if mode not in POOLINGS:
         raise ValueError(f"unknown pooling {mode!r}")
     if mode == "importance" and weights is None:
         raise ValueError("importance pooling needs weights")
+
+
+def _empty_state(num_segments: int, hidden: int, mode: str, weights, device=None) -> PoolState:
+    """The partial state of `num_segments` segments that have no rows yet, after checking that
+    `mode` is a pooling and that importance pooling has its `weights`."""
+    _check(mode, weights)
     fill = float("-inf") if mode == "max" else 0.0
     acc = torch.full((num_segments, hidden), fill, dtype=torch.float64, device=device)
     return PoolState(acc, torch.zeros(num_segments, dtype=torch.float64, device=device))
 
 
-def _accumulate(state: PoolState, messages: torch.Tensor, segment: torch.Tensor, weights, mode: str) -> None:
-    """Add the rows `messages` [rows, hidden] of segments `segment` [rows] to `state` (made by
-    `_empty_state`, which checked `mode` and `weights`), in place.
+def weighted_sums(
+    values: torch.Tensor, index: torch.Tensor, segment: torch.Tensor, weights: torch.Tensor, num_segments: int
+) -> torch.Tensor:
+    """sum_r weights[r] * values[index[r]] over the rows r of each segment, in the values' dtype:
+    one sparse-dense product S @ values with S [num_segments, len(values)] in CSR form, S[u, v] the
+    summed weight of the rows of segment u that name v. It never builds the [rows, hidden] gather of
+    `values`; the CSR product is row-parallel, so each sum comes out the same on every run with the
+    same inputs. [sources, hidden] -> [num_segments, hidden]."""
+    hidden = values.shape[1]
+    if segment.numel() == 0 or hidden == 0:
+        return torch.zeros((num_segments, hidden), dtype=values.dtype, device=values.device)
+    # CSR wants the rows grouped by segment; the (segment, index) order makes the layout canonical.
+    order = torch.argsort(segment * max(1, values.shape[0]) + index, stable=True)
+    crow = torch.zeros(num_segments + 1, dtype=torch.int64, device=segment.device)
+    crow[1:] = torch.cumsum(torch.bincount(segment, minlength=num_segments), 0)
+    matrix = torch.sparse_csr_tensor(
+        crow,
+        index[order],
+        weights[order].to(values.dtype),
+        (num_segments, values.shape[0]),
+        device=values.device,
+        check_invariants=False,  # crow and the indices come from segment and index by construction
+    )
+    return matrix @ values
 
-    weights: [rows] (importance only). Rows are added in order, so on the CPU accumulating a row
-    range in pieces gives the same sums, bit for bit, as accumulating it at once (CUDA's index_add_
-    adds in no fixed order)."""
-    x = messages.to(torch.float64)
+
+def _accumulate(
+    state: PoolState,
+    messages: torch.Tensor,
+    segment: torch.Tensor,
+    weights,
+    mode: str,
+    index: torch.Tensor | None = None,
+) -> None:
+    """Add the rows of `segment` [rows] to `state` (made by `_empty_state`, which checked `mode`
+    and `weights`), in place: row r's message is messages[index[r]], or messages[r] without `index`.
+
+    weights: [rows] (importance only). Importance and mean sums are `weighted_sums` in the messages'
+    dtype (float32), added to the float64 state once per segment; the weights' totals are float64.
+    Max is exact in any dtype."""
+    if index is None:
+        index = torch.arange(segment.shape[0], device=segment.device)
     if mode == "max":
+        x = messages[index].to(torch.float64)
         state.acc.scatter_reduce_(0, segment.unsqueeze(1).expand(-1, x.shape[1]), x, reduce="amax")
         state.norm.index_add_(0, segment, torch.ones_like(segment, dtype=torch.float64))
-    elif mode == "importance":
+        return
+    if mode == "importance":
         w = weights.to(torch.float64)
-        state.acc.index_add_(0, segment, x * w.unsqueeze(1))
-        state.norm.index_add_(0, segment, w)
     else:
-        state.acc.index_add_(0, segment, x)
-        state.norm.index_add_(0, segment, torch.ones_like(segment, dtype=torch.float64))
+        w = torch.ones(segment.shape[0], dtype=torch.float64, device=segment.device)
+    state.acc += weighted_sums(messages, index, segment, w, state.acc.shape[0]).to(torch.float64)
+    state.norm.index_add_(0, segment, w)
 
 
 def partial_pool(
@@ -80,13 +125,16 @@ def partial_pool(
     weights: torch.Tensor | None,
     num_segments: int,
     mode: str,
+    index: torch.Tensor | None = None,
 ) -> PoolState:
-    """Aggregate `messages` [rows, hidden] into `num_segments` partial states.
+    """Aggregate the rows of `segment` into `num_segments` partial states.
 
-    segment: [rows] int64 index of each row's segment; weights: [rows] (importance only).
+    segment: [rows] int64 index of each row's segment; weights: [rows] (importance only). Row r's
+    message is messages[index[r]] ([sources, hidden], e.g. a broadcast projection table), or
+    messages[r] ([rows, hidden]) without `index`.
     """
     state = _empty_state(num_segments, messages.shape[1], mode, weights, messages.device)
-    _accumulate(state, messages, segment, weights, mode)
+    _accumulate(state, messages, segment, weights, mode, index)
     return state
 
 
@@ -168,8 +216,8 @@ def _padded_max(projected: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n
     return torch.where((counts > 0).unsqueeze(1), pooled, torch.zeros_like(pooled))
 
 
-# Rows of messages gathered at a time by `pool_gathered`: 8-128 MB of float64 for hidden widths
-# 64-1024, however large the graph; larger chunks were slower in the embedding benchmark.
+# Rows of messages gathered at a time by `pool_gathered` for max pooling: 8-128 MB of float64 for
+# hidden widths 64-1024, however large the graph.
 GATHER_CHUNK_ROWS = 1 << 14
 
 
@@ -182,14 +230,24 @@ def pool_gathered(
     mode: str,
     chunk_rows: int = GATHER_CHUNK_ROWS,
 ) -> torch.Tensor:
-    """Pooling for whole-graph inference: `partial_pool` then `finalize` of the messages
-    projected[src], gathered `chunk_rows` neighbor rows at a time. The float64 sums are added in
-    row order whatever the chunk size, so the result is the same (bit for bit on the CPU), without
-    the [rows, hidden] message matrix and its float64 copy (several GB for millions of rows).
-    [sources, hidden] -> [num_segments, hidden]."""
+    """Pooling for whole-graph inference, what `partial_pool` then `finalize` give for the messages
+    projected[src]. Importance and mean pool with one `weighted_sums` product over every row, each
+    row's weight divided by its segment's float64 total first, so no [rows, hidden] message matrix
+    nor [segments, hidden] float64 state is built; a segment whose total is not positive pools to
+    0. Max gathers `chunk_rows` rows at a time into the float64 state, the same (bit for bit)
+    whatever the chunk size. [sources, hidden] -> [num_segments, hidden]."""
+    _check(mode, weights)
+    if mode != "max":
+        if mode == "importance":
+            w = weights.to(torch.float64)
+        else:
+            w = torch.ones(dst.shape[0], dtype=torch.float64, device=dst.device)
+        total = torch.zeros(num_segments, dtype=torch.float64, device=dst.device).index_add_(0, dst, w)
+        mine = total[dst]
+        coeff = torch.where(mine > 0, w / torch.where(mine > 0, mine, 1.0), 0.0)
+        return weighted_sums(projected, src, dst, coeff, num_segments).to(torch.float32)
     state = _empty_state(num_segments, projected.shape[1], mode, weights, projected.device)
     for start in range(0, dst.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
-        w = weights[rows] if weights is not None else None
-        _accumulate(state, projected[src[rows]], dst[rows], w, mode)
+        _accumulate(state, projected, dst[rows], None, mode, src[rows])
     return finalize(state, mode)

@@ -245,19 +245,21 @@ def _own_vectors(
 
 def _messages(
     batch: pa.RecordBatch, hidden_dim: int, precision: str, table: Projections | None
-) -> tuple[np.ndarray, torch.Tensor]:
-    """(mask of the rows pooled, their projections): the neighbor rows, with `proj` from the rows
-    themselves, or looked up in the broadcast `table` (rows whose source it lacks are dropped)."""
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+    """(mask of the rows pooled, a message matrix, the matrix row of each pooled row or None): the
+    neighbor rows' `proj` from the rows themselves (one matrix row per pooled row, in order), or
+    the broadcast `table`'s whole matrix with the rows' positions in it (rows whose source it lacks
+    are dropped), so nothing is gathered row by row."""
     is_message = batch.column("kind").to_numpy() == NEIGHBOR_ROW
     if table is not None:
         src = pc.fill_null(batch.column("src"), 0).to_numpy()  # own rows have no source
         pos, found = table.lookup(src)
         is_message &= found  # a source that is not a node: dangling, dropped
-        return is_message, torch.from_numpy(table.matrix[pos[is_message]])
+        return is_message, torch.from_numpy(table.matrix), torch.from_numpy(pos[is_message].astype(np.int64))
     messages = to_matrix(batch.column("proj"), hidden_dim, precision)  # set on neighbor rows only, in order
     if len(messages) != int(is_message.sum()):
         raise ValueError("a neighbor row has no projection")
-    return is_message, torch.from_numpy(messages)
+    return is_message, torch.from_numpy(messages), None
 
 
 def _batch_targets(batch: pa.RecordBatch, conv, precision: str, table: Projections | None) -> _Targets:
@@ -267,9 +269,9 @@ def _batch_targets(batch: pa.RecordBatch, conv, precision: str, table: Projectio
     segment = np.cumsum(np.r_[False, dst[1:] != dst[:-1]])
     n = len(starts)
     selfs, present = _own_vectors(batch, segment, n, conv.dims.self_dim)
-    is_message, messages = _messages(batch, conv.dims.hidden_dim, precision, table)
+    is_message, messages, index = _messages(batch, conv.dims.hidden_dim, precision, table)
     weights = torch.from_numpy(batch.column("weight").to_numpy(zero_copy_only=False)[is_message])
-    state = partial_pool(messages, torch.from_numpy(segment[is_message]), weights, n, conv.pooling)
+    state = partial_pool(messages, torch.from_numpy(segment[is_message]), weights, n, conv.pooling, index)
     rows = np.bincount(segment[is_message], minlength=n)
     return _Targets(dst[starts], selfs, present, state, rows)
 
