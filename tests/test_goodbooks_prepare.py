@@ -183,6 +183,7 @@ def test_new_book_features_count_only_revealed_memberships_on_the_training_graph
             assert v[-1] == pytest.approx(math.log1p(revealed[pin]) / math.log1p(top), abs=1e-6)
             np.testing.assert_array_equal(v[:TEXT_DIM], content[pin])
         assert rows(tables[f"cold_extra_edges_r{r}"], "pin_id", "board_id") == edges | train_heldout
+    assert rows(tables["train_edges"], "pin_id", "board_id") == train_heldout
 
 
 def test_labels_join_book_tags_through_the_goodreads_id(prepared):

@@ -44,10 +44,24 @@ def write_reports(root: str, variants: tuple[str, ...]) -> None:
             "params": {"k": [10, 100, 500]},
         }
         if name == "pinsage":
+            # The co-occurrence grid: lambda 500 wins on validation, so it is the one shown on test.
+            reports[f"evaluate-{name}"]["methods"] |= {
+                "ease[lambda=100]": {**METRICS, "hit@10": 0.3, "pairs": 4},
+                "ease[lambda=500]": {**METRICS, "hit@10": 0.05, "pairs": 4},
+            }
+            reports["evaluate-validation"] = {
+                "methods": {
+                    "embedding": {**METRICS, "pairs": 5},
+                    "ease[lambda=100]": {**METRICS, "hit@10": 0.2, "pairs": 5},
+                    "ease[lambda=500]": {**METRICS, "hit@10": 0.4, "pairs": 5},
+                }
+            }
             reports["related-exact"] = {"hits": {"pairs": 4, "hit@10": 0.1}}
             reports["related-ann"] = {"hits": {"pairs": 4, "hit@10": 0.05}}
             reports[f"evaluate-{name}"]["paired"] = {
-                "graph": {"hit@10": {"embedding_only": 1234, "baseline_only": 56, "p_value": 0.00042}}
+                "graph": {"hit@10": {"embedding_only": 1234, "baseline_only": 56, "p_value": 0.00042}},
+                "ease[lambda=100]": {"hit@10": {"embedding_only": 1, "baseline_only": 9, "p_value": 0.02}},
+                "ease[lambda=500]": {"hit@10": {"embedding_only": 7, "baseline_only": 3, "p_value": 0.34}},
             }
     for r in job.REVEALED:
         reports[f"cold-embed-r{r}"] = {}
@@ -77,7 +91,9 @@ def test_resume_skips_finished_steps_and_the_report_carries_every_method(tmp_pat
     ).results
     assert ran == []
     assert results["variants"]["mean"]["metrics"]["hit@10"] == pytest.approx(0.2)
-    assert set(results["baselines"]) == {"content", "graph"}
+    assert set(results["baselines"]) == {"content", "graph", "ease[lambda=100]", "ease[lambda=500]"}
+    assert results["warm_chosen"]["best"] == "ease[lambda=500]"
+    assert results["warm_chosen"]["test_hit10_ratio"] == pytest.approx(2.0)
     report = open(f"{out}/report.md").read()
     assert "| PinSage (importance pooling, hard-negative curriculum) | 0.1000 | 0.5000 | 0.7500 |" in report
     assert (
@@ -88,6 +104,10 @@ def test_resume_skips_finished_steps_and_the_report_carries_every_method(tmp_pat
     assert "**margin** (importance pooling, margin loss, hidden 8, embedding 4):" in report
     assert "| embedding | 10 | 0.100 | 0.200 | n/a |" in report
     assert "| graph | 10 | 1,234 | 56 | 0.00042 |" in report
+    # Only the grid point chosen on validation is shown on the test pairs, marked.
+    assert "| ease[lambda=500] * | 0.0500 | 0.5000 |" in report
+    assert "| ease[lambda=500] | 10 | 7 | 3 | 0.34 |" in report
+    assert "lambda=100" not in report.split("## Ablations")[0]
     assert "| evaluation, exact ranks | 0.1000 | 4 |\n| related_pins, exact | 0.1000 | 4 |" in report
     assert "| related_pins, ann | 0.0500 | 4 |" in report
     # New books: the baseline grid point is chosen on validation, compared on test.
@@ -148,6 +168,7 @@ def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_ev
     for name in (
         "prepare",
         "neighbors",
+        "evaluate-validation",
         "evaluate-pinsage",
         "cold-embed-r3",
         "cold-evaluate-r3-validation",
@@ -176,14 +197,24 @@ def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_ev
     assert names == [
         "prepare.json",
         "neighbors.json",
+        "evaluate-validation.json",
         "evaluate-pinsage.json",
         "cold-embed-r3.json",
         "cold-evaluate-r3-validation.json",
         "cold-evaluate-r3-test.json",
     ]
     assert ran[0][ran[0].index("--cold-share") + 1] == "0.2"
-    embed_new, test = ran[3], ran[5]
     data = f"{out}/data"
+    # Warm pairs: the baselines' grid on validation, then every method on test; both see the
+    # memberships behind the training pairs.
+    validation, warm = ran[2], ran[3]
+    assert validation[validation.index("--pairs") + 1] == f"{data}/validation_pairs"
+    assert validation[validation.index("--methods") + 1] == ",".join(job.WARM_VALIDATION_METHODS)
+    assert warm[warm.index("--pairs") + 1] == f"{data}/test_pairs"
+    assert warm[warm.index("--methods") + 1] == ",".join(job.WARM_METHODS)
+    for cmd in (validation, warm):
+        assert cmd[cmd.index("--extra-edges") + 1] == f"{data}/train_edges" and "--ease-lambda" in cmd
+    embed_new, test = ran[4], ran[6]
     assert embed_new[embed_new.index("--new-pins") + 1] == f"{data}/cold_pins_r3"
     assert embed_new[embed_new.index("--new-edges") + 1] == f"{data}/cold_edges_r3"
     assert embed_new[embed_new.index("--checkpoint") + 1] == f"{out}/models/pinsage.pt"

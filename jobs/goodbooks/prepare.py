@@ -6,7 +6,8 @@
 Reads books.csv, to_read.csv, book_tags.csv and tags.csv from DIR and writes Delta tables under O:
 pins (a 384-dim all-MiniLM-L6-v2 embedding of "title by authors", computed on executors, plus the
 scaled log degree), content (the text vector alone, for the content-only baseline), edges (the
-memberships left in the graph), heldout (the removed memberships and their split), train_pairs,
+memberships left in the graph), heldout (the removed memberships and their split),
+train_edges (the training-split ones, which the co-occurrence baselines see besides edges), train_pairs,
 validation_pairs, test_pairs (query_pin, pos_pin) and labels (pin_id, genre shelf). How pairs are
 held out so nothing of a test pair reaches the graph or the training pairs: jobs/goodbooks/tables.py.
 
@@ -44,7 +45,17 @@ from jobs.lib.report import Report
 
 log = logging.getLogger("pinsage.goodbooks.prepare")
 
-OUTPUTS = ("edges", "heldout", "pins", "content", "labels", "train_pairs", "validation_pairs", "test_pairs")
+OUTPUTS = (
+    "edges",
+    "heldout",
+    "train_edges",
+    "pins",
+    "content",
+    "labels",
+    "train_pairs",
+    "validation_pairs",
+    "test_pairs",
+)
 COLD_OUTPUTS = (
     "cold_memberships",
     *(f"cold_{kind}_r{r}" for r in tables.REVEALED for kind in ("pins", "edges", "extra_edges")),
@@ -193,6 +204,8 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
         )
         graph = publish("edges", graph)
         heldout = publish("heldout", heldout)
+        # What the co-occurrence baselines see besides edges: the memberships behind the training pairs.
+        publish("train_edges", tables.training_edges(heldout))
 
     with report.timed("text features"):
         sc.setJobDescription("encode title by authors on executors")

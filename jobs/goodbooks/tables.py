@@ -236,13 +236,18 @@ def revealed_edges(cold: DataFrame, r: int) -> DataFrame:
     )
 
 
+def training_edges(heldout: DataFrame) -> DataFrame:
+    """The memberships behind the training pairs (the training-split held-out ones), as edges: what
+    PinSage learns from besides the graph, so what a co-occurrence baseline may see too."""
+    return heldout.where(F.col("split") == "train").select(
+        "pin_id", "board_id", F.lit(1.0).cast("float").alias("weight")
+    )
+
+
 def known_edges(revealed: DataFrame, heldout: DataFrame) -> DataFrame:
     """What a co-occurrence baseline may see besides the graph when new books arrive: their
     revealed memberships and the training-split held-out memberships, as edges."""
-    train = heldout.where(F.col("split") == "train").select(
-        "pin_id", "board_id", F.lit(1.0).cast("float").alias("weight")
-    )
-    return revealed.select("pin_id", "board_id", "weight").unionByName(train)
+    return revealed.select("pin_id", "board_id", "weight").unionByName(training_edges(heldout))
 
 
 def cold_pairs(graph: DataFrame, cold: DataFrame, seed: int) -> dict[str, DataFrame]:
