@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 
 from jobs.embed import parse_args as embed_args
@@ -138,3 +139,15 @@ def test_bad_pairs_fail_with_the_table_column_and_problem(spark, tmp_path, capsy
         "error: table 'validation_pairs', column 'query_pin': 1 rows have a NULL id"
         in capsys.readouterr().err
     )
+
+
+def test_in_batch_negatives_need_the_softmax_loss(capsys):
+    required = "--pins p --edges e --board-neighbors b --pin-neighbors n --pairs x --out o".split()
+    options = parse_args(
+        [*required, "--loss", "softmax", "--in-batch-negatives", "16", "--no-logq-correction"]
+    )
+    assert (options.options.in_batch_negatives, options.options.logq_correction) == (16, False)
+    with pytest.raises(SystemExit) as exc:
+        parse_args([*required, "--in-batch-negatives", "16"])
+    assert exc.value.code == 2
+    assert "--in-batch-negatives needs --loss softmax" in capsys.readouterr().err
