@@ -3,14 +3,15 @@ nearest-neighbor lookups of the PinSage paper, section 3.5).
 
     spark-submit jobs/related.py --embeddings O/pin_embeddings --out R [--top-k 50]
         [--method exact|ann] [--lists N --probes P --sample S --seed X] [--query-block-mb MB]
-        [--pairs PAIRS]
+        [--pairs PAIRS] [--queries PINS]
 
 Writes the Delta table R/related_pins (pin_id, rank, related_pin_id, score) in one commit recording
 the run. `exact` scores every pair (blocked brute force on the executors); `ann` scores the pins of
 each query's P nearest lists of an inverted file whose N centroids are trained on a seeded sample of
 S pins, and also writes the index, R/related_index, that pinsage_model.related.related_for answers
 lookups from without Spark. With --pairs (query_pin, pos_pin), the report gives the table's hit@10
-(and hit@K) over those pairs. Method, order and index format: docs/related.md.
+(and hit@K) over those pairs. With --queries (pin_id), only those pins get lists, every pin staying a
+candidate. Method, order and index format: docs/related.md.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from jobs.lib.cli import CommonArgs, add_common_args, at_least, job_args, positive, spark_job_main
 from jobs.lib.evaluation.checks import check_vector_table
@@ -67,6 +69,7 @@ class RelatedArgs:
     query_block_mb: float = 2.0
     show: int = 0
     pairs: str | None = None
+    queries: str | None = None
     common: CommonArgs = field(default_factory=CommonArgs)
 
 
@@ -90,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> RelatedArgs:
     p.add_argument("--show", type=at_least(0), default=d.show, metavar="N", help="print N pins' lists")
     p.add_argument(
         "--pairs", help="held-out pairs (query_pin, pos_pin): report the table's hit@10 and hit@K over them"
+    )
+    p.add_argument(
+        "--queries", help="a table of pin_id: only these pins get lists (every pin stays a candidate)"
     )
     add_common_args(p)
     a = p.parse_args(argv)
@@ -140,6 +146,27 @@ def load_vectors(spark: SparkSession, snap: dict) -> tuple[DataFrame, int, int]:
     return table.vectors, table.dim, table.rows
 
 
+def load_queries(spark: SparkSession, snap: dict, vectors: DataFrame) -> tuple[DataFrame, int]:
+    """The distinct pin ids of the --queries table and their count, each checked to be a pin of the
+    embeddings (no NULL ids, no unknown ids, at least one)."""
+    spark.sparkContext.setJobDescription("validate queries")
+    ids = conform(read_snapshot(spark, "queries", snap), "queries")
+    row = ids.agg(
+        F.count(F.lit(1)).alias("rows"), F.count(F.when(F.col("pin_id").isNull(), 1)).alias("nulls")
+    ).first()
+    if row["rows"] == 0:
+        raise InputError("queries", None, "has no rows")
+    if row["nulls"]:
+        raise InputError("queries", "pin_id", f"{row['nulls']} rows have a NULL id")
+    ids = ids.distinct()
+    unknown = ids.join(vectors.select("pin_id"), "pin_id", "left_anti")
+    missing = unknown.count()
+    if missing:
+        shown = ", ".join(str(r["pin_id"]) for r in unknown.orderBy("pin_id").limit(3).collect())
+        raise InputError("queries", "pin_id", f"{missing} ids are not pins of pin_embeddings (e.g. {shown})")
+    return ids, ids.count()
+
+
 def write_index(spark: SparkSession, lists: DataFrame, centroids: np.ndarray, meta: dict, path: str) -> None:
     """R/related_index in format_version 1 (pinsage_model.related): the lists, then the centroids and
     index.json last, so a folder whose index.json names the run holds that run's lists."""
@@ -169,19 +196,25 @@ def run(spark: SparkSession, args: RelatedArgs) -> RelatedReport:
             pairs = conform(read_snapshot(spark, "pairs", inputs["pairs"]), "pairs")
         vectors, dim, pins = load_vectors(spark, inputs["pin_embeddings"])
         report.inputs["pin_embeddings"] = pins
+        query_ids, queries = None, pins
+        if args.queries:
+            inputs["queries"] = snapshot(spark, "queries", args.queries)
+            query_ids, queries = load_queries(spark, inputs["queries"], vectors)
+            report.inputs["queries"] = queries
         if args.method == "ann" and pins < args.lists:
             raise InputError("pin_embeddings", None, f"has {pins} pins, fewer than --lists {args.lists}")
     metadata: dict = {"run_id": run_id, "inputs": inputs, **params}
     if args.method == "exact":
         with report.timed("exact"):
-            related = exact_related(vectors, dim, pins, args.top_k, args.query_block_mb, work)
+            chosen = None if query_ids is None else vectors.join(query_ids, "pin_id", "left_semi")
+            related = exact_related(vectors, dim, queries, args.top_k, args.query_block_mb, work, chosen)
     else:
         with report.timed("centroids"):
             spark.sparkContext.setJobDescription("related (ann): train the centroids")
             sample = centroid_sample(vectors, args.sample, args.seed)
             centroids, faiss_version = train_centroids(sample, dim, args.lists, args.seed)
         with report.timed("ann"):
-            related, inverted = ann_related(vectors, centroids, dim, args.top_k, args.probes, work)
+            related, inverted = ann_related(vectors, centroids, dim, args.top_k, args.probes, work, query_ids)
             path = f"{args.out}/related_index"
             index = {
                 "format_version": index_format.FORMAT_VERSION,
@@ -202,7 +235,7 @@ def run(spark: SparkSession, args: RelatedArgs) -> RelatedReport:
                 "smallest_list": inverted.list_sizes[0],
                 "largest_list": inverted.list_sizes[1],
                 "pairs_scored": inverted.pairs_scored,
-                "exact_pairs": pins * (pins - 1),
+                "exact_pairs": queries * (pins - 1),
                 "faiss_version": faiss_version,
             }
             report.outputs["related_index"] = {"path": path, "rows": pins}

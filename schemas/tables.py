@@ -51,6 +51,8 @@ BOARD_NEIGHBORS = _neighbor_table("board_id", "pin_id")
 PIN_NEIGHBORS = _neighbor_table("pin_id", "board_id")
 # Related-item pairs (training positives, validation pairs): pos_pin is related to query_pin.
 PAIRS = StructType([StructField("query_pin", LongType(), False), StructField("pos_pin", LongType(), False)])
+# The pins jobs/related.py --queries gives lists (every pin of the embeddings stays a candidate).
+QUERY_PINS = StructType([StructField("pin_id", LongType(), False)])
 
 # ---- outputs (Delta, under --out) ----------------------------------------------------------
 PIN_EMBEDDINGS = StructType(
@@ -97,6 +99,7 @@ INPUT_SCHEMAS: dict[str, StructType] = {
     "pin_neighbors": PIN_NEIGHBORS,
     "pairs": PAIRS,
     "validation_pairs": PAIRS,
+    "queries": QUERY_PINS,
     # The evaluation reads published embeddings through the same validators as the embed job's
     # inputs (labels carry a STRING column, which jobs.lib.evaluation checks itself).
     "pin_embeddings": PIN_EMBEDDINGS,

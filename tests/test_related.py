@@ -121,6 +121,23 @@ def test_ann_recall_lookups_index_and_partitioning(spark, tmp_path):
     assert (meta["lists"], meta["probes"], meta["dim"], meta["faiss_version"]) == (16, 3, 32, "1.15.1")
     assert record["inputs"]["pin_embeddings"]["format"] == "parquet" and record["method"] == "ann"
 
+    # --queries: only those pins get lists, each the one the full run gives it (every pin a candidate).
+    chosen = ids[::7]
+    queries = str(tmp_path / "queries")
+    os.makedirs(queries)
+    pq.write_table(pa.table({"pin_id": np.r_[chosen, chosen[:5]].astype(np.int32)}), f"{queries}/q.parquet")
+    e1 = str(tmp_path / "e1")
+    subset = run_job(spark, e1, str(tmp_path / "qa"), "3", queries=queries, **params)
+    assert table_lists(spark, str(tmp_path / "qa/related_pins")) == {int(p): got[int(p)] for p in chosen}
+    assert subset.inputs["queries"] == len(chosen)
+    assert subset.index["exact_pairs"] == len(chosen) * 1499
+    assert subset.index["pairs_scored"] < report.index["pairs_scored"] / 5
+    run_job(spark, e1, str(tmp_path / "qe"), top_k=10, queries=queries, query_block_mb=0.001)
+    exact = table_lists(spark, str(tmp_path / "qe/related_pins"))
+    assert {p: [r for r, _ in rows] for p, rows in exact.items()} == {
+        int(p): [r for r, _ in want[int(p)]] for p in chosen
+    }
+
 
 NULL_VECTOR = ([1, 2], [[1.0, 0.0], None], "table 'pin_embeddings', column 'embedding': 1 rows have NULL")
 RAGGED = ([1, 2], [[1.0, 0.0], [1.0]], "column 'embedding': 1 rows do not have length 2")
@@ -147,6 +164,25 @@ def test_bad_input_exits_2_naming_table_and_column_and_writes_nothing(
     assert related.main([*argv, "--probes", "1"]) == 2
     assert message in capsys.readouterr().err
     assert snapshot(str(out)) == before
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ([1, 5, 6], "table 'queries', column 'pin_id': 2 ids are not pins of pin_embeddings (e.g. 5, 6)"),
+        ([1, None], "table 'queries', column 'pin_id': 1 rows have a NULL id"),
+        ([], "table 'queries': has no rows"),
+    ],
+)
+def test_bad_queries_exit_2_and_write_nothing(spark, tmp_path, capsys, ids, message):
+    embeddings = write_embeddings(str(tmp_path / "emb"), [1, 2, 3], [[1, 0], [0, 1], [1, 1]])
+    queries = str(tmp_path / "queries")
+    os.makedirs(queries)
+    pq.write_table(pa.table({"pin_id": pa.array(ids, pa.int64())}), f"{queries}/q.parquet")
+    out = tmp_path / "out"
+    assert related.main(["--embeddings", embeddings, "--out", str(out), "--queries", queries]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
 
 
 @pytest.mark.parametrize(

@@ -150,14 +150,23 @@ def top_k_batches(
     yield from _partial_batch(queries.ids, top)
 
 
-def exact_related(vectors: DataFrame, dim: int, pins: int, k: int, block_mb: float, work: str) -> DataFrame:
-    """RELATED_PINS rows of every pin of `vectors` (pin_id, vec) by blocked brute force: one Spark job
-    per block of about `block_mb` of float64 query vectors (the driver holds one block), each block's
-    merged lists appended to WORK/blocks when there is more than one."""
+def exact_related(
+    vectors: DataFrame,
+    dim: int,
+    pins: int,
+    k: int,
+    block_mb: float,
+    work: str,
+    queries: DataFrame | None = None,
+) -> DataFrame:
+    """RELATED_PINS rows of every pin of `queries` (pin_id, vec; default `vectors`, `pins` of them)
+    against every pin of `vectors` by blocked brute force: one Spark job per block of about `block_mb`
+    of float64 query vectors (the driver holds one block), each block's merged lists appended to
+    WORK/blocks when there is more than one."""
     sc = vectors.sparkSession.sparkContext
     per_block, blocks = blocks_for(pins, dim, block_mb)
     block_of = F.pmod(seeded_hash(0, QUERY_BLOCK, "pin_id"), F.lit(blocks)).cast("int")
-    with_block = vectors.select("pin_id", "vec", block_of.alias("block"))
+    with_block = (vectors if queries is None else queries).select("pin_id", "vec", block_of.alias("block"))
     if blocks > 1:
         with_block = with_block.persist(StorageLevel.MEMORY_AND_DISK)
     candidates = vectors.select("pin_id", "vec")
@@ -370,10 +379,17 @@ class InvertedFile:
 
 
 def ann_related(
-    vectors: DataFrame, centroids: np.ndarray, dim: int, k: int, probes: int, work: str
+    vectors: DataFrame,
+    centroids: np.ndarray,
+    dim: int,
+    k: int,
+    probes: int,
+    work: str,
+    query_ids: DataFrame | None = None,
 ) -> tuple[DataFrame, InvertedFile]:
-    """RELATED_PINS rows through the inverted file of `centroids`, and the index's lists. Each pin's
-    probes are written to WORK/probes, read by both the members and the queries."""
+    """RELATED_PINS rows through the inverted file of `centroids` of every pin, or of the pins of
+    `query_ids` (pin_id) only, and the index's lists (every pin). Each pin's probes are written to
+    WORK/probes, read by both the members and the queries."""
     from jobs.lib.io import write_and_reload
 
     spark = vectors.sparkSession
@@ -383,19 +399,26 @@ def ann_related(
     probed = write_and_reload(probe(vectors, ref, dim, probes), f"{work}/probes")
     vec = vectors.select("pin_id", "vec")
     members = probed.where(F.col("probe") == 1).join(vec, "pin_id")
-    related = probed_related(members, members, ref, dim, k, probes, probed.select("pin_id", "list_id"))
+    queries, query_probes = members, probed
+    if query_ids is not None:
+        queries = members.join(query_ids, "pin_id", "left_semi")
+        query_probes = probed.join(query_ids, "pin_id", "left_semi")
+    related = probed_related(members, queries, ref, dim, k, probes, query_probes.select("pin_id", "list_id"))
     sc.setJobDescription("related (ann): list sizes")
-    sizes = probed.groupBy("list_id").agg(
-        F.sum((F.col("probe") == 1).cast("long")).alias("members"), F.count(F.lit(1)).alias("queries")
+    sizes = (
+        probed.where(F.col("probe") == 1)
+        .groupBy("list_id")
+        .agg(F.count(F.lit(1)).alias("members"))
+        .join(query_probes.groupBy("list_id").agg(F.count(F.lit(1)).alias("queries")), "list_id", "left")
     )
     stats = sizes.agg(
-        F.sum(F.col("members") * F.col("queries")).alias("pairs"),
-        F.min(F.when(F.col("members") > 0, F.col("members"))).alias("smallest"),
+        F.sum(F.col("members") * F.coalesce(F.col("queries"), F.lit(0))).alias("pairs"),
+        F.min("members").alias("smallest"),
         F.max("members").alias("largest"),
-        F.sum("members").alias("pins"),
     ).first()
-    # A pin meets itself in its own list and is not scored against itself.
-    pairs = int(stats["pairs"] or 0) - int(stats["pins"] or 0)
+    # A query meets itself in its own list and is not scored against itself.
+    own = query_probes.where(F.col("probe") == 1).count()
+    pairs = int(stats["pairs"] or 0) - own
     index_lists = members.select("list_id", "pin_id", F.col("vec").alias("embedding"))
     return related, InvertedFile(
         index_lists, pairs, (int(stats["smallest"] or 0), int(stats["largest"] or 0))
