@@ -1,16 +1,21 @@
 """Benchmark the related-pins job: recall of the inverted file against exact, and the speed of both.
 
-    python benchmarks/related.py [--pins 100000] [--dim 32] [--top-k 50] [--lists 512 --probes 16]
-        [--sample 50000] [--queries 10000] [--out DIR]
+    python benchmarks/related.py [--pins 1000000] [--vectors model|features] [--top-k 50]
+        [--lists 1024 --probes 16] [--sample 100000] [--queries 10000] [--exact-all] [--out DIR]
 
-Generates --pins topic-clustered vectors (jobs/demo/generate_graph.py's pin features, 32 wide by
-default, standing in for embeddings), writes them as pin_embeddings, and runs jobs/related.py with
---method exact and --method ann in local mode on every core; then an in-process torch top-K over the
-same vectors (float32 matrix products in blocks and torch.topk, every core), the floor a single
-machine sets. Prints one markdown table: per method seconds, pins/s, candidate pairs scored, shuffle
-bytes written, peak RSS of the Python driver alone and of the driver with the JVM and its Python
-workers, and for ann recall@10 and recall@K against the exact table on a seeded sample of --queries
-pins. Results also go to DIR/related.json.
+The vectors (`--vectors`): `model` (default), the pin_embeddings of make bench's small model (32
+wide, random weights, seed 5) on make bench's generated graph of --pins pins, embedded by
+`python jobs/embed.py` first (reused when DIR already holds them); `features`, --pins
+topic-clustered vectors (jobs/demo/generate_graph.py's pin features, --dim wide) written as
+pin_embeddings. It runs jobs/related.py in local mode on every core: --method ann for every pin,
+and --method exact for a seeded sample of --queries pins (their lists against every pin; with
+--exact-all, for every pin); then an in-process torch top-K for the same queries over the same
+vectors (float32 matrix products in blocks and torch.topk, every core), the floor a single machine
+sets. Exact and torch cost the same per query whatever the sample, so queries/s is their speed for
+a whole run. Prints one markdown table: per method queries, seconds, queries/s, candidate pairs
+scored, shuffle bytes written, peak RSS of the Python driver alone and of the driver with the JVM
+and its Python workers, and for ann recall@10 and recall@K against the exact lists of the sampled
+queries. Results also go to DIR/related.json.
 """
 
 from __future__ import annotations
@@ -20,37 +25,70 @@ import json
 import logging
 import os
 import platform
+import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.embed import PeakMemory, completed_stages
-from jobs.demo.generate_graph import GraphSpec, generate
+from benchmarks.embed import MODELS, PeakMemory, completed_stages, graph_spec, job_flags
+from jobs.demo.generate_graph import GraphSpec, generate, write_tables
 from jobs.lib.cli import CommonArgs
 from jobs.lib.io import read_delta
 from jobs.lib.report import Stopwatch
 from jobs.lib.session import get_spark
 from jobs.related import RelatedArgs, run
+from pinsage_model.checkpoint import save_checkpoint
+from pinsage_model.config import ModelConfig
+from pinsage_model.model import random_model
 
-TORCH_BLOCK = 4096
+TORCH_SCORES = 1 << 27  # scores per torch block: 512 MB of float32
 
 
 def shuffle_bytes(spark) -> int:
     return sum(st.get("shuffleWriteBytes", 0) for st in completed_stages(spark).values())
 
 
-def torch_top_k(vectors: np.ndarray, k: int) -> float:
-    """Seconds for every row's k nearest other rows by cosine similarity, in process."""
+def torch_top_k(vectors: np.ndarray, rows: np.ndarray, k: int) -> float:
+    """Seconds for the k nearest other rows of each of `rows` by cosine similarity, in process."""
     clock = Stopwatch()
     x = torch.nn.functional.normalize(torch.from_numpy(vectors), dim=1)
-    for lo in range(0, len(x), TORCH_BLOCK):
-        scores = x[lo : lo + TORCH_BLOCK] @ x.T
-        rows = torch.arange(scores.shape[0])
-        scores[rows, rows + lo] = -float("inf")
+    block = max(1, TORCH_SCORES // len(x))
+    for lo in range(0, len(rows), block):
+        own = torch.from_numpy(rows[lo : lo + block])
+        scores = x[own] @ x.T
+        scores[torch.arange(len(own)), own] = -float("inf")
         torch.topk(scores, k, dim=1)
     return clock.seconds()
+
+
+def model_embeddings(pins: int, root: str) -> str:
+    """ROOT/out/pin_embeddings: make bench's small model (random weights, seed 5) on make bench's
+    generated graph of `pins` pins, embedded by a `python jobs/embed.py` process unless ROOT holds
+    them already."""
+    out = f"{root}/out/pin_embeddings"
+    if os.path.exists(f"{out}/_delta_log"):
+        return out
+    d_in, hidden, d = MODELS["small"]
+    write_tables(generate(graph_spec(pins, d_in)), f"{root}/input")
+    save_checkpoint(
+        random_model(ModelConfig(2, d_in, 0, hidden, d, "importance", True), seed=5), f"{root}/model.pt"
+    )
+    cmd = [sys.executable, "jobs/embed.py", *shlex.split(job_flags(root, "512", "float32"))]
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    return out
+
+
+def feature_embeddings(pins: int, dim: int, topics: int, path: str) -> str:
+    """PATH: the generated graph's topic-clustered pin features as a Parquet pin_embeddings table."""
+    features = generate(GraphSpec(pins=pins, boards=1, feature_dim=dim, topics=topics, seed=1))["pins"]
+    os.makedirs(path, exist_ok=True)
+    table = pa.table({"pin_id": features.column("pin_id"), "embedding": features.column("features")})
+    pq.write_table(table, f"{path}/part-00000.parquet")
+    return path
 
 
 def lists(spark, path: str, queries: np.ndarray) -> dict[int, list[int]]:
@@ -64,25 +102,39 @@ def lists(spark, path: str, queries: np.ndarray) -> dict[int, list[int]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pins", type=int, default=100_000)
-    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--pins", type=int, default=1_000_000)
+    p.add_argument("--vectors", choices=("model", "features"), default="model")
+    p.add_argument("--dim", type=int, default=32, help="features: their width")
     p.add_argument("--topics", type=int, default=200)
     p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--lists", type=int, default=512)
+    p.add_argument("--lists", type=int, default=1024)
     p.add_argument("--probes", type=int, default=16)
-    p.add_argument("--sample", type=int, default=50_000)
-    p.add_argument("--queries", type=int, default=10_000)
+    p.add_argument("--sample", type=int, default=100_000)
+    p.add_argument("--queries", type=int, default=10_000, help="seeded sample: exact, torch and recall")
+    p.add_argument("--exact-all", action="store_true", help="exact and torch for every pin")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-output/related")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     spark = get_spark("pinsage-bench-related", None, {"spark.ui.showConsoleProgress": "false"})
-    spec = GraphSpec(pins=a.pins, boards=1, feature_dim=a.dim, topics=a.topics, seed=1)
-    pins = generate(spec)["pins"]
-    embeddings = f"{a.out}/input/pin_embeddings"
-    os.makedirs(embeddings, exist_ok=True)
-    table = pa.table({"pin_id": pins.column("pin_id"), "embedding": pins.column("features")})
-    pq.write_table(table, f"{embeddings}/part-00000.parquet")
+    if a.vectors == "model":
+        embeddings = model_embeddings(a.pins, f"{a.out}/graph")
+    else:
+        embeddings = feature_embeddings(a.pins, a.dim, a.topics, f"{a.out}/input/pin_embeddings")
+    table = read_delta(spark, embeddings).orderBy("pin_id").toArrow() if a.vectors == "model" else None
+    if table is None:
+        table = pq.read_table(embeddings)
+    all_ids = table.column("pin_id").to_numpy()
+    column = table.column("embedding").combine_chunks()
+    vectors = column.flatten().to_numpy().astype(np.float32).reshape(len(column), -1)
+    rng = np.random.default_rng(a.seed)
+    queries = np.sort(rng.choice(a.pins, min(a.queries, a.pins), replace=False)).astype(np.int64)
+    query_table = None
+    if not a.exact_all:
+        query_table = f"{a.out}/input/queries"
+        os.makedirs(query_table, exist_ok=True)
+        pq.write_table(pa.table({"pin_id": all_ids[queries]}), f"{query_table}/part-00000.parquet")
+    exact_rows = np.arange(a.pins) if a.exact_all else queries
 
     results = {}
     for method in ("exact", "ann"):
@@ -95,6 +147,7 @@ def main() -> None:
             probes=a.probes,
             sample=a.sample,
             seed=a.seed,
+            queries=query_table if method == "exact" else None,
             common=CommonArgs(),
         )
         before = shuffle_bytes(spark)
@@ -102,36 +155,44 @@ def main() -> None:
             clock = Stopwatch()
             report = run(spark, args)
             seconds = clock.seconds()
-        pairs = report.index.get("pairs_scored", a.pins * (a.pins - 1))
+        n = len(exact_rows) if method == "exact" else a.pins
+        pairs = report.index.get("pairs_scored", n * (a.pins - 1))
         results[method] = {
+            "queries": n,
             "seconds": seconds,
             "stage_seconds": report.seconds,
-            "pins_per_s": round(a.pins / seconds),
+            "queries_per_s": round(n / seconds),
             "pairs_scored": pairs,
             "shuffle_bytes": shuffle_bytes(spark) - before,
             "driver_peak_gib": round(driver.peak / 2**30, 2),
             "all_peak_gib": round(everything.peak / 2**30, 2),
         }
-    rng = np.random.default_rng(a.seed)
-    queries = np.sort(rng.choice(a.pins, min(a.queries, a.pins), replace=False)).astype(np.int64)
-    exact = lists(spark, f"{a.out}/exact/related_pins", queries)
-    ann = lists(spark, f"{a.out}/ann/related_pins", queries)
+    sampled = all_ids[queries]
+    exact = lists(spark, f"{a.out}/exact/related_pins", sampled)
+    ann = lists(spark, f"{a.out}/ann/related_pins", sampled)
     for k in sorted({10, a.top_k}):
         found = [len(set(ann.get(q, [])[:k]) & set(exact[q][:k])) / len(exact[q][:k]) for q in exact]
         recall = np.mean(found)
         results["ann"][f"recall@{k}"] = round(float(recall), 4)
-    vectors = np.array(pins.column("features").to_pylist(), dtype=np.float32)
-    seconds = torch_top_k(vectors, a.top_k)
-    results["torch"] = {"seconds": seconds, "pins_per_s": round(a.pins / seconds), "pairs_scored": a.pins**2}
+    seconds = torch_top_k(vectors, exact_rows, a.top_k)
+    n = len(exact_rows)
+    results["torch"] = {
+        "queries": n,
+        "seconds": seconds,
+        "queries_per_s": round(n / seconds),
+        "pairs_scored": n * a.pins,
+    }
     setup = {
         "pins": a.pins,
-        "dim": a.dim,
+        "vectors": a.vectors,
+        "dim": vectors.shape[1],
         "topics": a.topics,
         "top_k": a.top_k,
         "lists": a.lists,
         "probes": a.probes,
         "sample": a.sample,
         "queries": len(queries),
+        "exact_all": a.exact_all,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
@@ -140,13 +201,14 @@ def main() -> None:
         json.dump({"setup": setup, "results": results}, f, indent=2)
     print(json.dumps(setup))
     print(
-        "| method | seconds | pins/s | pairs scored | shuffle MiB | driver peak GiB | all peak GiB "
-        "| recall@10 | recall@K |"
+        "| method | queries | seconds | queries/s | pairs scored | shuffle MiB | driver peak GiB "
+        "| all peak GiB | recall@10 | recall@K |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for method, r in results.items():
         print(
-            f"| {method} | {r['seconds']:.1f} | {r['pins_per_s']:,} | {r['pairs_scored']:,} | "
+            f"| {method} | {r['queries']:,} | {r['seconds']:.1f} | {r['queries_per_s']:,} | "
+            f"{r['pairs_scored']:,} | "
             f"{r.get('shuffle_bytes', 0) / 2**20:,.0f} | {r.get('driver_peak_gib', '')} | "
             f"{r.get('all_peak_gib', '')} | {r.get('recall@10', '')} | {r.get(f'recall@{a.top_k}', '')} |"
         )
