@@ -33,7 +33,7 @@ from jobs.lib.cli import (
     job_args,
     model_job_main,
 )
-from jobs.lib.inference import ModelRef
+from jobs.lib.inference import ModelRef, inject_fault
 from jobs.lib.io import (
     InputError,
     delete_work,
@@ -318,6 +318,7 @@ def embed_and_merge(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpo
             "updated": int(commit["metrics"].get("numTargetRowsUpdated", 0)),
         }
     if index is not None:
+        inject_fault("merge", 1)
         with report.timed("related"):
             # The embeddings as the MERGE stored them, so the lists score exactly what readers see.
             ids = pins.select("pin_id")

@@ -324,6 +324,55 @@ def test_a_listed_pin_is_updated_in_place_and_embedded_pins_get_related_lists_fr
     assert meta["pin_embeddings"]["version"] == report.output["version"]
 
 
+def test_a_run_killed_between_its_two_merges_keeps_related_pins_and_a_rerun_gives_the_undisturbed_result(
+    spark, base, related_root, tmp_path
+):
+    from deltalake import DeltaTable
+
+    _, _, ckpt, out, _ = base
+    undisturbed, killed_root = str(tmp_path / "undisturbed"), str(tmp_path / "killed")
+    for root in (undisturbed, killed_root):
+        shutil.copytree(out, root)
+    new = {
+        "--new-pins": pins_table(str(tmp_path / "p"), {70: [0.1, 0.4, -0.3, 0.2, 0.0, 0.5]}),
+        "--new-edges": edges_table(str(tmp_path / "e"), [(70, 100), (70, 102)]),
+        "--checkpoint": ckpt,
+        "--lease-timeout": "1",
+    }
+    argv = [item for pair in new.items() for item in pair]
+    assert embed_new.main([*argv, "--base", undisturbed, "--related", undisturbed]) == 0
+    tables = {name: DeltaTable(f"{killed_root}/{name}") for name in ("pin_embeddings", "related_pins")}
+    versions = {name: t.version() for name, t in tables.items()}
+    related_before = (
+        tables["related_pins"].to_pyarrow_table().sort_by([("pin_id", "ascending"), ("rank", "ascending")])
+    )
+
+    env = {**os.environ, FAULT_ENV: "merge:1:kill"}
+    cmd = [sys.executable, "jobs/embed_new.py", *argv, "--base", killed_root, "--related", killed_root]
+    cmd += ["--master", "local[2]", *SAME_AS_FIXTURE]
+    killed = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, start_new_session=True
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    # delta-rs, an independent reader: the embeddings merged, related_pins as it was.
+    pins_after = DeltaTable(f"{killed_root}/pin_embeddings")
+    assert pins_after.version() == versions["pin_embeddings"] + 1
+    assert 70 in pins_after.to_pyarrow_table().column("pin_id").to_pylist()
+    related_after = DeltaTable(f"{killed_root}/related_pins")
+    assert related_after.version() == versions["related_pins"]
+    assert (
+        related_after.to_pyarrow_table().sort_by([("pin_id", "ascending"), ("rank", "ascending")])
+        == related_before
+    )
+
+    time.sleep(2)  # the killed run's lease (timeout 1 s) goes stale
+    assert embed_new.main([*argv, "--base", killed_root, "--related", killed_root]) == 0
+    for name in ("pin_embeddings", "related_pins"):
+        rerun, want = (related_rows(spark, f"{root}/{name}") for root in (killed_root, undisturbed))
+        assert rerun == want, name
+    assert any(r[0] == 70 for r in related_rows(spark, f"{killed_root}/related_pins"))
+
+
 def test_a_replaced_list_drops_the_old_rows_its_new_list_has_no_rank_for(spark, tmp_path):
     path = str(tmp_path / "related_pins")
     old = [(1, 1, 7, 0.9), (1, 2, 8, 0.8), (1, 3, 9, 0.7), (2, 1, 1, 0.5), (2, 2, 9, 0.4), (6, 1, 2, 0.1)]

@@ -86,7 +86,8 @@ def inject_fault(step: str, k: int) -> None:
     """Fault injection for the recovery tests, off unless the environment sets
     PINSAGE_INJECT_FAULT="<step>:<k>:<mode>[:<marker dir>]". Executor steps: project or pool of
     layer k, head (k 0: the output head, which embed_new's MERGE runs); driver steps: validate (k 0,
-    between the input checks), publish (after the k-th published table's commit). Mode `crash` kills
+    between the input checks), publish (after the k-th published table's commit), merge (k 1:
+    embed_new --related, between its pin_embeddings and related_pins MERGEs). Mode `crash` kills
     this Python worker the first time any task gets here (a marker file in the directory makes it
     once per run; without a directory, every time); mode `fail` raises in every attempt, so the
     Spark job fails; mode `kill` SIGKILLs the run's driver and JVM (the process group of the run's
