@@ -57,13 +57,13 @@ COLD_METHODS = ("embedding", "content", "popularity", "itemknn", "rp3beta", "eas
 WARM_METHODS = ("embedding", "content", "graph", "popularity", "itemknn", "rp3beta", "ease")
 WARM_VALIDATION_METHODS = ("embedding", "itemknn", "rp3beta", "ease")
 # The co-occurrence baselines' grids; each point is reported as its own method, the one chosen on
-# the validation pairs is the one compared on the test pairs. Centred on the points a wider grid
-# chose on goodbooks-10k's validation pairs (docs/goodbooks.md); all neighbors kept, since a cut
-# ties every candidate outside it with a positive there.
+# the validation pairs is the one compared on the test pairs. Wide enough that the points chosen
+# on goodbooks-10k's warm and new-book validation pairs lie inside it (docs/goodbooks.md); all
+# neighbors kept, since a cut ties every candidate outside it with a positive there.
 BASELINE_FLAGS = tuple(
     shlex.split(
-        "--itemknn-shrink 10,50,200 --itemknn-neighbors 0 --rp3-alpha 0.4,0.6,0.8 --rp3-beta 0.1,0.2 "
-        "--ease-lambda 500,2000,8000"
+        "--itemknn-shrink 0,10,100,1000,3000 --itemknn-neighbors 0 --rp3-alpha 0.1,0.4,0.7 "
+        "--rp3-beta 0,0.1,0.2 --ease-lambda 500,4000,32000,128000"
     )
 )
 
