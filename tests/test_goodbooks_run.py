@@ -170,6 +170,7 @@ def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_ev
         "neighbors",
         "evaluate-validation",
         "evaluate-pinsage",
+        "cold-evaluate-r0-test",
         "cold-embed-r3",
         "cold-evaluate-r3-validation",
         "cold-evaluate-r3-test",
@@ -182,6 +183,20 @@ def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_ev
 
     def fake(cmd, cwd):
         ran.append(cmd)
+        report = cmd[cmd.index("--report-json") + 1]
+        if report.endswith("validation.json"):  # a validation run: item-kNN shrink 10 and EASE 4000 win
+            points = {"itemknn[shrink=10,neighbors=0]": 0.3, "itemknn[shrink=100,neighbors=0]": 0.2}
+            points |= {"ease[lambda=500]": 0.1, "ease[lambda=4000]": 0.4}
+            grid = {
+                name: {"shrink": float(name[15:-13]), "neighbors": 0}
+                if "shrink" in name
+                else {"lambda": 4000.0}
+                for name in points
+            }
+            grid["ease[lambda=500]"] = {"lambda": 500.0}
+            methods = {name: {**METRICS, "hit@10": hit, "pairs": 5} for name, hit in points.items()}
+            with open(report, "w") as f:
+                json.dump({"methods": methods, "grid": grid}, f)
         if "jobs/embed_new.py" in cmd:  # the copy is in place when embed_new runs
             base = cmd[cmd.index("--base") + 1]
             assert os.path.isdir(f"{base}/pin_embeddings") and not os.path.exists(f"{base}/_work")
@@ -199,6 +214,7 @@ def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_ev
         "neighbors.json",
         "evaluate-validation.json",
         "evaluate-pinsage.json",
+        "cold-evaluate-r0-test.json",
         "cold-embed-r3.json",
         "cold-evaluate-r3-validation.json",
         "cold-evaluate-r3-test.json",
@@ -214,7 +230,17 @@ def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_ev
     assert warm[warm.index("--methods") + 1] == ",".join(job.WARM_METHODS)
     for cmd in (validation, warm):
         assert cmd[cmd.index("--extra-edges") + 1] == f"{data}/train_edges" and "--ease-lambda" in cmd
-    embed_new, test = ran[4], ran[6]
+    # The test pairs see only the points chosen on validation; other options as given.
+    grid = dict(zip(job.BASELINE_FLAGS[::2], job.BASELINE_FLAGS[1::2], strict=True))
+    assert validation[validation.index("--ease-lambda") + 1] == grid["--ease-lambda"]
+    assert warm[warm.index("--ease-lambda") + 1] == "4000"
+    assert warm[warm.index("--itemknn-shrink") + 1] == "10"
+    assert warm[warm.index("--itemknn-neighbors") + 1] == "0"
+    assert warm[warm.index("--rp3-alpha") + 1] == grid["--rp3-alpha"]  # not in the validation run
+    # r = 0: no co-occurrence baseline (each scores a book without memberships 0).
+    r0 = ran[4]
+    assert r0[r0.index("--methods") + 1] == ",".join(job.COLD_METHODS_R0) and "--ease-lambda" not in r0
+    embed_new, test = ran[5], ran[7]
     assert embed_new[embed_new.index("--new-pins") + 1] == f"{data}/cold_pins_r3"
     assert embed_new[embed_new.index("--new-edges") + 1] == f"{data}/cold_edges_r3"
     assert embed_new[embed_new.index("--checkpoint") + 1] == f"{out}/models/pinsage.pt"
@@ -223,7 +249,7 @@ def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_ev
     assert test[test.index("--edges") + 1] == f"{data}/edges"
     assert test[test.index("--extra-edges") + 1] == f"{data}/cold_extra_edges_r3"
     assert test[test.index("--methods") + 1] == ",".join(job.COLD_METHODS)
-    assert "--ease-lambda" in test
+    assert test[test.index("--ease-lambda") + 1] == "4000"
     ran.clear()
     job.run(job.parse_args([*argv, "--no-baselines", "--cold-splits", "test"]))
     test = ran[-1]

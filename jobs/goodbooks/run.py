@@ -25,6 +25,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from jobs.lib.cli import CommonArgs, add_common_args, below_one, common_args, job_main
@@ -53,6 +54,8 @@ TRAIN_DEFAULTS = tuple(
 REVEALED = (0, 1, 3)
 COLD_SPLITS = ("validation", "test")
 COLD_METHODS = ("embedding", "content", "popularity", "itemknn", "rp3beta", "ease")
+# At r = 0 a new book has no membership: every co-occurrence method scores it 0, so they are not run.
+COLD_METHODS_R0 = ("embedding", "content", "popularity")
 # The warm test evaluation of pinsage: every method; the validation run only what is chosen there.
 WARM_METHODS = ("embedding", "content", "graph", "popularity", "itemknn", "rp3beta", "ease")
 WARM_VALIDATION_METHODS = ("embedding", "itemknn", "rp3beta", "ease")
@@ -253,7 +256,16 @@ def run(args: GoodbooksArgs) -> ChainReport:
             chosen += flags(edges=f"{data}/edges", out=f"{out}/evaluation/validation")
             chosen += ["--methods", ",".join(WARM_VALIDATION_METHODS), *grid, "--similarity-pairs", "0"]
             step("evaluate-validation", ["jobs/evaluate.py", *chosen, *seed, *sample, *spark])
-            evaluation += ["--methods", ",".join(WARM_METHODS), *grid]
+            picked = list(args.baseline_flags)
+            if os.path.exists(f"{out}/reports/evaluate-validation.json"):  # narrowed to the chosen points
+                picked = chosen_grid(f"{out}/reports/evaluate-validation.json", args.baseline_flags)
+            evaluation += [
+                "--methods",
+                ",".join(WARM_METHODS),
+                "--extra-edges",
+                f"{data}/train_edges",
+                *picked,
+            ]
         step(f"evaluate-{name}", ["jobs/evaluate.py", *evaluation, *spark])
         if name == "pinsage":
             for method, cmd in related_steps(out, embeddings, f"{data}/test_pairs").items():
@@ -282,8 +294,14 @@ def run(args: GoodbooksArgs) -> ChainReport:
                 if args.baselines:
                     # The co-occurrence baselines see the graph, the training-split held-out
                     # memberships and the new books' r revealed ones: all a production system knows.
+                    # The test pairs see only the grid points chosen on the validation pairs.
                     known = flags(edges=f"{data}/edges", extra_edges=f"{data}/cold_extra_edges_r{r}")
-                    cold += [*known, "--methods", ",".join(COLD_METHODS), *args.baseline_flags]
+                    grid = list(args.baseline_flags)
+                    chosen_on = f"{out}/reports/cold-evaluate-r{r}-validation.json"
+                    if split == "test" and os.path.exists(chosen_on):
+                        grid = chosen_grid(chosen_on, args.baseline_flags)
+                    methods = COLD_METHODS if r > 0 else COLD_METHODS_R0
+                    cold += [*known, "--methods", ",".join(methods), *(grid if r > 0 else [])]
                 step(f"cold-evaluate-r{r}-{split}", ["jobs/evaluate.py", *cold, *spark])
     report.results = collect(args, report.seconds)
     with open(f"{out}/report.json", "w") as f:
@@ -383,6 +401,33 @@ def collect(args: GoodbooksArgs, seconds: dict[str, float]) -> dict:
     return results
 
 
+# The evaluation's grid options, by method and parameter (its report's "grid" names each point's).
+GRID_FLAGS = {
+    "itemknn": {"shrink": "--itemknn-shrink", "neighbors": "--itemknn-neighbors"},
+    "rp3beta": {"alpha": "--rp3-alpha", "beta": "--rp3-beta"},
+    "ease": {"lambda": "--ease-lambda"},
+}
+
+
+def chosen_grid(validation_report: str, baseline_flags: Sequence[str]) -> list[str]:
+    """`baseline_flags` with each grid option narrowed to the value of the point chosen on the
+    validation pairs (choose_baselines over the evaluation report at `validation_report`); other
+    options kept as they are."""
+    with open(validation_report) as f:
+        report = json.load(f)
+    best = choose_baselines({"v": {"validation": report["methods"]}})["v"]["per_method"]
+    values = {}
+    grid = report.get("grid", {})
+    for family, name in best.items():
+        for param, flag in GRID_FLAGS.get(family, {}).items():
+            if param in grid.get(name, {}):
+                values[flag] = f"{grid[name][param]:g}"
+    out, given = [], list(baseline_flags)
+    for i, item in enumerate(given):
+        out.append(values.get(given[i - 1], item) if i and given[i - 1] in values else item)
+    return out
+
+
 def method_family(name: str) -> str:
     """The method a grid point belongs to: "ease[lambda=500]" -> "ease"."""
     return name.split("[", 1)[0]
@@ -470,7 +515,8 @@ def render(results: dict) -> str:
         lines += [
             "",
             "\\* the grid point of each co-occurrence baseline chosen on the validation pairs (hit@10; "
-            "every point's figures are in evaluation/pinsage/ and evaluation/validation/). Best on "
+            "every point's figures are in evaluation/validation/; the test pairs are ranked by the "
+            "chosen points only). Best on "
             f"validation: {chosen['best']}; PinSage's test hit@10 is "
             + ("n/a" if chosen["test_hit10_ratio"] is None else f"{chosen['test_hit10_ratio']:.2f}x")
             + " its.",
@@ -546,7 +592,9 @@ def render_cold(cold: dict, chosen: dict) -> list[str]:
         "",
         "Books held out of the graph and of training, embedded by jobs/embed_new.py with r of their "
         "memberships revealed; each pair ranks a new book among all books for a book of a list it "
-        "was saved to. Baseline grid points marked * are the ones chosen on the validation pairs.",
+        "was saved to. Baseline grid points marked * are the ones chosen on the validation pairs "
+        "(the test pairs are ranked by those only). At r = 0 the co-occurrence baselines are not run: "
+        "a book without memberships scores 0 under each of them.",
     ]
     for split in (s for s in reversed(COLD_SPLITS) if all(s in by_split for by_split in cold.values())):
         lines += [
