@@ -1,13 +1,14 @@
 """Benchmark the related-pins job: recall of the inverted file against exact, and the speed of both.
 
-    python benchmarks/related.py [--pins 1000000] [--vectors model|features] [--top-k 50]
+    python benchmarks/related.py [--pins 1000000] [--vectors model|features|PATH] [--top-k 50]
         [--lists 1024 --probes 16] [--sample 100000] [--queries 10000] [--exact-all] [--out DIR]
 
 The vectors (`--vectors`): `model` (default), the pin_embeddings of make bench's small model (32
 wide, random weights, seed 5) on make bench's generated graph of --pins pins, embedded by
 `python jobs/embed.py` first (reused when DIR already holds them); `features`, --pins
 topic-clustered vectors (jobs/demo/generate_graph.py's pin features, --dim wide) written as
-pin_embeddings. It runs jobs/related.py in local mode on every core: --method ann for every pin,
+pin_embeddings; any other value, the path of a pin_embeddings Delta table (--pins is then its row
+count). It runs jobs/related.py in local mode on every core: --method ann for every pin,
 and --method exact for a seeded sample of --queries pins (their lists against every pin; with
 --exact-all, for every pin); then an in-process torch top-K for the same queries over the same
 vectors (float32 matrix products in blocks and torch.topk, every core), the floor a single machine
@@ -103,7 +104,7 @@ def lists(spark, path: str, queries: np.ndarray) -> dict[int, list[int]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pins", type=int, default=1_000_000)
-    p.add_argument("--vectors", choices=("model", "features"), default="model")
+    p.add_argument("--vectors", default="model", help="model, features, or a pin_embeddings Delta table")
     p.add_argument("--dim", type=int, default=32, help="features: their width")
     p.add_argument("--topics", type=int, default=200)
     p.add_argument("--top-k", type=int, default=50)
@@ -117,13 +118,13 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     spark = get_spark("pinsage-bench-related", None, {"spark.ui.showConsoleProgress": "false"})
-    if a.vectors == "model":
-        embeddings = model_embeddings(a.pins, f"{a.out}/graph")
-    else:
+    if a.vectors == "features":
         embeddings = feature_embeddings(a.pins, a.dim, a.topics, f"{a.out}/input/pin_embeddings")
-    table = read_delta(spark, embeddings).orderBy("pin_id").toArrow() if a.vectors == "model" else None
-    if table is None:
         table = pq.read_table(embeddings)
+    else:
+        embeddings = model_embeddings(a.pins, f"{a.out}/graph") if a.vectors == "model" else a.vectors
+        table = read_delta(spark, embeddings).orderBy("pin_id").toArrow()
+        a.pins = table.num_rows
     all_ids = table.column("pin_id").to_numpy()
     column = table.column("embedding").combine_chunks()
     vectors = column.flatten().to_numpy().astype(np.float32).reshape(len(column), -1)
