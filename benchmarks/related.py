@@ -35,16 +35,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.embed import MODELS, PeakMemory, completed_stages, graph_spec, job_flags
-from jobs.demo.generate_graph import GraphSpec, generate, write_tables
+from benchmarks.embed import PeakMemory, completed_stages, job_flags, write_graph
+from jobs.demo.generate_graph import GraphSpec, generate
 from jobs.lib.cli import CommonArgs
 from jobs.lib.io import read_delta
 from jobs.lib.report import Stopwatch
 from jobs.lib.session import get_spark
 from jobs.related import RelatedArgs, run
-from pinsage_model.checkpoint import save_checkpoint
-from pinsage_model.config import ModelConfig
-from pinsage_model.model import random_model
 
 TORCH_SCORES = 1 << 27  # scores per torch block: 512 MB of float32
 
@@ -73,11 +70,7 @@ def model_embeddings(pins: int, root: str) -> str:
     out = f"{root}/out/pin_embeddings"
     if os.path.exists(f"{out}/_delta_log"):
         return out
-    d_in, hidden, d = MODELS["small"]
-    write_tables(generate(graph_spec(pins, d_in)), f"{root}/input")
-    save_checkpoint(
-        random_model(ModelConfig(2, d_in, 0, hidden, d, "importance", True), seed=5), f"{root}/model.pt"
-    )
+    write_graph(root, pins, "small")
     cmd = [sys.executable, "jobs/embed.py", *shlex.split(job_flags(root, "512", "float32"))]
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     return out
