@@ -405,20 +405,23 @@ def ann_related(
         query_probes = probed.join(query_ids, "pin_id", "left_semi")
     related = probed_related(members, queries, ref, dim, k, probes, query_probes.select("pin_id", "list_id"))
     sc.setJobDescription("related (ann): list sizes")
-    sizes = (
-        probed.where(F.col("probe") == 1)
-        .groupBy("list_id")
-        .agg(F.count(F.lit(1)).alias("members"))
-        .join(query_probes.groupBy("list_id").agg(F.count(F.lit(1)).alias("queries")), "list_id", "left")
+    sizes = probed.where(F.col("probe") == 1).groupBy("list_id").agg(F.count(F.lit(1)).alias("members"))
+    # Per list, the queries probing it and those it is the own list of (each query has one).
+    probing = query_probes.groupBy("list_id").agg(
+        F.count(F.lit(1)).alias("queries"), F.sum((F.col("probe") == 1).cast("long")).alias("own")
     )
-    stats = sizes.agg(
-        F.sum(F.col("members") * F.coalesce(F.col("queries"), F.lit(0))).alias("pairs"),
-        F.min("members").alias("smallest"),
-        F.max("members").alias("largest"),
-    ).first()
+    stats = (
+        sizes.join(probing, "list_id", "left")
+        .agg(
+            F.sum(F.col("members") * F.coalesce(F.col("queries"), F.lit(0))).alias("pairs"),
+            F.sum("own").alias("own"),
+            F.min("members").alias("smallest"),
+            F.max("members").alias("largest"),
+        )
+        .first()
+    )
     # A query meets itself in its own list and is not scored against itself.
-    own = query_probes.where(F.col("probe") == 1).count()
-    pairs = int(stats["pairs"] or 0) - own
+    pairs = int(stats["pairs"] or 0) - int(stats["own"] or 0)
     index_lists = members.select("list_id", "pin_id", F.col("vec").alias("embedding"))
     return related, InvertedFile(
         index_lists, pairs, (int(stats["smallest"] or 0), int(stats["largest"] or 0))
