@@ -256,16 +256,8 @@ def run(args: GoodbooksArgs) -> ChainReport:
             chosen += flags(edges=f"{data}/edges", out=f"{out}/evaluation/validation")
             chosen += ["--methods", ",".join(WARM_VALIDATION_METHODS), *grid, "--similarity-pairs", "0"]
             step("evaluate-validation", ["jobs/evaluate.py", *chosen, *seed, *sample, *spark])
-            picked = list(args.baseline_flags)
-            if os.path.exists(f"{out}/reports/evaluate-validation.json"):  # narrowed to the chosen points
-                picked = chosen_grid(f"{out}/reports/evaluate-validation.json", args.baseline_flags)
-            evaluation += [
-                "--methods",
-                ",".join(WARM_METHODS),
-                "--extra-edges",
-                f"{data}/train_edges",
-                *picked,
-            ]
+            picked = chosen_grid(f"{out}/reports/evaluate-validation.json", grid)
+            evaluation += ["--methods", ",".join(WARM_METHODS), *picked]
         step(f"evaluate-{name}", ["jobs/evaluate.py", *evaluation, *spark])
         if name == "pinsage":
             for method, cmd in related_steps(out, embeddings, f"{data}/test_pairs").items():
@@ -296,12 +288,13 @@ def run(args: GoodbooksArgs) -> ChainReport:
                     # memberships and the new books' r revealed ones: all a production system knows.
                     # The test pairs see only the grid points chosen on the validation pairs.
                     known = flags(edges=f"{data}/edges", extra_edges=f"{data}/cold_extra_edges_r{r}")
-                    grid = list(args.baseline_flags)
-                    chosen_on = f"{out}/reports/cold-evaluate-r{r}-validation.json"
-                    if split == "test" and os.path.exists(chosen_on):
-                        grid = chosen_grid(chosen_on, args.baseline_flags)
-                    methods = COLD_METHODS if r > 0 else COLD_METHODS_R0
-                    cold += [*known, "--methods", ",".join(methods), *(grid if r > 0 else [])]
+                    if r == 0:
+                        cold += [*known, "--methods", ",".join(COLD_METHODS_R0)]
+                    else:
+                        grid = args.baseline_flags
+                        if split == "test":
+                            grid = chosen_grid(f"{out}/reports/cold-evaluate-r{r}-validation.json", grid)
+                        cold += [*known, "--methods", ",".join(COLD_METHODS), *grid]
                 step(f"cold-evaluate-r{r}-{split}", ["jobs/evaluate.py", *cold, *spark])
     report.results = collect(args, report.seconds)
     with open(f"{out}/report.json", "w") as f:
@@ -411,8 +404,10 @@ GRID_FLAGS = {
 
 def chosen_grid(validation_report: str, baseline_flags: Sequence[str]) -> list[str]:
     """`baseline_flags` with each grid option narrowed to the value of the point chosen on the
-    validation pairs (choose_baselines over the evaluation report at `validation_report`); other
-    options kept as they are."""
+    validation pairs (choose_baselines over the evaluation report at `validation_report`; all of
+    them when there is no such report); other options kept as they are."""
+    if not os.path.exists(validation_report):
+        return list(baseline_flags)
     with open(validation_report) as f:
         report = json.load(f)
     best = choose_baselines({"v": {"validation": report["methods"]}})["v"]["per_method"]
@@ -422,10 +417,8 @@ def chosen_grid(validation_report: str, baseline_flags: Sequence[str]) -> list[s
         for param, flag in GRID_FLAGS.get(family, {}).items():
             if param in grid.get(name, {}):
                 values[flag] = f"{grid[name][param]:g}"
-    out, given = [], list(baseline_flags)
-    for i, item in enumerate(given):
-        out.append(values.get(given[i - 1], item) if i and given[i - 1] in values else item)
-    return out
+    given = list(baseline_flags)
+    return [values.get(flag, item) for flag, item in zip(["", *given], given, strict=False)]
 
 
 def method_family(name: str) -> str:
