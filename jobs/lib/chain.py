@@ -47,12 +47,15 @@ def run_layer(
     ref: ModelRef,
     targets: DataFrame,
     neighbors: DataFrame,
-    sources: DataFrame,
+    sources: DataFrame | None,
     source_rows: int | None,
     path: str,
     broadcast_mb: float,
     description: str,
     metadata: dict | None = None,
+    projections: DataFrame | None = None,
+    own_terms: bool = False,
+    with_head: bool = False,
 ) -> tuple[DataFrame, LayerReport]:
     """Layer `layer.k`: h(k) of `targets` (node_id, vec = h(k-2)) from `sources` (node_id, vec =
     h(k-1)) pooled over `neighbors` (dst, src, weight), written to `path` with `metadata` and read
@@ -60,16 +63,26 @@ def run_layer(
 
     When the `source_rows` projections fit in `broadcast_mb` they are collected once and broadcast,
     and only (target, source, weight) rows are shuffled; otherwise (or with `source_rows` None) the
-    projections are joined to the neighbor rows and shuffled with them."""
+    projections are joined to the neighbor rows and shuffled with them.
+
+    `projections`: the sources' (src, proj) already computed (the full run's pass over the pins,
+    which `source_rows` then counts), instead of projecting `sources`. `own_terms`: the targets'
+    vec is their own term of layer k (`inference.pool_and_combine_batches`), not h(k-2).
+    `with_head` (the last layer of a full run): the table holds the output head's embeddings
+    (pin_id, embedding), ready to publish, instead of h(k)."""
     clock = Stopwatch()
     spark: SparkSession = targets.sparkSession
     sc = spark.sparkContext
     k, hidden_dim = layer.k, layer.dims.hidden_dim
     projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
     sc.setJobDescription(description)
+    if projections is None:
+        projections = project(sources, ref, k, projected)
+    else:
+        projected.add(source_rows or 0)
     lookup, projections, size_mb = broadcast_if_small(
         sc,
-        project(sources, ref, k, projected),
+        projections,
         source_rows,
         hidden_dim,
         broadcast_mb,
@@ -80,7 +93,9 @@ def run_layer(
         moved += f" as {ref.projection_precision}"
     log.info("%s (projections %.0f MB, %s)", description, size_mb, moved)
     gathered = gather(targets, neighbors, projections)
-    table = write_and_reload(pool_and_combine(gathered, ref, k, written, pooled, lookup), path, metadata)
+    table = write_and_reload(
+        pool_and_combine(gathered, ref, k, written, pooled, lookup, own_terms, with_head), path, metadata
+    )
     if lookup is not None:
         lookup.destroy()
     report = LayerReport(
