@@ -26,6 +26,7 @@ from jobs.lib.chain import board_tables, run_key, run_layer
 from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, job_args, model_job_main
 from jobs.lib.inference import ModelRef, inject_fault
 from jobs.lib.io import (
+    VECTOR_TABLE,
     InputError,
     committed_rows,
     delete_path,
@@ -212,6 +213,7 @@ def pin_pass_table(
                 pin_pass(pins, ref, config.pin_feature_dim),
                 path,
                 {"run_key": key, "run_id": report.run_id, "layer": 1, "work_format": WORK_FORMAT},
+                VECTOR_TABLE,
             )
     spark.sparkContext.setJobDescription(f"layer 1/{K}: check the pins")
     report.input_rows["pins"] = check_flags(

@@ -12,7 +12,7 @@ import logging
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.lib.inference import ModelRef
-from jobs.lib.io import write_and_reload
+from jobs.lib.io import VECTOR_TABLE, write_and_reload
 from jobs.lib.report import LayerReport, Stopwatch
 from jobs.lib.transforms import broadcast_if_small, gather, pool_and_combine, project
 from pinsage_model.config import Layer
@@ -94,7 +94,10 @@ def run_layer(
     log.info("%s (projections %.0f MB, %s)", description, size_mb, moved)
     gathered = gather(targets, neighbors, projections)
     table = write_and_reload(
-        pool_and_combine(gathered, ref, k, written, pooled, lookup, own_terms, with_head), path, metadata
+        pool_and_combine(gathered, ref, k, written, pooled, lookup, own_terms, with_head),
+        path,
+        metadata,
+        VECTOR_TABLE,
     )
     if lookup is not None:
         lookup.destroy()
