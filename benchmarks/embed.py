@@ -135,9 +135,8 @@ ID_WEIGHT_BYTES = 24  # a neighbor row without its vector: dst, src (bigint) and
 
 def phase_flops(config: ModelConfig, pins: int, boards: int, board_rows: int, pin_rows: int) -> dict:
     """Multiply-adds (x2) of each phase of the chain: layer k projects its sources with Q_k, pools
-    its neighbor rows (one weighted add per value) and applies W_k to its targets; W_2's columns for
-    the pins' own features are applied in layer 1 (the pass that reads the features), and the head
-    (G1, G2) on every pin in the last layer. Biases, ReLUs and norms are left out."""
+    its neighbor rows (one weighted add per value) and applies W_k to its targets; the head (G1, G2)
+    runs on every pin in the last layer. Biases, ReLUs and norms are left out."""
     count = {"pin": pins, "board": boards}
     rows = {"board": board_rows, "pin": pin_rows}
     flops = {"validate": 0.0, "publish": 0.0}
@@ -148,9 +147,6 @@ def phase_flops(config: ModelConfig, pins: int, boards: int, board_rows: int, pi
             + rows[layer.target] * d.hidden_dim
             + count[layer.target] * (d.self_dim + d.hidden_dim) * d.out_dim
         )
-    own = 2.0 * pins * config.layer(2).self_dim * config.layer(2).out_dim
-    flops["layer 1"] += own
-    flops["layer 2"] -= own
     flops[f"layer {config.num_layers}"] += 2.0 * pins * 2 * config.embed_dim**2
     return flops
 

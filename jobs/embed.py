@@ -5,9 +5,8 @@
 
 Each layer k projects every source node once with Q_k, gathers the projections to the targets that
 pool them, applies W_k, and materialises h(k) as a Delta table before layer k+1 starts (the
-MapReduce inference of the PinSage paper, section 3.4). The pins' features are read once, by a pass
-that checks them, projects them for layer 1 and computes layer 2's own term W_2[:, :d] x + w_2, so
-layer 2 carries that instead of the features; the last layer applies the output head in its map.
+MapReduce inference of the PinSage paper, section 3.4); the last layer applies the output head in
+the same map.
 The outputs are the Delta tables O/pin_embeddings and O/board_embeddings (and
 O/board_layers/layer_<k> when K > 2). With --resume, a layer that a failed run with the same
 checkpoint and inputs completed is read back, not recomputed.
@@ -26,7 +25,6 @@ from jobs.lib.chain import board_tables, run_key, run_layer
 from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, job_args, model_job_main
 from jobs.lib.inference import ModelRef, inject_fault
 from jobs.lib.io import (
-    VECTOR_TABLE,
     InputError,
     committed_rows,
     delete_path,
@@ -35,9 +33,7 @@ from jobs.lib.io import (
     last_commit,
     read_delta,
     read_snapshot,
-    reading,
     snapshot,
-    write_and_reload,
     write_delta_commit,
 )
 from jobs.lib.lease import note_run_key
@@ -48,18 +44,15 @@ from jobs.lib.transforms import (
     board_vectors,
     links,
     node_table,
-    pass_own_terms,
-    pass_projections,
-    pin_pass,
 )
-from jobs.lib.validate import check_flags, check_links, check_nodes, conform
+from jobs.lib.validate import check_links, check_nodes, conform
 from pinsage_model.checkpoint import Checkpoint
 from pinsage_model.config import ModelConfig
 
 log = logging.getLogger("pinsage.embed")
 
 # What the work tables hold, recorded with each: --resume reuses only tables of this layout (2: the
-# pins' pass table, layer 2 from own terms, the head applied in the last layer).
+# last layer's table holds the head's output).
 WORK_FORMAT = 2
 
 
@@ -114,20 +107,17 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
 
 @dataclass
 class Graph:
-    """The inputs as node tables (node_id, vec) and neighbor tables (dst, src, weight) per target
-    type, all lazy, and the pins table (pin_id, features) as conformed: its rows are checked by the
-    pass that first reads their features (`pin_pass_table`)."""
+    """Validated inputs as node tables (node_id, vec) and neighbor tables (dst, src, weight) per
+    target type, all lazy."""
 
     nodes: dict[str, DataFrame]
     neighbors: dict[str, DataFrame]
-    pins: DataFrame
 
 
 def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inputs: dict[str, dict]) -> Graph:
-    """Read and check every input, Delta tables at the versions recorded in `inputs`, except the
-    pins' rows: those are checked from the pass that reads their features once for layer 1 and 2
-    (`pin_pass_table`), written to the work area only, before any layer. Nothing is materialised
-    here: dangling neighbor rows fall out of the layer joins and are counted there."""
+    """Read and check every input, Delta tables at the versions recorded in `inputs`. Everything
+    that can reject the input runs here, before the first write; nothing is materialised: dangling
+    neighbor rows fall out of the layer joins and are counted there."""
     spark.sparkContext.setJobDescription("validate inputs")
 
     def read(name: str) -> DataFrame:
@@ -147,13 +137,16 @@ def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inpu
     def dim_note(name: str) -> str:
         return f"the checkpoint's {name} is {getattr(config, name)}"
 
+    report.input_rows["pins"] = check_nodes(
+        pins, "pins", "pin_id", config.pin_feature_dim, dim_note("pin_feature_dim")
+    )
+    inject_fault("validate", 0)
     with_board_features = config.board_feature_dim > 0
     if boards is not None:
         board_dim = config.board_feature_dim if with_board_features else None
         report.input_rows["boards"] = check_nodes(
             boards, "boards", "board_id", board_dim, dim_note("board_feature_dim")
         )
-    inject_fault("validate", 0)
     report.input_rows["edges"] = check_links(edges, "edges", ("pin_id", "board_id")).rows
     for name, df in neighbor_tables.items():
         report.input_rows[name] = check_links(df, name, tuple(df.columns[:2])).rows
@@ -169,7 +162,6 @@ def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inpu
             "board": links(neighbor_tables["board_neighbors"], "board_id", "pin_id"),
             "pin": links(neighbor_tables["pin_neighbors"], "pin_id", "board_id"),
         },
-        pins=pins,
     )
 
 
@@ -186,47 +178,6 @@ def completed_layer(spark: SparkSession, path: str, key: str, k: int) -> DataFra
     return read_delta(spark, path)
 
 
-def pin_pass_table(
-    spark: SparkSession,
-    pins: DataFrame,
-    ref: ModelRef,
-    config: ModelConfig,
-    work: str,
-    report: RunReport,
-    key: str = "",
-    resume: bool = False,
-) -> DataFrame:
-    """The one pass over the pins' features (`transforms.pin_pass`: checks, layer 1's projections,
-    layer 2's own terms), written as WORK/layer_1_pin_pass tagged with `key` (with `resume`, one
-    already written under the same key is read back), then checked as `check_nodes` would check
-    the pins table: a bad table raises InputError here, before any layer, and `run` deletes the
-    work area. Sets the report's pins row count."""
-    path = f"{work}/layer_1_pin_pass"
-    K = config.num_layers
-    passed = completed_layer(spark, path, key, 1) if resume else None
-    if passed is None:
-        spark.sparkContext.setJobDescription(
-            f"layer 1/{K}: check the pins, project them with Q_1, compute layer 2's own terms"
-        )
-        with reading("pins"):
-            passed = write_and_reload(
-                pin_pass(pins, ref, config.pin_feature_dim),
-                path,
-                {"run_key": key, "run_id": report.run_id, "layer": 1, "work_format": WORK_FORMAT},
-                VECTOR_TABLE,
-            )
-    spark.sparkContext.setJobDescription(f"layer 1/{K}: check the pins")
-    report.input_rows["pins"] = check_flags(
-        passed.select("node_id", "problems", "length"),
-        passed.select("node_id"),
-        "pins",
-        "pin_id",
-        config.pin_feature_dim,
-        f"the checkpoint's pin_feature_dim is {config.pin_feature_dim}",
-    )
-    return passed
-
-
 def run_layers(
     spark: SparkSession,
     graph: Graph,
@@ -240,14 +191,10 @@ def run_layers(
 ) -> dict[int, DataFrame]:
     """The layer loop over `config.schedule()`: layer k turns h(k-1) of the source type and h(k-2)
     of the target type into h(k) of the target type (`chain.run_layer`); each layer is written
-    before the next starts, as WORK/layer_<k>_<type>s tagged with `key`. The pins' features are read
-    once, by the pass that checks them (`pin_pass_table`): layer 1 pools its projections, layer 2
-    starts from its own terms. Returns every layer's table by k (0 and -1 are the input node
-    tables). With `resume`, a layer already written under the same key is read back instead of
-    computed."""
-    clock = Stopwatch()
-    passed = pin_pass_table(spark, graph.pins, ref, config, work, report, key, resume)
-    pass_seconds = clock.seconds()
+    before the next starts, as WORK/layer_<k>_<type>s tagged with `key`; layer K applies the output
+    head in the same map, so its table holds the rows pin_embeddings publishes. Returns every
+    layer's table by k (0 and -1 are the input node tables). With `resume`, a layer already written
+    under the same key is read back instead of computed."""
     current = dict(graph.nodes)
     layers = {0: graph.nodes["pin"], -1: graph.nodes["board"]}
     counts = {"pin": report.input_rows["pins"], "board": report.input_rows.get("boards")}
@@ -268,20 +215,16 @@ def run_layers(
         current[target], layer_report = run_layer(
             layer,
             ref,
-            targets=pass_own_terms(passed) if k == 2 else current[target],
+            targets=current[target],
             neighbors=graph.neighbors[target],
-            sources=None if k == 1 else current[source],
+            sources=current[source],
             source_rows=counts[source],
             path=path,
             broadcast_mb=broadcast_mb,
             description=f"layer {k}/{K}: project {source}s with Q_{k}, pool into {target}s, apply W_{k}",
             metadata={"run_key": key, "run_id": report.run_id, "layer": k, "work_format": WORK_FORMAT},
-            projections=pass_projections(passed) if k == 1 else None,
-            own_terms=k == 2,
             with_head=k == K,
         )
-        if k == 1:
-            layer_report.seconds += pass_seconds
         layers[k] = current[target]
         counts[target] = layer_report.targets_written
         table = f"{target}_neighbors"
@@ -344,11 +287,7 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
         args.projection_precision,
     )
     with report.timed("layers"):
-        try:
-            layers = run_layers(spark, graph, ref, config, work, report, args.broadcast_mb, key, args.resume)
-        except InputError:  # bad pins, found by the pass that wrote the work area: nothing is left
-            delete_work(spark, work)
-            raise
+        layers = run_layers(spark, graph, ref, config, work, report, args.broadcast_mb, key, args.resume)
 
     with report.timed("publish"):
         metadata = {

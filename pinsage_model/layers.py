@@ -46,19 +46,6 @@ class PinSageConv(nn.Module):
         h = F.relu(self.W(torch.cat([h_self, pooled.to(h_self.dtype)], dim=1)))
         return F.normalize(h, p=2.0, dim=1, eps=NORMALIZE_EPS)
 
-    def own_term(self, h_self: torch.Tensor) -> torch.Tensor:
-        """The part of step 3's W concat(h_u, n_u) + w that depends on h_u alone, W[:, :self_dim] h_u
-        + w: [n, self_dim] -> [n, out_dim]. Inference computes it where h_u is read anyway (the Spark
-        chain: in the pass that projects the pins), so h_u itself need not travel to the targets."""
-        return F.linear(h_self, self.W.weight[:, : self.dims.self_dim], self.W.bias)
-
-    def combine_own(self, own: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """Step 3 from the own term: normalize(ReLU(own + W[:, self_dim:] n_u)), ([n, out_dim],
-        [n, hidden_dim]) -> [n, out_dim]. The same function as `combine(h_u, n_u)` with own =
-        `own_term(h_u)`, summed in another order (equal up to float32 rounding)."""
-        h = F.relu(own + F.linear(pooled.to(own.dtype), self.W.weight[:, self.dims.self_dim :]))
-        return F.normalize(h, p=2.0, dim=1, eps=NORMALIZE_EPS)
-
     def forward(
         self,
         h_src: torch.Tensor,

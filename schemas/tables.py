@@ -76,19 +76,6 @@ NEIGHBORS = StructType(
 )
 # Output of a projection map: Q_k applied to every source node once.
 PROJECTIONS = StructType([StructField("src", LongType(), False), StructField("proj", BinaryType(), False)])
-# The full run's one pass over the pins' features (--out/_work/<run key>/layer_1_pin_pass): each pin
-# row's problems (bits of jobs.lib.validate.PROBLEM_BITS, 0 for none) and feature length (-1 when
-# NULL), and, when its batch had no problem, its layer-1 projection and layer 2's own term
-# W_2[:, :pin_feature_dim] x + w_2 (float32).
-PIN_PASS = StructType(
-    [
-        StructField("node_id", LongType(), True),
-        StructField("problems", IntegerType(), False),
-        StructField("length", IntegerType(), False),
-        StructField("proj", BinaryType(), True),
-        StructField("own", BinaryType(), True),
-    ]
-)
 # Rows a pooling task sees for a target, sorted by (dst, kind, src, weight): kind OWN_ROW (see
 # jobs.lib.inference) is the target's own representation (self_vec; ARRAY<FLOAT> instead of BINARY
 # while it is still input features), kind NEIGHBOR_ROW a neighbor row with its weight and projection

@@ -343,8 +343,7 @@ LINK_IDS = {
 
 
 def validate(spark, table: str, path: str):
-    """What jobs.embed runs on one input table (its pins' pass flags each row with the same
-    `feature_problems` and checks the flags with the same `check_flags` as `check_nodes`)."""
+    """What jobs.embed.load_graph runs on one input table."""
     df = conform(read_table(spark, table, path), table)
     if table == "pins":
         return check_nodes(df, "pins", "pin_id", DIM, f"the checkpoint's pin_feature_dim is {DIM}")

@@ -15,11 +15,10 @@ from jobs.lib.inference import (
     ModelRef,
     Projections,
     head_batches,
-    pin_pass_batches,
     pool_and_combine_batches,
     project_batches,
 )
-from jobs.lib.validate import PROBLEM_BITS
+from jobs.lib.validate import PROBLEM_BITS, feature_problems
 from jobs.lib.vectors import to_binary, to_matrix
 from tests.graphs import write_checkpoint
 
@@ -71,68 +70,17 @@ def test_project_handles_empty_iterator_and_empty_batch(ref):
     assert out.num_rows == 0 and out.schema.names == ["src", "proj"]
 
 
-def pins_batch(ids, features) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays(
-        [pa.array(ids, pa.int64()), pa.array(features, pa.list_(pa.float32()))], ["pin_id", "features"]
-    )
-
-
-def test_pin_pass_projects_for_layer_1_and_gives_layer_2_own_terms(ref):
-    model_ref, w = ref
-    x = np.array([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0], [3.0, 1.0, -1.0]], dtype=np.float32)
-    projected = Counter()
-    (out,) = list(pin_pass_batches(iter([pins_batch([5, 6, 7], x.tolist())]), model_ref, 1, 3, projected))
-    assert out.schema.names == ["node_id", "problems", "length", "proj", "own"]
-    assert out.column("node_id").to_pylist() == [5, 6, 7] and projected.value == 3
-    assert out.column("problems").to_pylist() == [0, 0, 0] and out.column("length").to_pylist() == [3, 3, 3]
-    proj = relu(x @ w["convs.0.Q.weight"].T + w["convs.0.Q.bias"])
-    np.testing.assert_allclose(to_matrix(out.column("proj"), 4), proj, atol=1e-6)
-    own = x @ w["convs.1.W.weight"][:, :3].T + w["convs.1.W.bias"]  # W_2's pin-feature columns
-    np.testing.assert_allclose(to_matrix(out.column("own"), 3), own, atol=1e-6)
-
-
-def test_pin_pass_flags_every_problem_and_computes_nothing_for_a_bad_batch(ref):
-    model_ref, _ = ref
+def test_feature_problems_flags_each_row_with_its_problems():
     good = [0.5, 0.5, 0.5]
-    ids = [1, None, 3, 4, 5, 6, 7]
+    ids = pa.array([1, None, 3, 4, 5, 6, 7], pa.int64())
     features = [good, good, None, [0.5, None, 0.5], [0.5, 0.5], [0.5, float("nan"), 0.5], [float("inf")] * 3]
-    projected = Counter()
-    bad, fine = list(
-        pin_pass_batches(
-            iter([pins_batch(ids, features), pins_batch([8], [good])]), model_ref, 1, 3, projected
-        )
-    )
+    problems, lengths = feature_problems(ids, pa.array(features, pa.list_(pa.float32())), 3)
     bits = PROBLEM_BITS
     expected = [0, bits["null_ids"], bits["null_features"], bits["null_elements"], bits["wrong_length"]]
-    assert bad.column("problems").to_pylist() == [*expected, bits["non_finite"], bits["non_finite"]]
-    assert bad.column("length").to_pylist() == [3, 3, -1, 3, 2, 3, 3]
-    assert bad.column("proj").null_count == bad.column("own").null_count == 7
-    assert fine.column("proj").null_count == 0 and projected.value == 1
-
-
-def test_pool_and_combine_from_own_terms_and_with_the_head_matches_the_formulas(ref):
-    model_ref, w = ref
-    rng = np.random.default_rng(3)
-    h0 = {10: rng.normal(size=3), 11: rng.normal(size=3)}  # pins' features (layer 2's own vectors)
-    nbrs = {10: [(0, 1.5, rng.random(4)), (1, 0.5, rng.random(4))], 11: []}
-    W, b = w["convs.1.W.weight"], w["convs.1.W.bias"]
-    rows = []
-    for dst, h in h0.items():
-        own = (W[:, :3] @ h + b).astype(np.float32)
-        rows.append((dst, OWN_ROW, None, None, own, None))
-        rows += [(dst, NEIGHBOR_ROW, s, x, None, m.astype(np.float32)) for s, x, m in nbrs[dst]]
-    got = collect(pool_and_combine_batches(iter([to_batch(rows)]), model_ref, k=2, own_terms=True))
-    last = pa.Table.from_batches(
-        pool_and_combine_batches(iter([to_batch(rows)]), model_ref, k=2, own_terms=True, with_head=True)
-    )
-    assert last.schema.names == ["pin_id", "embedding"] and last.column("pin_id").to_pylist() == [10, 11]
-    for i, (dst, h) in enumerate(h0.items()):
-        total = sum(x for _, x, _ in nbrs[dst])
-        pooled = sum(x / total * m for _, x, m in nbrs[dst]) if nbrs[dst] else np.zeros(4)
-        expected = normalize(relu(W @ np.concatenate([h, pooled]) + b))
-        np.testing.assert_allclose(got[dst], expected, atol=1e-6)
-        z = w["head.G2.weight"] @ relu(w["head.G1.weight"] @ expected + w["head.G1.bias"])
-        np.testing.assert_allclose(np.array(last.column("embedding")[i].as_py()), normalize(z), atol=1e-6)
+    assert problems.tolist() == [*expected, bits["non_finite"], bits["non_finite"]]
+    assert lengths.tolist() == [3, 3, -1, 3, 2, 3, 3]
+    clean, _ = feature_problems(ids[:1], pa.array([good], pa.list_(pa.float32())), 3)
+    assert clean.tolist() == [0]
 
 
 def gathered_rows():
@@ -195,6 +143,18 @@ def test_pool_and_combine_matches_the_layer_formula(ref):
     assert sorted(got) == [10, 11, 12]
     for dst, vec in expected.items():
         np.testing.assert_allclose(got[dst], vec, atol=1e-6)
+
+
+def test_pool_and_combine_with_the_head_gives_the_published_rows(ref):
+    model_ref, w = ref
+    rows = gathered_rows()
+    pieces = [to_batch(rows[i : i + 2]) for i in range(0, len(rows), 2)]  # targets split across batches
+    out = pa.Table.from_batches(pool_and_combine_batches(iter(pieces), model_ref, k=1, with_head=True))
+    assert out.schema.names == ["pin_id", "embedding"] and out.column("pin_id").to_pylist() == [10, 11, 12]
+    for dst, h in expected_layer_1(rows, w).items():
+        z = w["head.G2.weight"] @ relu(w["head.G1.weight"] @ h + w["head.G1.bias"])
+        got = np.array(out.column("embedding")[out.column("pin_id").to_pylist().index(dst)].as_py())
+        np.testing.assert_allclose(got, normalize(z), atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4])

@@ -47,14 +47,12 @@ def run_layer(
     ref: ModelRef,
     targets: DataFrame,
     neighbors: DataFrame,
-    sources: DataFrame | None,
+    sources: DataFrame,
     source_rows: int | None,
     path: str,
     broadcast_mb: float,
     description: str,
     metadata: dict | None = None,
-    projections: DataFrame | None = None,
-    own_terms: bool = False,
     with_head: bool = False,
 ) -> tuple[DataFrame, LayerReport]:
     """Layer `layer.k`: h(k) of `targets` (node_id, vec = h(k-2)) from `sources` (node_id, vec =
@@ -65,9 +63,6 @@ def run_layer(
     and only (target, source, weight) rows are shuffled; otherwise (or with `source_rows` None) the
     projections are joined to the neighbor rows and shuffled with them.
 
-    `projections`: the sources' (src, proj) already computed (the full run's pass over the pins,
-    which `source_rows` then counts), instead of projecting `sources`. `own_terms`: the targets'
-    vec is their own term of layer k (`inference.pool_and_combine_batches`), not h(k-2).
     `with_head` (the last layer of a full run): the table holds the output head's embeddings
     (pin_id, embedding), ready to publish, instead of h(k)."""
     clock = Stopwatch()
@@ -76,13 +71,9 @@ def run_layer(
     k, hidden_dim = layer.k, layer.dims.hidden_dim
     projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
     sc.setJobDescription(description)
-    if projections is None:
-        projections = project(sources, ref, k, projected)
-    else:
-        projected.add(source_rows or 0)
     lookup, projections, size_mb = broadcast_if_small(
         sc,
-        projections,
+        project(sources, ref, k, projected),
         source_rows,
         hidden_dim,
         broadcast_mb,
@@ -94,7 +85,7 @@ def run_layer(
     log.info("%s (projections %.0f MB, %s)", description, size_mb, moved)
     gathered = gather(targets, neighbors, projections)
     table = write_and_reload(
-        pool_and_combine(gathered, ref, k, written, pooled, lookup, own_terms, with_head),
+        pool_and_combine(gathered, ref, k, written, pooled, lookup, with_head),
         path,
         metadata,
         VECTOR_TABLE,

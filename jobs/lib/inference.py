@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from jobs.lib.validate import feature_problems
 from jobs.lib.vectors import to_binary, to_list, to_matrix
 from pinsage_model.checkpoint import build_model, parse_checkpoint
 from pinsage_model.devices import DeviceError, resolve_device
@@ -139,38 +138,6 @@ def project_batches(
         yield pa.RecordBatch.from_arrays([batch.column("node_id"), proj], ["src", "proj"])
 
 
-def pin_pass_batches(
-    batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, dim: int, counter=None
-) -> Iterator[pa.RecordBatch]:
-    """The one pass over the pins' input features (pin_id, features ARRAY<FLOAT>): each row checked
-    (`validate.feature_problems`: problem bits and feature length) and, in a batch without problems,
-    projected for layer k, proj = ReLU(Q_k x + q_k) in the reference's projection precision, and
-    given layer k+1's own term own = W_{k+1}[:, :dim] x + w_{k+1} (float32, `PinSageConv.own_term`),
-    so no later pass reads the features again. A batch with a problem gets NULL vectors: the run
-    is refused. Emits (node_id, problems, length, proj, own)."""
-    model = device = None
-    names = ["node_id", "problems", "length", "proj", "own"]
-    for batch in batches:
-        if model is None:
-            inject_fault("project", k)
-            model, device = get_model(ref)
-            conv, next_conv = model.conv(k), model.conv(k + 1)
-        ids, features = batch.column("pin_id"), batch.column("features")
-        problems, lengths = feature_problems(ids, features, dim)
-        flags = [ids, pa.array(problems, pa.int32()), pa.array(lengths, pa.int32())]
-        if problems.any():
-            empty = pa.nulls(batch.num_rows, pa.binary())
-            yield pa.RecordBatch.from_arrays([*flags, empty, empty], names)
-            continue
-        x = torch.from_numpy(to_matrix(features, dim)).to(device)
-        with torch.inference_mode():
-            proj, own = conv.project(x), next_conv.own_term(x)
-        if counter is not None:
-            counter.add(batch.num_rows)
-        vectors = [to_binary(_numpy(proj), ref.projection_precision), to_binary(_numpy(own))]
-        yield pa.RecordBatch.from_arrays([*flags, *vectors], names)
-
-
 # Ids spanning at most this many slots per source get a direct position table (int32, so 4 bytes a
 # slot) instead of a binary search; generated and most production ids are dense enough.
 DENSE_SLOTS_PER_SOURCE = 4
@@ -223,7 +190,7 @@ class _Targets:
     """Consecutive targets of a pooling task, in row order: what has been seen of each so far."""
 
     ids: np.ndarray  # [n] int64
-    selfs: np.ndarray  # [n, width] float32, h_u(k-2) or its own term; zeros until the own row is seen
+    selfs: np.ndarray  # [n, self_dim] float32, h_u(k-2); zeros until the own row has been seen
     present: np.ndarray  # [n] bool, whether the own row has been seen
     state: PoolState  # [n] partial pooling of the neighbor rows seen
     rows: np.ndarray  # [n] int64, neighbor rows seen
@@ -295,16 +262,13 @@ def _messages(
     return is_message, torch.from_numpy(messages), None
 
 
-def _batch_targets(
-    batch: pa.RecordBatch, conv, precision: str, table: Projections | None, own_terms: bool
-) -> _Targets:
+def _batch_targets(batch: pa.RecordBatch, conv, precision: str, table: Projections | None) -> _Targets:
     """The targets of one batch, sorted by (dst, kind, src), each with its rows pooled."""
     dst = batch.column("dst").to_numpy()
     starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
     segment = np.cumsum(np.r_[False, dst[1:] != dst[:-1]])
     n = len(starts)
-    width = conv.dims.out_dim if own_terms else conv.dims.self_dim
-    selfs, present = _own_vectors(batch, segment, n, width)
+    selfs, present = _own_vectors(batch, segment, n, conv.dims.self_dim)
     is_message, messages, index = _messages(batch, conv.dims.hidden_dim, precision, table)
     weights = torch.from_numpy(batch.column("weight").to_numpy(zero_copy_only=False)[is_message])
     state = partial_pool(messages, torch.from_numpy(segment[is_message]), weights, n, conv.pooling, index)
@@ -319,7 +283,6 @@ def pool_and_combine_batches(
     written=None,
     pooled=None,
     projections=None,
-    own_terms: bool = False,
     with_head: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """Steps 2 and 3 of layer k over rows sorted by (dst, kind, src) in each partition.
@@ -329,10 +292,7 @@ def pool_and_combine_batches(
     target of a batch is carried as a partial state into the next, so memory does not grow with a
     hub's degree. Neighbor rows of an id that has no own row (not a node of the target type) are
     dropped. With `projections` (a broadcast of `Projections`), neighbor rows carry no `proj` and are
-    looked up by source id instead; rows whose source is unknown are dropped. With `own_terms`,
-    self_vec is not h_u(k-2) but its own term W_k[:, :self_dim] h_u(k-2) + w_k (out_dim wide,
-    computed where h_u(k-2) was read: `pin_pass_batches`); either way h_u(k) =
-    normalize(ReLU(own term + W_k[:, self_dim:] n_u)) (`PinSageConv.combine_own`).
+    looked up by source id instead; rows whose source is unknown are dropped.
     Emits (node_id, vec = h_u(k)), or with `with_head` (the last pin layer) the output head on it,
     (pin_id, embedding z_u) as published; `written` counts targets and `pooled` neighbor rows used.
     """
@@ -347,7 +307,7 @@ def pool_and_combine_batches(
             model, device = get_model(ref)
             conv = model.conv(k)
             finish = model.head if with_head else None
-        targets = _batch_targets(batch, conv, ref.projection_precision, table, own_terms)
+        targets = _batch_targets(batch, conv, ref.projection_precision, table)
         ready = []
         if carry is not None:
             if carry.ids[0] == targets.ids[0]:
@@ -356,18 +316,16 @@ def pool_and_combine_batches(
                 ready.append(carry)
         first, carry = targets.split_last()
         for part in (*ready, first):
-            out = _combine(conv, device, part, written, pooled, own_terms, finish)
+            out = _combine(conv, device, part, written, pooled, finish)
             if out is not None:
                 yield out
     if carry is not None:
-        out = _combine(conv, device, carry, written, pooled, own_terms, finish)
+        out = _combine(conv, device, carry, written, pooled, finish)
         if out is not None:
             yield out
 
 
-def _combine(
-    conv, device, targets: _Targets, written, pooled, own_terms: bool, head=None
-) -> pa.RecordBatch | None:
+def _combine(conv, device, targets: _Targets, written, pooled, head=None) -> pa.RecordBatch | None:
     """h_u(k) of the targets whose own row was seen, as (node_id, vec), or with `head` the head on
     it as (pin_id, embedding); the rest are dangling."""
     ids, selfs, rows, partial = targets.ids, targets.selfs, targets.rows, targets.state
@@ -379,8 +337,7 @@ def _combine(
         return None
     with torch.inference_mode():
         pooled_vecs = finalize(partial, conv.pooling).to(device)
-        selfs = torch.from_numpy(selfs).to(device)
-        h = conv.combine_own(selfs if own_terms else conv.own_term(selfs), pooled_vecs)
+        h = conv.combine(torch.from_numpy(selfs).to(device), pooled_vecs)
         z = head(h) if head is not None else None
     if written is not None:
         written.add(len(ids))

@@ -15,7 +15,7 @@ from pyspark.sql.types import BinaryType
 from jobs.lib import inference
 from jobs.lib.inference import NEIGHBOR_ROW, OWN_ROW, ModelRef
 from jobs.lib.vectors import to_matrix
-from schemas import GATHERED, LAYER, NEIGHBORS, PIN_PASS, PROJECTIONS
+from schemas import GATHERED, LAYER, NEIGHBORS, PROJECTIONS
 
 
 def node_table(nodes: DataFrame, id_col: str, with_features: bool) -> DataFrame:
@@ -53,24 +53,6 @@ def project(sources: DataFrame, ref: ModelRef, k: int, counter=None) -> DataFram
     """Step 1 of layer k: every source node once through ReLU(Q_k h + q_k) -> (src, proj)."""
     fn = partial(inference.project_batches, ref=ref, k=k, counter=counter)
     return sources.select("node_id", "vec").mapInArrow(fn, PROJECTIONS)
-
-
-def pin_pass(pins: DataFrame, ref: ModelRef, dim: int, counter=None) -> DataFrame:
-    """The one pass over the pins' features (pin_id, features) -> PIN_PASS rows: every row checked,
-    projected with Q_1 and given layer 2's own term (`inference.pin_pass_batches`); `counter` counts
-    the rows projected."""
-    fn = partial(inference.pin_pass_batches, ref=ref, k=1, dim=dim, counter=counter)
-    return pins.select("pin_id", "features").mapInArrow(fn, PIN_PASS)
-
-
-def pass_projections(passed: DataFrame) -> DataFrame:
-    """The (src, proj) projections of a PIN_PASS table."""
-    return passed.select(F.col("node_id").alias("src"), "proj")
-
-
-def pass_own_terms(passed: DataFrame) -> DataFrame:
-    """A PIN_PASS table as layer 2's targets: (node_id, vec = the pin's own term)."""
-    return passed.select("node_id", F.col("own").alias("vec"))
 
 
 def collect_projections(
@@ -146,7 +128,6 @@ def pool_and_combine(
     written=None,
     pooled=None,
     projections=None,
-    own_terms: bool = False,
     with_head: bool = False,
 ) -> DataFrame:
     """Steps 2-3 of layer k: pool each target's projections, apply W_k, normalise -> (node_id, vec),
@@ -154,8 +135,7 @@ def pool_and_combine(
     the published rows.
 
     `written` counts targets, `pooled` the neighbor rows pooled (accumulators, optional);
-    `projections` is the broadcast `inference.Projections` when `gather` ran without them;
-    `own_terms`: the targets' vectors are their own terms (`pass_own_terms`), not h(k-2)."""
+    `projections` is the broadcast `inference.Projections` when `gather` ran without them."""
     fn = partial(
         inference.pool_and_combine_batches,
         ref=ref,
@@ -163,7 +143,6 @@ def pool_and_combine(
         written=written,
         pooled=pooled,
         projections=projections,
-        own_terms=own_terms,
         with_head=with_head,
     )
     return gathered.mapInArrow(fn, EMBEDDINGS if with_head else LAYER)

@@ -2,9 +2,7 @@
 
 `conform` checks columns and types (no Spark job) and casts to the canonical schemas; the `check_*`
 functions run one pass per table (node tables: a numpy pass over Arrow batches that flags each row,
-aggregated, plus one duplicate-id query). The pins of a full run are flagged by the pass that
-projects them (`jobs.lib.inference.pin_pass_batches`), and checked from its work table with
-`check_flags`.
+aggregated, plus one duplicate-id query).
 """
 
 from __future__ import annotations
