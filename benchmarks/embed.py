@@ -135,11 +135,11 @@ ID_WEIGHT_BYTES = 24  # a neighbor row without its vector: dst, src (bigint) and
 
 def phase_flops(config: ModelConfig, pins: int, boards: int, board_rows: int, pin_rows: int) -> dict:
     """Multiply-adds (x2) of each phase of the chain: layer k projects its sources with Q_k, pools
-    its neighbor rows (one weighted add per value) and applies W_k to its targets; publishing runs
-    the head (G1, G2) on every pin. Biases, ReLUs and norms are left out."""
+    its neighbor rows (one weighted add per value) and applies W_k to its targets; the head (G1, G2)
+    runs on every pin in the last layer. Biases, ReLUs and norms are left out."""
     count = {"pin": pins, "board": boards}
     rows = {"board": board_rows, "pin": pin_rows}
-    flops = {"validate": 0.0}
+    flops = {"validate": 0.0, "publish": 0.0}
     for layer in config.schedule():
         d = config.layer(layer.k)
         flops[f"layer {layer.k}"] = 2.0 * (
@@ -147,7 +147,7 @@ def phase_flops(config: ModelConfig, pins: int, boards: int, board_rows: int, pi
             + rows[layer.target] * d.hidden_dim
             + count[layer.target] * (d.self_dim + d.hidden_dim) * d.out_dim
         )
-    flops["publish"] = 2.0 * pins * 2 * config.embed_dim**2
+    flops[f"layer {config.num_layers}"] += 2.0 * pins * 2 * config.embed_dim**2
     return flops
 
 

@@ -5,9 +5,11 @@
 
 Each layer k projects every source node once with Q_k, gathers the projections to the targets that
 pool them, applies W_k, and materialises h(k) as a Delta table before layer k+1 starts (the
-MapReduce inference of the PinSage paper, section 3.4). The outputs are the Delta tables
-O/pin_embeddings and O/board_embeddings (and O/board_layers/layer_<k> when K > 2). With --resume, a
-layer that a failed run with the same checkpoint and inputs completed is read back, not recomputed.
+MapReduce inference of the PinSage paper, section 3.4); the last layer applies the output head in
+the same map.
+The outputs are the Delta tables O/pin_embeddings and O/board_embeddings (and
+O/board_layers/layer_<k> when K > 2). With --resume, a layer that a failed run with the same
+checkpoint and inputs completed is read back, not recomputed.
 """
 
 from __future__ import annotations
@@ -37,12 +39,21 @@ from jobs.lib.io import (
 from jobs.lib.lease import note_run_key
 from jobs.lib.provenance import software
 from jobs.lib.report import LayerReport, RunReport, Stopwatch
-from jobs.lib.transforms import board_ids_from_links, board_vectors, embed_pins, links, node_table
+from jobs.lib.transforms import (
+    board_ids_from_links,
+    board_vectors,
+    links,
+    node_table,
+)
 from jobs.lib.validate import check_links, check_nodes, conform
 from pinsage_model.checkpoint import Checkpoint
 from pinsage_model.config import ModelConfig
 
 log = logging.getLogger("pinsage.embed")
+
+# What the work tables hold, recorded with each: --resume reuses only tables of this layout (2: the
+# last layer's table holds the head's output).
+WORK_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -162,7 +173,7 @@ def completed_layer(spark: SparkSession, path: str, key: str, k: int) -> DataFra
         meta = last_commit(spark, path)["metadata"]
     except Exception:  # a _delta_log without a commit: the write that created it died
         return None
-    if meta.get("run_key") != key or meta.get("layer") != k:
+    if meta.get("run_key") != key or meta.get("layer") != k or meta.get("work_format") != WORK_FORMAT:
         return None
     return read_delta(spark, path)
 
@@ -180,9 +191,10 @@ def run_layers(
 ) -> dict[int, DataFrame]:
     """The layer loop over `config.schedule()`: layer k turns h(k-1) of the source type and h(k-2)
     of the target type into h(k) of the target type (`chain.run_layer`); each layer is written
-    before the next starts, as WORK/layer_<k>_<type>s tagged with `key`. Returns every layer's table
-    by k (0 and -1 are the input node tables). With `resume`, a layer already written under the
-    same key is read back instead of computed."""
+    before the next starts, as WORK/layer_<k>_<type>s tagged with `key`; layer K applies the output
+    head in the same map, so its table holds the rows pin_embeddings publishes. Returns every
+    layer's table by k (0 and -1 are the input node tables). With `resume`, a layer already written
+    under the same key is read back instead of computed."""
     current = dict(graph.nodes)
     layers = {0: graph.nodes["pin"], -1: graph.nodes["board"]}
     counts = {"pin": report.input_rows["pins"], "board": report.input_rows.get("boards")}
@@ -210,7 +222,8 @@ def run_layers(
             path=path,
             broadcast_mb=broadcast_mb,
             description=f"layer {k}/{K}: project {source}s with Q_{k}, pool into {target}s, apply W_{k}",
-            metadata={"run_key": key, "run_id": report.run_id, "layer": k},
+            metadata={"run_key": key, "run_id": report.run_id, "layer": k, "work_format": WORK_FORMAT},
+            with_head=k == K,
         )
         layers[k] = current[target]
         counts[target] = layer_report.targets_written
@@ -220,22 +233,22 @@ def run_layers(
     return layers
 
 
-def output_tables(layers: dict[int, DataFrame], ref: ModelRef, config: ModelConfig) -> dict[str, DataFrame]:
+def output_tables(layers: dict[int, DataFrame], config: ModelConfig) -> dict[str, DataFrame]:
     """What a run publishes under OUT, in publishing order: the board representations of every
     board layer it keeps (`chain.board_tables`: board_layers/layer_<k>, what embed_new reuses when
-    K > 2, then board_embeddings = h_b(K-1)), and pin_embeddings last."""
+    K > 2, then board_embeddings = h_b(K-1)), and pin_embeddings last (the last layer's table:
+    its map applied the output head)."""
     tables = {
         name: board_vectors(layers[k], config.layer(k).out_dim)
         for k, name in board_tables(config.num_layers).items()
     }
-    tables["pin_embeddings"] = embed_pins(layers[config.num_layers], ref)
+    tables["pin_embeddings"] = layers[config.num_layers]
     return tables
 
 
 def publish(
     spark: SparkSession,
     layers: dict[int, DataFrame],
-    ref: ModelRef,
     config: ModelConfig,
     out: str,
     report: RunReport,
@@ -244,7 +257,7 @@ def publish(
     """Replace each output table under `out` with one Delta commit carrying `metadata`. Readers of a
     table see its previous version until its commit lands; pin_embeddings is committed last, so
     once it shows this run's id every other output already does."""
-    for i, (name, df) in enumerate(output_tables(layers, ref, config).items(), 1):
+    for i, (name, df) in enumerate(output_tables(layers, config).items(), 1):
         spark.sparkContext.setJobDescription(f"publish {name}")
         path = f"{out}/{name}"
         commit = write_delta_commit(df, path, metadata)
@@ -290,7 +303,7 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
             "projection_precision": args.projection_precision,
             "software": software(spark),
         }
-        publish(spark, layers, ref, config, args.out, report, metadata)
+        publish(spark, layers, config, args.out, report, metadata)
     if not args.common.keep_work:
         delete_work(spark, work)
     return report

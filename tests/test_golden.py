@@ -21,11 +21,11 @@ from tests.graphs import write_parquet
 GOLDEN = {
     "board_neighbors": "aa7b14d86510b34d0910b6c671fa0c7038961bb5a6477d950e77f9e8e1561a3b",
     "pin_neighbors": "da8cbe8723022ec592563ef40bd0daf87ed75509d47423bcff54c61ef3e04f81",
-    "pin_embeddings": "08559c3bded04b40bda739326c903e15ac3d9e866f4c7f711a8003e6fe3d8229",
+    "pin_embeddings": "18230abd9fb8199a46cd2d4ccb7eaacc44d9f88601d7fc23a216f0072a41db4c",
     "board_embeddings": "30cc1d51891890cb7d041a50fc9a00fe4f6dea90661b0c696ee83e0bb541d5e4",
     "board_layers/layer_1": "ec0679aea7bca2543e2486c71e2b61552349a91a9e1d49c57286fffac13d314b",
     "pair_ranks": "01b37cdbff3650543794c7b7f4f8336c04def2edb8050232f2e15cbc05197a25",
-    "pin_embeddings after embed_new": "fe6eac7462555e84df202dc205ea9eb6f4b7fd576a39db88cb6cecda7e109b25",
+    "pin_embeddings after embed_new": "f3773cf08dd98e389cd5505ea91dc99b1f55837bf8947ca360878188f490585c",
     "trained checkpoint": "855d02fd122232dab3a9f3bb4a7680ac96d895073949ac86c22097984bd36ba0",
 }
 

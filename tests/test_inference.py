@@ -18,6 +18,7 @@ from jobs.lib.inference import (
     pool_and_combine_batches,
     project_batches,
 )
+from jobs.lib.validate import PROBLEM_BITS, feature_problems
 from jobs.lib.vectors import to_binary, to_matrix
 from tests.graphs import write_checkpoint
 
@@ -67,6 +68,19 @@ def test_project_handles_empty_iterator_and_empty_batch(ref):
     assert list(project_batches(iter([]), model_ref, k=1)) == []
     (out,) = list(project_batches(iter([node_batch([], np.zeros((0, 3)))]), model_ref, k=1))
     assert out.num_rows == 0 and out.schema.names == ["src", "proj"]
+
+
+def test_feature_problems_flags_each_row_with_its_problems():
+    good = [0.5, 0.5, 0.5]
+    ids = pa.array([1, None, 3, 4, 5, 6, 7], pa.int64())
+    features = [good, good, None, [0.5, None, 0.5], [0.5, 0.5], [0.5, float("nan"), 0.5], [float("inf")] * 3]
+    problems, lengths = feature_problems(ids, pa.array(features, pa.list_(pa.float32())), 3)
+    bits = PROBLEM_BITS
+    expected = [0, bits["null_ids"], bits["null_features"], bits["null_elements"], bits["wrong_length"]]
+    assert problems.tolist() == [*expected, bits["non_finite"], bits["non_finite"]]
+    assert lengths.tolist() == [3, 3, -1, 3, 2, 3, 3]
+    clean, _ = feature_problems(ids[:1], pa.array([good], pa.list_(pa.float32())), 3)
+    assert clean.tolist() == [0]
 
 
 def gathered_rows():
@@ -129,6 +143,18 @@ def test_pool_and_combine_matches_the_layer_formula(ref):
     assert sorted(got) == [10, 11, 12]
     for dst, vec in expected.items():
         np.testing.assert_allclose(got[dst], vec, atol=1e-6)
+
+
+def test_pool_and_combine_with_the_head_gives_the_published_rows(ref):
+    model_ref, w = ref
+    rows = gathered_rows()
+    pieces = [to_batch(rows[i : i + 2]) for i in range(0, len(rows), 2)]  # targets split across batches
+    out = pa.Table.from_batches(pool_and_combine_batches(iter(pieces), model_ref, k=1, with_head=True))
+    assert out.schema.names == ["pin_id", "embedding"] and out.column("pin_id").to_pylist() == [10, 11, 12]
+    for dst, h in expected_layer_1(rows, w).items():
+        z = w["head.G2.weight"] @ relu(w["head.G1.weight"] @ h + w["head.G1.bias"])
+        got = np.array(out.column("embedding")[out.column("pin_id").to_pylist().index(dst)].as_py())
+        np.testing.assert_allclose(got, normalize(z), atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4])

@@ -12,7 +12,7 @@ import logging
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.lib.inference import ModelRef
-from jobs.lib.io import write_and_reload
+from jobs.lib.io import VECTOR_TABLE, write_and_reload
 from jobs.lib.report import LayerReport, Stopwatch
 from jobs.lib.transforms import broadcast_if_small, gather, pool_and_combine, project
 from pinsage_model.config import Layer
@@ -53,6 +53,7 @@ def run_layer(
     broadcast_mb: float,
     description: str,
     metadata: dict | None = None,
+    with_head: bool = False,
 ) -> tuple[DataFrame, LayerReport]:
     """Layer `layer.k`: h(k) of `targets` (node_id, vec = h(k-2)) from `sources` (node_id, vec =
     h(k-1)) pooled over `neighbors` (dst, src, weight), written to `path` with `metadata` and read
@@ -60,7 +61,10 @@ def run_layer(
 
     When the `source_rows` projections fit in `broadcast_mb` they are collected once and broadcast,
     and only (target, source, weight) rows are shuffled; otherwise (or with `source_rows` None) the
-    projections are joined to the neighbor rows and shuffled with them."""
+    projections are joined to the neighbor rows and shuffled with them.
+
+    `with_head` (the last layer of a full run): the table holds the output head's embeddings
+    (pin_id, embedding), ready to publish, instead of h(k)."""
     clock = Stopwatch()
     spark: SparkSession = targets.sparkSession
     sc = spark.sparkContext
@@ -80,7 +84,12 @@ def run_layer(
         moved += f" as {ref.projection_precision}"
     log.info("%s (projections %.0f MB, %s)", description, size_mb, moved)
     gathered = gather(targets, neighbors, projections)
-    table = write_and_reload(pool_and_combine(gathered, ref, k, written, pooled, lookup), path, metadata)
+    table = write_and_reload(
+        pool_and_combine(gathered, ref, k, written, pooled, lookup, with_head),
+        path,
+        metadata,
+        VECTOR_TABLE,
+    )
     if lookup is not None:
         lookup.destroy()
     report = LayerReport(

@@ -278,7 +278,13 @@ def _batch_targets(batch: pa.RecordBatch, conv, precision: str, table: Projectio
 
 
 def pool_and_combine_batches(
-    batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, written=None, pooled=None, projections=None
+    batches: Iterator[pa.RecordBatch],
+    ref: ModelRef,
+    k: int,
+    written=None,
+    pooled=None,
+    projections=None,
+    with_head: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """Steps 2 and 3 of layer k over rows sorted by (dst, kind, src) in each partition.
 
@@ -288,10 +294,11 @@ def pool_and_combine_batches(
     hub's degree. Neighbor rows of an id that has no own row (not a node of the target type) are
     dropped. With `projections` (a broadcast of `Projections`), neighbor rows carry no `proj` and are
     looked up by source id instead; rows whose source is unknown are dropped.
-    Emits (node_id, vec = h_u(k)); `written` counts targets and `pooled` neighbor rows used.
+    Emits (node_id, vec = h_u(k)), or with `with_head` (the last pin layer) the output head on it,
+    (pin_id, embedding z_u) as published; `written` counts targets and `pooled` neighbor rows used.
     """
     table = projections.value if projections is not None else None
-    model = device = conv = None
+    model = device = conv = finish = None
     carry: _Targets | None = None
     for batch in batches:
         if batch.num_rows == 0:
@@ -300,6 +307,7 @@ def pool_and_combine_batches(
             inject_fault("pool", k)
             model, device = get_model(ref)
             conv = model.conv(k)
+            finish = model.head if with_head else None
         targets = _batch_targets(batch, conv, ref.projection_precision, table)
         ready = []
         if carry is not None:
@@ -307,19 +315,20 @@ def pool_and_combine_batches(
                 targets.absorb(carry, conv.pooling)
             else:
                 ready.append(carry)
-        head, carry = targets.split_last()
-        for part in (*ready, head):
-            out = _combine(conv, device, part, written, pooled)
+        first, carry = targets.split_last()
+        for part in (*ready, first):
+            out = _combine(conv, device, part, written, pooled, finish)
             if out is not None:
                 yield out
     if carry is not None:
-        out = _combine(conv, device, carry, written, pooled)
+        out = _combine(conv, device, carry, written, pooled, finish)
         if out is not None:
             yield out
 
 
-def _combine(conv, device, targets: _Targets, written, pooled) -> pa.RecordBatch | None:
-    """h_u(k) of the targets whose own row was seen, as (node_id, vec); the rest are dangling."""
+def _combine(conv, device, targets: _Targets, written, pooled, head=None) -> pa.RecordBatch | None:
+    """h_u(k) of the targets whose own row was seen, as (node_id, vec), or with `head` the head on
+    it as (pin_id, embedding); the rest are dangling."""
     ids, selfs, rows, partial = targets.ids, targets.selfs, targets.rows, targets.state
     present = targets.present
     if not present.all():  # neighbor rows naming an id that is not a target node: dangling
@@ -330,15 +339,21 @@ def _combine(conv, device, targets: _Targets, written, pooled) -> pa.RecordBatch
     with torch.inference_mode():
         pooled_vecs = finalize(partial, conv.pooling).to(device)
         h = conv.combine(torch.from_numpy(selfs).to(device), pooled_vecs)
+        z = head(h) if head is not None else None
     if written is not None:
         written.add(len(ids))
     if pooled is not None:
         pooled.add(int(rows.sum()))
+    if z is not None:
+        return pa.RecordBatch.from_arrays(
+            [pa.array(ids, pa.int64()), to_list(_numpy(z))], ["pin_id", "embedding"]
+        )
     return pa.RecordBatch.from_arrays([pa.array(ids, pa.int64()), to_binary(_numpy(h))], ["node_id", "vec"])
 
 
 def head_batches(batches: Iterator[pa.RecordBatch], ref: ModelRef) -> Iterator[pa.RecordBatch]:
-    """Output head on the last pin layer: (node_id, vec = h_p(K)) -> (pin_id, embedding z_p)."""
+    """Output head on the last pin layer: (node_id, vec = h_p(K)) -> (pin_id, embedding z_p) (for
+    embed_new; the full run applies it in its last layer's map, `pool_and_combine_batches`)."""
     model = device = None
     for batch in batches:
         if model is None:

@@ -198,20 +198,31 @@ def snapshot(spark: SparkSession, name: str, path: str) -> dict:
     return {"path": full, "format": "parquet", "files": count, "bytes": size, "modified_ms": latest}
 
 
-def write_delta(df: DataFrame, path: str, metadata: dict | None = None) -> int:
-    """Replace the Delta table at `path` in one commit; returns the new table version.
+# Parquet settings for work tables of float32 vectors (BINARY): their bytes neither compress nor
+# repeat, so trying (snappy, then a dictionary per column chunk) only costs time; measured in
+# docs/benchmarks.md.
+VECTOR_TABLE = {"compression": "none", "parquet.enable.dictionary": "false"}
+
+
+def write_delta(df: DataFrame, path: str, metadata: dict | None = None, options: dict | None = None) -> int:
+    """Replace the Delta table at `path` in one commit; returns the new table version. `options`:
+    writer options such as VECTOR_TABLE.
 
     Readers see the previous version until the commit lands, so a failed write leaves the old
     table intact.
     """
-    return int(write_delta_commit(df, path, metadata)["version"])
+    return int(write_delta_commit(df, path, metadata, options)["version"])
 
 
-def write_delta_commit(df: DataFrame, path: str, metadata: dict | None = None) -> dict:
+def write_delta_commit(
+    df: DataFrame, path: str, metadata: dict | None = None, options: dict | None = None
+) -> dict:
     """`write_delta`, returning the new commit as `last_commit` reads it (its operationMetrics
     count the rows written, so no second pass over the table is needed to report them)."""
     fence()
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    for key, value in (options or {}).items():
+        writer = writer.option(key, value)
     if metadata:
         writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
     writer.save(path)
@@ -233,10 +244,12 @@ def read_delta(spark: SparkSession, path: str, version: int | None = None) -> Da
     return reader.load(path)
 
 
-def write_and_reload(df: DataFrame, path: str, metadata: dict | None = None) -> DataFrame:
-    """Materialise `df` as the Delta table at `path` and return it read back, so later passes start
-    from the table, not from the plan that computed it."""
-    write_delta(df, path, metadata)
+def write_and_reload(
+    df: DataFrame, path: str, metadata: dict | None = None, options: dict | None = None
+) -> DataFrame:
+    """Materialise `df` as the Delta table at `path` (with writer `options`) and return it read
+    back, so later passes start from the table, not from the plan that computed it."""
+    write_delta(df, path, metadata, options)
     return read_delta(df.sparkSession, path)
 
 

@@ -122,9 +122,17 @@ def layer_rows(targets: DataFrame, neighbors: DataFrame, projections: DataFrame 
 
 
 def pool_and_combine(
-    gathered: DataFrame, ref: ModelRef, k: int, written=None, pooled=None, projections=None
+    gathered: DataFrame,
+    ref: ModelRef,
+    k: int,
+    written=None,
+    pooled=None,
+    projections=None,
+    with_head: bool = False,
 ) -> DataFrame:
-    """Steps 2-3 of layer k: pool each target's projections, apply W_k, normalise -> (node_id, vec).
+    """Steps 2-3 of layer k: pool each target's projections, apply W_k, normalise -> (node_id, vec),
+    or with `with_head` (the last layer) the output head too -> (pin_id, embedding ARRAY<FLOAT>),
+    the published rows.
 
     `written` counts targets, `pooled` the neighbor rows pooled (accumulators, optional);
     `projections` is the broadcast `inference.Projections` when `gather` ran without them."""
@@ -135,14 +143,18 @@ def pool_and_combine(
         written=written,
         pooled=pooled,
         projections=projections,
+        with_head=with_head,
     )
-    return gathered.mapInArrow(fn, LAYER)
+    return gathered.mapInArrow(fn, EMBEDDINGS if with_head else LAYER)
+
+
+EMBEDDINGS = "pin_id bigint, embedding array<float>"
 
 
 def embed_pins(last_pins: DataFrame, ref: ModelRef) -> DataFrame:
     """The output head on h_p(K) -> (pin_id, embedding ARRAY<FLOAT>)."""
     fn = partial(inference.head_batches, ref=ref)
-    return last_pins.select("node_id", "vec").mapInArrow(fn, "pin_id bigint, embedding array<float>")
+    return last_pins.select("node_id", "vec").mapInArrow(fn, EMBEDDINGS)
 
 
 def board_vectors(last_boards: DataFrame, dim: int) -> DataFrame:

@@ -1,8 +1,8 @@
 """Input checks that run before any compute, each failure naming the table, column and problem.
 
 `conform` checks columns and types (no Spark job) and casts to the canonical schemas; the `check_*`
-functions run one pass per table (node tables: a numpy pass over Arrow batches, plus one duplicate-id
-query).
+functions run one pass per table (node tables: a numpy pass over Arrow batches that flags each row,
+aggregated, plus one duplicate-id query).
 """
 
 from __future__ import annotations
@@ -55,46 +55,55 @@ def _non_finite(x: Column) -> Column:
     return F.isnan(x) | (x == float("inf")) | (x == float("-inf"))
 
 
-# Per Arrow batch: counts of each problem and the first few ids showing it.
+# The problems a node row can have, as bits of its `problems` flag (0: none), in the order they are
+# reported.
 _PROBLEMS = ("null_ids", "null_features", "null_elements", "wrong_length", "non_finite")
-_STATS_SCHEMA = "rows bigint, min_len bigint, max_len bigint, " + ", ".join(
-    f"{p} bigint, {p}_ids array<bigint>" for p in _PROBLEMS
-)
-_STATS_ARROW = pa.schema(
-    [("rows", pa.int64()), ("min_len", pa.int64()), ("max_len", pa.int64())]
-    + [field for p in _PROBLEMS for field in ((p, pa.int64()), (f"{p}_ids", pa.list_(pa.int64())))]
-)
+PROBLEM_BITS = {name: 1 << i for i, name in enumerate(_PROBLEMS)}
+# Per node row: its id, its problems and its feature length (-1: NULL features or none checked).
+FLAGS_SCHEMA = "node_id bigint, problems int, length int"
 
 
-def _feature_stats(batches, id_col: str, dim: int | None):
-    """One row of problem counts per Arrow batch, computed with numpy instead of per-element SQL."""
+def feature_problems(
+    ids: pa.Array, features: pa.Array | None, dim: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """([rows] int32 problem bits, [rows] int32 feature lengths, -1 where NULL) of one Arrow batch's
+    id and features columns, with numpy instead of per-element SQL; `dim` None checks ids only."""
+    rows = len(ids)
+    problems = np.where(ids.is_valid().to_numpy(zero_copy_only=False), 0, PROBLEM_BITS["null_ids"])
+    problems = problems.astype(np.int32)
+    lengths = np.full(rows, -1, dtype=np.int32)
+    if dim is None or features is None:
+        return problems, lengths
+    present = features.is_valid().to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.list_value_length(features), -1).to_numpy(zero_copy_only=False).astype(np.int32)
+    values = features.flatten()
+    flat = values.to_numpy(zero_copy_only=False)  # NULLs come back as NaN
+    problems |= np.where(present, 0, PROBLEM_BITS["null_features"]).astype(np.int32)
+    problems |= np.where(present & (lengths != dim), PROBLEM_BITS["wrong_length"], 0).astype(np.int32)
+    # One float64 sum answers "all finite, no NULL" for the common batch: NaN and Inf propagate, and
+    # float32 values cannot overflow a float64 sum.
+    if values.null_count == 0 and np.isfinite(np.sum(flat, dtype=np.float64)):
+        return problems, lengths
+    owner = np.repeat(np.arange(rows), np.where(present, lengths, 0))
+    null_values = ~values.is_valid().to_numpy(zero_copy_only=False)
+    finite = np.isfinite(flat)
+    null_elements = np.bincount(owner[null_values], minlength=rows) > 0
+    non_finite = np.bincount(owner[~finite & ~null_values], minlength=rows) > 0
+    problems |= np.where(null_elements, PROBLEM_BITS["null_elements"], 0).astype(np.int32)
+    problems |= np.where(non_finite, PROBLEM_BITS["non_finite"], 0).astype(np.int32)
+    return problems, lengths
+
+
+def _flag_rows(batches, id_col: str, dim: int | None):
+    """FLAGS_SCHEMA rows of a node table's Arrow batches (a mapInArrow function)."""
     for batch in batches:
         ids = batch.column(id_col)
-        # Filled, because a column with NULLs would convert to float64 and round large ids (2**63 - 1
-        # to 2**63, which no longer fits the stats' bigint); NULL-id rows are never shown as examples.
-        id_values = pc.fill_null(ids, 0).to_numpy(zero_copy_only=False)
-        flags = {"null_ids": ~ids.is_valid().to_numpy(zero_copy_only=False)}
-        row = {"rows": batch.num_rows, "min_len": None, "max_len": None}
-        if dim is not None:
-            features = batch.column("features")
-            present = features.is_valid().to_numpy(zero_copy_only=False)
-            lengths = pc.fill_null(pc.list_value_length(features), -1).to_numpy(zero_copy_only=False)
-            values = features.flatten()
-            owner = np.repeat(np.arange(batch.num_rows), np.where(present, lengths, 0))
-            null_values = ~values.is_valid().to_numpy(zero_copy_only=False)
-            finite = np.isfinite(values.to_numpy(zero_copy_only=False))  # NULLs come back as NaN
-            flags["null_features"] = ~present
-            flags["null_elements"] = np.bincount(owner[null_values], minlength=batch.num_rows) > 0
-            flags["wrong_length"] = present & (lengths != dim)
-            flags["non_finite"] = np.bincount(owner[~finite & ~null_values], minlength=batch.num_rows) > 0
-            if present.any():
-                row["min_len"], row["max_len"] = int(lengths[present].min()), int(lengths[present].max())
-        for name in _PROBLEMS:
-            hit = flags.get(name, np.zeros(batch.num_rows, dtype=bool))
-            row[name] = int(hit.sum())
-            shown = hit & ~flags["null_ids"] if name != "null_ids" else np.zeros_like(hit)
-            row[f"{name}_ids"] = [int(i) for i in id_values[shown][:EXAMPLES]]
-        yield pa.RecordBatch.from_pylist([row], schema=_STATS_ARROW)
+        features = batch.column("features") if dim is not None else None
+        problems, lengths = feature_problems(ids, features, dim)
+        yield pa.RecordBatch.from_arrays(
+            [ids, pa.array(problems, pa.int32()), pa.array(lengths, pa.int32())],
+            ["node_id", "problems", "length"],
+        )
 
 
 def vector_width(df: DataFrame, column: str) -> int:
@@ -107,24 +116,41 @@ def vector_width(df: DataFrame, column: str) -> int:
 def check_nodes(df: DataFrame, table: str, id_col: str, dim: int | None, dim_source: str) -> int:
     """Ids non-null and unique; when `dim` is given, features non-null, of length `dim`, finite.
     Returns the row count. Feature checks run as one numpy pass over Arrow batches."""
-    with reading(table):
-        return _check_nodes(df, table, id_col, dim, dim_source)
-
-
-def _check_nodes(df: DataFrame, table: str, id_col: str, dim: int | None, dim_source: str) -> int:
     cols = [id_col] + (["features"] if dim is not None else [])
-    fn = partial(_feature_stats, id_col=id_col, dim=dim)
-    parts = df.select(*cols).mapInArrow(fn, _STATS_SCHEMA).collect()
-    rows = sum(p["rows"] for p in parts)
+    flags = df.select(*cols).mapInArrow(partial(_flag_rows, id_col=id_col, dim=dim), FLAGS_SCHEMA)
+    return check_flags(flags, df.select(F.col(id_col).alias("node_id")), table, id_col, dim, dim_source)
+
+
+def check_flags(
+    flags: DataFrame, ids: DataFrame, table: str, id_col: str, dim: int | None, dim_source: str
+) -> int:
+    """`check_nodes` from a node table's FLAGS_SCHEMA rows (`flags`: computed by `check_nodes`, or
+    stored by the pass that projects the pins) and its ids (`ids`: node_id). Returns the row count."""
+    with reading(table):
+        return _check_flags(flags, ids, table, id_col, dim, dim_source)
+
+
+def _has(name: str) -> Column:
+    return (F.col("problems").bitwiseAND(PROBLEM_BITS[name])) != 0
+
+
+def _check_flags(
+    flags: DataFrame, ids: DataFrame, table: str, id_col: str, dim: int | None, dim_source: str
+) -> int:
+    present = F.col("length") >= 0
+    stats = flags.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.min(F.when(present, F.col("length"))).alias("low"),
+        F.max(F.when(present, F.col("length"))).alias("high"),
+        *(_count(_has(name)).alias(name) for name in _PROBLEMS),
+    ).collect()[0]
+    rows = int(stats["rows"])
     if rows == 0:
         raise InputError(table, None, "has no rows")
-    total = {name: sum(p[name] for p in parts) for name in _PROBLEMS}
-    examples = {name: [i for p in parts for i in p[f"{name}_ids"]][:EXAMPLES] for name in _PROBLEMS}
-    if total["null_ids"]:
-        raise InputError(table, id_col, f"{total['null_ids']} rows have a NULL id")
+    if stats["null_ids"]:
+        raise InputError(table, id_col, f"{stats['null_ids']} rows have a NULL id")
     if dim is not None:
-        lens = [(p["min_len"], p["max_len"]) for p in parts if p["min_len"] is not None]
-        low, high = (min(a for a, _ in lens), max(b for _, b in lens)) if lens else (None, None)
+        low, high = stats["low"], stats["high"]
         problems = {
             "null_features": "rows have NULL features",
             "null_elements": "rows have NULL elements in features",
@@ -135,14 +161,15 @@ def _check_nodes(df: DataFrame, table: str, id_col: str, dim: int | None, dim_so
             "non_finite": "rows have NaN or Inf in features",
         }
         for name, text in problems.items():
-            if total[name]:
-                shown = examples[name]
+            if stats[name]:
+                first = flags.where(_has(name) & F.col("node_id").isNotNull()).select("node_id")
+                shown = [r[0] for r in first.orderBy("node_id").limit(EXAMPLES).collect()]
                 suffix = f" (e.g. {id_col} {', '.join(map(str, shown))})" if shown else ""
-                raise InputError(table, "features", f"{total[name]} {text}{suffix}")
-    dups = df.groupBy(id_col).count().filter("count > 1")
-    first = dups.orderBy(id_col).limit(EXAMPLES).collect()
+                raise InputError(table, "features", f"{stats[name]} {text}{suffix}")
+    dups = ids.groupBy("node_id").count().filter("count > 1")
+    first = dups.orderBy("node_id").limit(EXAMPLES).collect()
     if first:
-        listed = ", ".join(f"{r[id_col]} ({r['count']} times)" for r in first)
+        listed = ", ".join(f"{r['node_id']} ({r['count']} times)" for r in first)
         raise InputError(table, id_col, f"duplicate ids, e.g. {listed}")
     return rows
 
