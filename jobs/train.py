@@ -177,7 +177,15 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         help="with --neighbor-dropout: a pin shown as arriving keeps R of its memberships, R drawn "
         "uniformly from these counts (0: none), and its neighbors are the top boards of walks from "
         "what it keeps, walked as the --pin-neighbors table records (jobs/embed_new.py walks a new "
-        "pin's the same way); its --structural-features are zeroed whatever R",
+        "pin's the same way)",
+    )
+    p.add_argument(
+        "--arrival-structural",
+        choices=("zero", "same-count"),
+        default=d.arrival_structural,
+        help="the --structural-features of a pin shown as arriving with R memberships: zero, or "
+        "same-count: the median of those of the pins with exactly R memberships in --edges (the "
+        "columns are computed from memberships, so such pins carry what a pin arriving with R would)",
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=DEVICES, default="auto")

@@ -216,3 +216,22 @@ def test_pins_shown_arriving_with_memberships_pool_walks_from_a_few_of_their_own
     arriving_one = (counts == walked) & (counts != full)
     assert arriving_empty.sum() > 3 and arriving_one.sum() > 3, "both counts are drawn"
     assert np.all((counts == full) | arriving_empty | (counts == walked))
+
+
+def test_pins_arriving_with_r_memberships_carry_the_structural_values_of_pins_with_r():
+    graph, pairs = in_memory(clustered(seed=3))
+    degree = {}
+    for pin in graph.edge_pin.tolist():
+        degree[pin] = degree.get(pin, 0) + 1
+    counts = sorted(set(degree.values()))[:2]
+    walk = WalkParams(walks_per_node=5, walk_length=2, top_t=5)
+    arrival = sampling.ArrivalTables.draw(graph, (0, *counts), walk, np.random.default_rng(0), structural=1)
+    for r in counts:
+        with_r = [graph.pin_features[p, -1] for p, d in degree.items() if d == r]
+        assert arrival.values[r][0] == pytest.approx(float(np.median(with_r)))
+    assert arrival.values[0][0] == 0.0 or not any(d == 0 for d in degree.values())
+    batch = sampling.EpochBatches(graph, SCHEDULE, pairs, 64, 40, 0, None, 0, 1, 0.9, 1, arrival)[0]
+    last = batch.graph.pin_features[: len(batch.graph.targets), -1].numpy()
+    allowed = {float(v[0]) for v in arrival.values.values()}
+    changed = last != graph.pin_features[batch.graph.targets, -1]
+    assert changed.sum() > 3 and set(last[changed].tolist()) <= allowed

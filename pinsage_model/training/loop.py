@@ -77,6 +77,9 @@ class TrainOptions:
     # neighbors are re-walked from the memberships it keeps (`sampling.ArrivalTables`), each epoch.
     arrival_memberships: tuple[int, ...] = (0,)
     arrival_walk: WalkParams = WalkParams()
+    # What an arriving pin's structural columns hold: "zero", or "same-count" (those of the graph's
+    # pins with as many memberships as it arrives with: `sampling.ArrivalTables`).
+    arrival_structural: str = "zero"
 
 
 def lr_factor(warmup_steps: int, decay: float, steps_per_epoch: int) -> Callable[[int], float]:
@@ -235,7 +238,10 @@ def _train(
         if options.neighbor_dropout > 0 and any(options.arrival_memberships):
             clock_walk = time.perf_counter()
             rng = np.random.default_rng([options.seed, epoch, 0, 2])
-            arrival = ArrivalTables.draw(graph, options.arrival_memberships, options.arrival_walk, rng)
+            structural = options.structural_features if options.arrival_structural == "same-count" else 0
+            arrival = ArrivalTables.draw(
+                graph, options.arrival_memberships, options.arrival_walk, rng, structural
+            )
             log.info("arrival neighborhoods walked (%.1fs)", time.perf_counter() - clock_walk)
         batches = EpochBatches(
             graph,

@@ -291,14 +291,24 @@ class CoMembership:
 class ArrivalTables:
     """For each membership count r > 0 a pin may arrive with, every pin's neighbor rows when it
     keeps r of its memberships (drawn at random; a pin with r or fewer keeps all): the top boards
-    of walks over the graph in which it keeps only those (`arrival.arrival_neighbors`)."""
+    of walks over the graph in which it keeps only those (`arrival.arrival_neighbors`). With
+    `structural` columns, `values[r]` is what those columns hold for a pin arriving with r
+    memberships: the median over the graph's pins with exactly r memberships (the columns are
+    computed from memberships, so pins with the same count carry the same values), 0 where no pin
+    has r."""
 
     counts: tuple[int, ...]  # the r a shown pin draws from (0: no memberships)
     tables: dict[int, Adjacency]  # r > 0 -> Adjacency over all pins
+    values: dict[int, np.ndarray] | None = None  # r -> [structural] float32
 
     @classmethod
     def draw(
-        cls, graph: TrainGraph, counts: Sequence[int], walk: WalkParams, rng: np.random.Generator
+        cls,
+        graph: TrainGraph,
+        counts: Sequence[int],
+        walk: WalkParams,
+        rng: np.random.Generator,
+        structural: int = 0,
     ) -> ArrivalTables:
         tables = {}
         edges = (graph.edge_pin, graph.edge_board, graph.edge_weight)
@@ -320,11 +330,24 @@ class ArrivalTables:
                 rng,
             )
             tables[r] = Adjacency.from_rows(src, board, weight, graph.num_pins)
-        return cls(tuple(counts), tables)
+        values = None
+        if structural:
+            degree = np.bincount(graph.edge_pin, minlength=graph.num_pins)
+            columns = graph.pin_features[:, graph.pin_features.shape[1] - structural :]
+            values = {
+                r: np.median(columns[degree == r], axis=0).astype(np.float32)
+                if (degree == r).any()
+                else np.zeros(structural, np.float32)
+                for r in counts
+            }
+        return cls(tuple(counts), tables, values)
 
-    def rows(self, targets: np.ndarray, shown: np.ndarray, rng: np.random.Generator) -> Adjacency:
+    def rows(
+        self, targets: np.ndarray, shown: np.ndarray, rng: np.random.Generator
+    ) -> tuple[Adjacency, np.ndarray | None]:
         """The neighbor rows of `targets` (an Adjacency over them): for each one `shown`, those of a
-        count drawn uniformly from `counts`; none for the others."""
+        count drawn uniformly from `counts`; none for the others. With `values`, also each
+        target's structural values for its count, [T, structural]."""
         drawn = np.asarray(self.counts)[rng.integers(0, len(self.counts), size=len(targets))]
         dst, src, weight = [], [], []
         for r, table in self.tables.items():
@@ -334,12 +357,16 @@ class ArrivalTables:
             dst.append(np.repeat(mine, n))
             src.append(table.src[rows])
             weight.append(table.weight[rows])
+        values = None
+        if self.values is not None:
+            values = np.stack([self.values[int(r)] for r in drawn]) if len(drawn) else None
         if not dst:
             empty = np.zeros(0, dtype=np.int64)
-            return Adjacency.from_rows(empty, empty, np.zeros(0, np.float32), len(targets))
-        return Adjacency.from_rows(
+            return Adjacency.from_rows(empty, empty, np.zeros(0, np.float32), len(targets)), values
+        adjacency = Adjacency.from_rows(
             np.concatenate(dst), np.concatenate(src), np.concatenate(weight), len(targets)
         )
+        return adjacency, values
 
 
 # ---- minibatches -------------------------------------------------------------------------------
@@ -395,7 +422,9 @@ def make_batch(
         if rng is None:
             raise ValueError("neighbor dropout needs a generator")
         dropped = rng.random(len(targets)) < arriving
-    shown = arrival.rows(targets, dropped, rng) if arrival is not None and dropped is not None else None
+    shown, values = None, None
+    if arrival is not None and dropped is not None:
+        shown, values = arrival.rows(targets, dropped, rng)
 
     def rows(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.searchsorted(targets, x).astype(np.int64))
@@ -403,7 +432,7 @@ def make_batch(
     negative_mask = (negatives[None, :] != query[:, None]) & (negatives[None, :] != pos[:, None])
     hard_mask = (hard != query[:, None]) & (hard != pos[:, None])
     return Batch(
-        graph=computation_graph(graph, targets, schedule, dropped, structural, shown),
+        graph=computation_graph(graph, targets, schedule, dropped, structural, shown, values),
         query=rows(query),
         pos=rows(pos),
         negatives=rows(negatives),

@@ -95,6 +95,7 @@ def computation_graph(
     arriving: np.ndarray | None = None,
     structural: int = 0,
     arrival_rows: Adjacency | None = None,
+    arrival_values: np.ndarray | None = None,
 ) -> ComputationGraph:
     """The re-indexed computation graph of `targets` (distinct pin positions) for the layers of
     `schedule` (`ModelConfig.schedule()`). `arriving` ([T] bool, optional) marks the targets shown
@@ -141,7 +142,8 @@ def computation_graph(
         )
     pin_features = graph.pin_features[need[0]]  # a copy: zeroing it leaves the graph alone
     if arriving is not None and structural:
-        pin_features[: len(targets)][arriving, -structural:] = 0.0
+        fill = 0.0 if arrival_values is None else arrival_values[arriving]
+        pin_features[: len(targets)][arriving, -structural:] = fill
     return ComputationGraph(
         targets=targets,
         pin_features=torch.from_numpy(pin_features),
