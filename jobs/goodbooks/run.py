@@ -233,8 +233,13 @@ def run(args: GoodbooksArgs) -> ChainReport:
             json.dump(report.seconds, f, indent=2)
 
     seed = flags(seed=str(args.seed))
-    prepare = [*flags(data_dir=args.data_dir, out=data, cold_share=str(args.cold_share)), *seed, *spark]
-    prepare.append("--log-degree" if args.log_degree else "--no-log-degree")
+    degree = "--log-degree" if args.log_degree else "--no-log-degree"
+    prepare = [
+        *flags(data_dir=args.data_dir, out=data, cold_share=str(args.cold_share)),
+        degree,
+        *seed,
+        *spark,
+    ]
     step("prepare", ["jobs/goodbooks/prepare.py", *prepare])
     walk_inputs = flags(edges=f"{data}/edges", pins=f"{data}/pins", out=nbrs)
     step("neighbors", ["jobs/neighborhoods.py", *walk_inputs, *seed, *args.walk_flags, *spark])
