@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from pyspark.sql import SparkSession
@@ -28,13 +28,14 @@ from jobs.lib.cli import (
     job_main,
     positive,
 )
-from jobs.lib.io import InputError
+from jobs.lib.io import InputError, is_delta, last_commit
 from jobs.lib.report import Report, Stopwatch
 from jobs.lib.session import get_spark, stop_spark
 from jobs.lib.train_inputs import TrainInputs, load_inputs
 from pinsage_model.checkpoint import save_checkpoint
 from pinsage_model.config import POOLINGS
 from pinsage_model.devices import DEVICES, DeviceError, resolve_device
+from pinsage_model.training.arrival import WalkParams
 from pinsage_model.training.loop import TrainOptions, train, window_for
 from pinsage_model.training.loss import LOSSES
 from pinsage_model.training.sampling import hard_negative_count
@@ -54,6 +55,17 @@ class TrainArgs:
     threads: int | None = None
     options: TrainOptions = field(default_factory=TrainOptions)
     common: CommonArgs = field(default_factory=CommonArgs)
+
+
+def membership_counts(text: str) -> tuple[int, ...]:
+    """An argparse type: distinct membership counts, such as 0,1,3."""
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts such as 0,1,3, got {text!r}") from None
+    if min(counts) < 0 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"expected distinct counts of 0 or more, got {text!r}")
+    return counts
 
 
 def parse_args(argv: list[str] | None = None) -> TrainArgs:
@@ -157,6 +169,24 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         help="the last N feature columns of a pin are computed from its memberships (a log degree): "
         "0 for a pin shown without memberships",
     )
+    p.add_argument(
+        "--arrival-memberships",
+        type=membership_counts,
+        default=",".join(map(str, d.arrival_memberships)),
+        metavar="R,...",
+        help="with --neighbor-dropout: a pin shown as arriving keeps R of its memberships, R drawn "
+        "uniformly from these counts (0: none), and its neighbors are the top boards of walks from "
+        "what it keeps, walked as the --pin-neighbors table records (jobs/embed_new.py walks a new "
+        "pin's the same way)",
+    )
+    p.add_argument(
+        "--arrival-structural",
+        choices=("zero", "same-count"),
+        default=d.arrival_structural,
+        help="the --structural-features of a pin shown as arriving with R memberships: zero, or "
+        "same-count: the median of those of the pins with exactly R memberships in --edges (the "
+        "columns are computed from memberships, so such pins carry what a pin arriving with R would)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--workers", type=at_least(0), default=d.workers, help="DataLoader batch producers")
@@ -176,7 +206,8 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         resolve_device(a.device)
     except DeviceError as exc:
         p.error(f"--device {a.device}: {exc}")
-    options = TrainOptions(**{f.name: getattr(a, f.name) for f in fields(TrainOptions)})
+    walk = {"arrival_walk"}  # from the pin_neighbors table's record, when the inputs are read
+    options = TrainOptions(**{f.name: getattr(a, f.name) for f in fields(TrainOptions) if f.name not in walk})
     return job_args(TrainArgs, p, a, options=options)
 
 
@@ -208,6 +239,17 @@ class TrainReport(Report):
         return lines
 
 
+def recorded_walk(spark: SparkSession, pin_neighbors: str) -> WalkParams:
+    """The walk that built the pin_neighbors table (its last commit's record, as jobs/embed_new.py
+    reads it), for walking arriving pins' neighborhoods the same way; the neighborhood job's
+    defaults when the table does not record one."""
+    recorded = (
+        last_commit(spark, pin_neighbors)["metadata"].get("walk") if is_delta(spark, pin_neighbors) else None
+    )
+    names = {f.name for f in fields(WalkParams)}
+    return WalkParams(**{k: v for k, v in (recorded or {}).items() if k in names})
+
+
 def read_inputs(args: TrainArgs) -> TrainInputs:
     """The CLI's inputs, read and checked with Spark (local mode unless --master says otherwise)."""
     started_here = SparkSession.getActiveSession() is None
@@ -223,6 +265,9 @@ def read_inputs(args: TrainArgs) -> TrainInputs:
             args.boards,
             args.validation_pairs,
         )
+        options = args.options
+        if options.neighbor_dropout and any(options.arrival_memberships):
+            inputs = replace(inputs, walk=recorded_walk(spark, args.pin_neighbors))
     finally:
         if started_here:  # the arrays are in numpy now; a session the caller owns stays up
             stop_spark(spark)  # training runs for hours: free the JVM's memory
@@ -249,7 +294,8 @@ def fit(args: TrainArgs, inputs: TrainInputs) -> TrainReport:
     if args.threads:
         torch.set_num_threads(args.threads)
     graph = inputs.graph
-    model, history = train(graph, inputs.pairs, args.options, inputs.validation, device)
+    options = args.options if inputs.walk is None else replace(args.options, arrival_walk=inputs.walk)
+    model, history = train(graph, inputs.pairs, options, inputs.validation, device)
     seconds = {"training": clock.seconds()}
     sha = save_checkpoint(model, args.out)
     counts = {"pins": graph.num_pins, "boards": graph.num_boards, "pairs": len(inputs.pairs[0])}
@@ -262,7 +308,7 @@ def fit(args: TrainArgs, inputs: TrainInputs) -> TrainReport:
         sha,
         str(device),
         model.config.to_dict(),
-        asdict(args.options),
+        asdict(options),
         counts,
         [asdict(e) for e in history],
         seconds=seconds,

@@ -26,6 +26,7 @@ from jobs.goodbooks.tables import (
     memberships,
     pairs,
     typed,
+    with_log_degree,
 )
 from jobs.lib.io import InputError
 from schemas.tables import PAIRS
@@ -174,6 +175,14 @@ def test_log_degree_is_log1p_of_the_memberships_over_the_largest(spark):
     assert got[1] == pytest.approx(1.0)
     assert got[2] == pytest.approx(math.log1p(1) / math.log1p(3), abs=1e-6)
     assert got[3] == 0.0
+    content = spark.createDataFrame(
+        [(1, [0.5, 0.25]), (2, [1.0, 0.0]), (4, [0.0, 1.0])], "pin_id bigint, features array<float>"
+    )
+    degree = log_degree(pins, graph)
+    with_degree = {r.pin_id: r.features for r in with_log_degree(content, degree).collect()}
+    assert with_degree[1] == pytest.approx([0.5, 0.25, 1.0]) and set(with_degree) == {1, 2}
+    text_only = {r.pin_id: r.features for r in with_log_degree(content, degree, include=False).collect()}
+    assert text_only == {1: [0.5, 0.25], 2: [1.0, 0.0]}
 
 
 def test_labels_are_the_most_used_genre_shelf(spark):

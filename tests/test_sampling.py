@@ -11,6 +11,7 @@ import torch
 
 from pinsage_model.config import ModelConfig
 from pinsage_model.training import sampling
+from pinsage_model.training.arrival import WalkParams
 from tests.training_data import clustered, in_memory, one_torch_thread  # noqa: F401
 
 SCHEDULE = ModelConfig(2, 8, 0, 16, 8).schedule()
@@ -189,3 +190,48 @@ def test_neighbor_dropout_is_seeded_and_shows_about_that_share_of_pins_without_n
         for a, b in zip(none.blocks, built.blocks, strict=True)
     )
     assert torch.equal(none.pin_features, built.pin_features)
+
+
+def test_pins_shown_arriving_with_memberships_pool_walks_from_a_few_of_their_own_boards():
+    graph, pairs = in_memory(clustered(seed=2))
+    walk = WalkParams(walks_per_node=50, walk_length=4, top_t=10)
+    arrival = sampling.ArrivalTables.draw(graph, (0, 1), walk, np.random.default_rng(0))
+    one = arrival.tables[1]
+    own = {(int(p), int(b)) for p, b in zip(graph.edge_pin, graph.edge_board, strict=True)}
+    for pin in np.unique(graph.edge_pin):
+        rows = slice(one.indptr[pin], one.indptr[pin + 1])
+        # Every walk leaves through the one board kept, so it is the most visited, and it is the pin's.
+        top = one.src[rows][np.argmax(one.weight[rows])]
+        assert (int(pin), int(top)) in own
+    again = sampling.ArrivalTables.draw(graph, (0, 1), walk, np.random.default_rng(0))
+    assert np.array_equal(again.tables[1].src, one.src) and np.array_equal(again.tables[1].weight, one.weight)
+    batches = sampling.EpochBatches(graph, SCHEDULE, pairs, 64, 40, 0, None, 0, 1, 0.5, 1, arrival)
+    top_block = batches[0].graph.blocks[-1]
+    targets = batches[0].graph.targets
+    # The targets are the first rows of the top block: each has its full rows, none, or the walk's.
+    counts = np.bincount(top_block.dst.numpy(), minlength=len(targets))[: len(targets)]
+    full = np.diff(graph.neighbors["pin"].indptr)[targets]
+    walked = np.diff(one.indptr)[targets]
+    arriving_empty = (counts == 0) & (full > 0)
+    arriving_one = (counts == walked) & (counts != full)
+    assert arriving_empty.sum() > 3 and arriving_one.sum() > 3, "both counts are drawn"
+    assert np.all((counts == full) | arriving_empty | (counts == walked))
+
+
+def test_pins_arriving_with_r_memberships_carry_the_structural_values_of_pins_with_r():
+    graph, pairs = in_memory(clustered(seed=3))
+    degree = {}
+    for pin in graph.edge_pin.tolist():
+        degree[pin] = degree.get(pin, 0) + 1
+    counts = sorted(set(degree.values()))[:2]
+    walk = WalkParams(walks_per_node=5, walk_length=2, top_t=5)
+    arrival = sampling.ArrivalTables.draw(graph, (0, *counts), walk, np.random.default_rng(0), structural=1)
+    for r in counts:
+        with_r = [graph.pin_features[p, -1] for p, d in degree.items() if d == r]
+        assert arrival.values[r][0] == pytest.approx(float(np.median(with_r)))
+    assert arrival.values[0][0] == 0.0 or not any(d == 0 for d in degree.values())
+    batch = sampling.EpochBatches(graph, SCHEDULE, pairs, 64, 40, 0, None, 0, 1, 0.9, 1, arrival)[0]
+    last = batch.graph.pin_features[: len(batch.graph.targets), -1].numpy()
+    allowed = {float(v[0]) for v in arrival.values.values()}
+    changed = last != graph.pin_features[batch.graph.targets, -1]
+    assert changed.sum() > 3 and set(last[changed].tolist()) <= allowed

@@ -62,3 +62,33 @@ def test_arriving_targets_are_embedded_as_pins_without_memberships(num_layers, p
     whole = model(*graph.whole_graph())[0][targets]
     assert not torch.allclose(got[torch.from_numpy(arriving)], whole[torch.from_numpy(arriving)], atol=1e-3)
     assert graph.pin_features[targets[arriving]][:, -2:].any(), "the graph itself is left alone"
+
+
+def test_arriving_targets_with_memberships_pool_the_rows_they_arrive_with():
+    graph, _ = in_memory(clustered(seed=6))
+    torch.manual_seed(7)
+    model = PinSage(ModelConfig(2, 8, 0, 16, 8, "importance"))
+    targets = np.unique(np.random.default_rng(2).choice(graph.num_pins, 16))
+    arriving = np.arange(len(targets)) % 2 == 0
+    # Each arriving target arrives with two boards of its own choosing (weights 0.25, 0.75); the
+    # first of them arrives with none.
+    shown = np.flatnonzero(arriving)[1:]
+    boards = np.random.default_rng(3).choice(graph.num_boards, (len(shown), 2), replace=False)
+    weights = np.tile(np.array([0.25, 0.75], np.float32), len(shown))
+    rows = Adjacency.from_rows(np.repeat(shown, 2), boards.ravel(), weights, len(targets))
+    cg = computation_graph(graph, targets, model.config.schedule(), arriving, structural=1, arrival_rows=rows)
+    # The whole graph in which those targets' rows are exactly the ones they arrive with.
+    stripped = without_memberships(graph, targets[arriving], 1)
+    adjacency = stripped.neighbors["pin"]
+    dst = np.r_[
+        np.repeat(np.arange(adjacency.num_targets), np.diff(adjacency.indptr)), np.repeat(targets[shown], 2)
+    ]
+    src, weight = np.r_[adjacency.src, boards.ravel()], np.r_[adjacency.weight, weights]
+    arrived = dataclasses.replace(
+        stripped,
+        neighbors={**stripped.neighbors, "pin": Adjacency.from_rows(dst, src, weight, adjacency.num_targets)},
+    )
+    expected = model(*arrived.whole_graph())[0][targets]
+    assert torch.allclose(embed_targets(model, cg), expected, atol=1e-6, rtol=0)
+    plain = embed_targets(model, computation_graph(graph, targets, model.config.schedule(), arriving, 1))
+    assert not torch.allclose(plain[torch.from_numpy(shown)], expected[torch.from_numpy(shown)], atol=1e-3)

@@ -71,6 +71,10 @@ def test_trainer_embeddings_equal_the_spark_pipeline_for_the_saved_checkpoint(sp
         "softmax",
         "--temperature",
         "0.2",
+        "--neighbor-dropout",
+        "0.3",
+        "--arrival-memberships",
+        "0,1",
     ] + (["--boards", paths["boards"]] if board_dim else [])
     train_args = parse_args(argv)
     inputs = read_inputs(train_args)
@@ -78,6 +82,14 @@ def test_trainer_embeddings_equal_the_spark_pipeline_for_the_saved_checkpoint(sp
     assert [e["epoch"] for e in report.epochs] == [1, 2] and f"wrote {ckpt}" in report.render()
     assert report.inputs["co-membership draws per epoch"] == 40
     assert (report.options["loss"], report.options["temperature"]) == ("softmax", 0.2)
+    # pin_neighbors records no walk here: arriving pins are walked with the neighborhood job's defaults.
+    assert report.options["arrival_memberships"] == (0, 1)
+    assert report.options["arrival_walk"] == {
+        "walks_per_node": 100,
+        "walk_length": 8,
+        "restart_prob": 0.3,
+        "top_t": 50,
+    }
     checkpoint = read_checkpoint(ckpt)
     assert checkpoint.sha256 == report.sha256
     assert checkpoint.config.board_feature_dim == board_dim and checkpoint.config.pin_feature_dim == 6
@@ -151,3 +163,14 @@ def test_in_batch_negatives_need_the_softmax_loss(capsys):
         parse_args([*required, "--in-batch-negatives", "16"])
     assert exc.value.code == 2
     assert "--in-batch-negatives needs --loss softmax" in capsys.readouterr().err
+
+
+def test_arrival_memberships_are_distinct_counts(capsys):
+    required = "--pins p --edges e --board-neighbors b --pin-neighbors n --pairs x --out o".split()
+    assert parse_args([*required, "--arrival-memberships", "0,1,3"]).options.arrival_memberships == (0, 1, 3)
+    assert parse_args(required).options.arrival_memberships == (0,)
+    for bad in ("0,1,1", "-1", "a"):
+        with pytest.raises(SystemExit) as exc:
+            parse_args([*required, "--arrival-memberships", bad])
+        assert exc.value.code == 2
+        assert "--arrival-memberships" in capsys.readouterr().err

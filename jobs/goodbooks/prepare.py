@@ -75,6 +75,7 @@ class PrepareArgs:
     min_board_size: int = 5
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     cold_share: float = 0.1
+    log_degree: bool = True
     device: str = "auto"
     encode_batch: int = 256
     common: CommonArgs = field(default_factory=CommonArgs)
@@ -119,6 +120,13 @@ def parse_args(argv: list[str] | None = None) -> PrepareArgs:
         default=d.cold_share,
         help="share of the books with at least 4 memberships held out entirely as new books (0: none)",
     )
+    p.add_argument(
+        "--log-degree",
+        action=argparse.BooleanOptionalAction,
+        default=d.log_degree,
+        help="end each pin's features with its scaled log degree (new books: of their revealed "
+        "memberships); without it, the features are the text vector alone",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="text encoder device")
     p.add_argument("--encode-batch", type=at_least(1), default=d.encode_batch, help="texts per encoder call")
     add_common_args(p, work_tables=False)
@@ -133,6 +141,7 @@ def parse_args(argv: list[str] | None = None) -> PrepareArgs:
         a.min_board_size,
         a.split,
         a.cold_share,
+        a.log_degree,
         a.device,
         a.encode_batch,
         common_args(p, a),
@@ -172,6 +181,7 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
             "min_board_size": args.min_board_size,
             "split": list(args.split),
             "cold_share": args.cold_share,
+            "log_degree": args.log_degree,
         },
     }
 
@@ -222,7 +232,8 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
         warm = books.select(F.col("book_id").alias("pin_id"))
         if cold is not None:
             warm = warm.join(cold.select("pin_id").distinct(), "pin_id", "left_anti")
-        publish("pins", tables.with_log_degree(content, tables.log_degree(warm, graph, top)))
+        degree = tables.log_degree(warm, graph, top)
+        publish("pins", tables.with_log_degree(content, degree, args.log_degree))
 
     with report.timed("pairs and labels"):
         publish("labels", tables.labels(books, book_tags, tags))
@@ -236,7 +247,7 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
                 edges = publish(f"cold_edges_r{r}", tables.revealed_edges(cold, r))
                 # Scaled by the training graph's largest count, exactly as a warm book's degree.
                 degree = tables.log_degree(new, edges, top)
-                publish(f"cold_pins_r{r}", tables.with_log_degree(content, degree))
+                publish(f"cold_pins_r{r}", tables.with_log_degree(content, degree, args.log_degree))
                 publish(f"cold_extra_edges_r{r}", tables.known_edges(edges, heldout))
             for split, df in tables.cold_pairs(graph, cold, args.seed).items():
                 publish(f"cold_{split}_pairs", df)

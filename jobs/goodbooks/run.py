@@ -44,7 +44,7 @@ QUIET = ["--conf", "spark.ui.showConsoleProgress=false"]
 TRAIN_DEFAULTS = tuple(
     shlex.split(
         "--epochs 6 --batch-size 8192 --lr 0.005 --embed-dim 64 "
-        "--co-membership-pairs 1000000 --loss softmax --temperature 0.1 --structural-features 1"
+        "--co-membership-pairs 1000000 --loss softmax --temperature 0.1"
     )
 )
 
@@ -102,6 +102,7 @@ class GoodbooksArgs:
     candidates: int | None = None
     resume: bool = False
     cold_share: float = 0.1
+    log_degree: bool = True
     cold_splits: tuple[str, ...] = COLD_SPLITS
     baselines: bool = True
     baseline_flags: tuple[str, ...] = BASELINE_FLAGS
@@ -134,6 +135,13 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
         type=below_one,
         default=0.1,
         help="share of the books (with at least 4 memberships) held out as new books; 0: no new books",
+    )
+    p.add_argument(
+        "--log-degree",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="end the books' features with their scaled log degree (prepare's --log-degree; training "
+        "then gets --structural-features 1, the column zeroed for books shown as arriving)",
     )
     p.add_argument(
         "--cold-splits",
@@ -170,6 +178,7 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
         a.candidates,
         a.resume,
         a.cold_share,
+        a.log_degree,
         tuple(x for x in a.cold_splits.split(",") if x),
         a.baselines,
         tuple(shlex.split(a.baseline_flags)),
@@ -227,7 +236,13 @@ def run(args: GoodbooksArgs) -> ChainReport:
             json.dump(report.seconds, f, indent=2)
 
     seed = flags(seed=str(args.seed))
-    prepare = [*flags(data_dir=args.data_dir, out=data, cold_share=str(args.cold_share)), *seed, *spark]
+    degree = "--log-degree" if args.log_degree else "--no-log-degree"
+    prepare = [
+        *flags(data_dir=args.data_dir, out=data, cold_share=str(args.cold_share)),
+        degree,
+        *seed,
+        *spark,
+    ]
     step("prepare", ["jobs/goodbooks/prepare.py", *prepare])
     walk_inputs = flags(edges=f"{data}/edges", pins=f"{data}/pins", out=nbrs)
     step("neighbors", ["jobs/neighborhoods.py", *walk_inputs, *seed, *args.walk_flags, *spark])
@@ -240,9 +255,12 @@ def run(args: GoodbooksArgs) -> ChainReport:
     pairs = flags(pairs=f"{data}/train_pairs", validation_pairs=f"{data}/validation_pairs")
     sample = flags(candidates=str(args.candidates)) if args.candidates else []
     baselines = flags(pins=f"{data}/content", edges=f"{data}/edges", labels=f"{data}/labels")
+    # The log degree is the one feature computed from memberships: zeroed for books shown as arriving.
+    structural = ["--structural-features", "1"] if args.log_degree else []
     for name in args.variants:
         ckpt, embeddings = f"{out}/models/{name}.pt", f"{out}/runs/{name}"
-        train = [*graph, *pairs, "--out", ckpt, *seed, *spark, *TRAIN_DEFAULTS, *VARIANTS[name].train_flags]
+        train = [*graph, *pairs, "--out", ckpt, *seed, *spark, *TRAIN_DEFAULTS, *structural]
+        train += VARIANTS[name].train_flags
         step(f"train-{name}", ["jobs/train.py", *train, *args.train_flags])
         step(f"embed-{name}", ["jobs/embed.py", *graph, "--checkpoint", ckpt, "--out", embeddings, *spark])
         test = flags(embeddings=f"{embeddings}/pin_embeddings", pairs=f"{data}/test_pairs")

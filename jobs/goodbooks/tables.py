@@ -192,8 +192,11 @@ def log_degree(pins: DataFrame, graph: DataFrame, top: int | None = None) -> Dat
     )
 
 
-def with_log_degree(content: DataFrame, degree: DataFrame) -> DataFrame:
-    """(pin_id, features = text vector ++ [log_degree]) for the pins of `degree`."""
+def with_log_degree(content: DataFrame, degree: DataFrame, include: bool = True) -> DataFrame:
+    """(pin_id, features = text vector ++ [log_degree]) for the pins of `degree`; with `include`
+    False, the text vector alone (for the same pins)."""
+    if not include:
+        return content.join(degree.select("pin_id"), "pin_id").select("pin_id", "features")
     feature = F.array(F.col("log_degree").cast("float"))
     return content.join(degree, "pin_id").select("pin_id", F.concat("features", feature).alias("features"))
 

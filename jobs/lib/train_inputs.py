@@ -29,6 +29,7 @@ class TrainInputs:
     pairs: tuple[np.ndarray, np.ndarray]  # (query, pos) pin positions
     validation: tuple[np.ndarray, np.ndarray] | None
     dropped: dict[str, int]  # rows naming unknown nodes (or NULL ids), per table
+    walk: object | None = None  # pinsage_model.training.arrival.WalkParams of pin_neighbors, when read
 
 
 def _arrow(df: DataFrame) -> pa.Table:

@@ -19,11 +19,13 @@ from torch.utils.data import DataLoader
 
 from pinsage_model.config import ModelConfig
 from pinsage_model.model import PinSage
+from pinsage_model.training.arrival import WalkParams
 from pinsage_model.training.graph import TrainGraph
 from pinsage_model.training.loss import batch_loss, candidate_log_count
 from pinsage_model.training.progress import Progress
 from pinsage_model.training.sampling import (
     PPR_RESTART,
+    ArrivalTables,
     CoMembership,
     EpochBatches,
     HardNegatives,
@@ -71,6 +73,13 @@ class TrainOptions:
     # trailing feature columns (computed from memberships) are zeroed for them.
     neighbor_dropout: float = 0.0
     structural_features: int = 0
+    # The membership counts a pin shown as arriving draws from (0: none); with counts above 0, its
+    # neighbors are re-walked from the memberships it keeps (`sampling.ArrivalTables`), each epoch.
+    arrival_memberships: tuple[int, ...] = (0,)
+    arrival_walk: WalkParams = WalkParams()
+    # What an arriving pin's structural columns hold: "zero", or "same-count" (those of the graph's
+    # pins with as many memberships as it arrives with: `sampling.ArrivalTables`).
+    arrival_structural: str = "zero"
 
 
 def lr_factor(warmup_steps: int, decay: float, steps_per_epoch: int) -> Callable[[int], float]:
@@ -225,6 +234,15 @@ def _train(
             log_count = torch.from_numpy(
                 candidate_log_count(counts, in_batch, options.negatives, graph.num_pins)
             ).to(device)
+        arrival = None
+        if options.neighbor_dropout > 0 and any(options.arrival_memberships):
+            clock_walk = time.perf_counter()
+            rng = np.random.default_rng([options.seed, epoch, 0, 2])
+            structural = options.structural_features if options.arrival_structural == "same-count" else 0
+            arrival = ArrivalTables.draw(
+                graph, options.arrival_memberships, options.arrival_walk, rng, structural
+            )
+            log.info("arrival neighborhoods walked (%.1fs)", time.perf_counter() - clock_walk)
         batches = EpochBatches(
             graph,
             config.schedule(),
@@ -237,6 +255,7 @@ def _train(
             epoch,
             options.neighbor_dropout,
             options.structural_features,
+            arrival,
         )
         steps = len(batches)
         loader = DataLoader(

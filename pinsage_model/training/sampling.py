@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import Dataset
 
 from pinsage_model.config import Layer
-from pinsage_model.training.graph import TrainGraph
+from pinsage_model.training.arrival import WalkParams, arrival_neighbors
+from pinsage_model.training.graph import Adjacency, TrainGraph
 from pinsage_model.training.progress import Progress
 from pinsage_model.training.subgraph import ComputationGraph, computation_graph
 
@@ -283,6 +284,91 @@ class CoMembership:
         return picked
 
 
+# ---- pins shown as arriving with a few memberships ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArrivalTables:
+    """For each membership count r > 0 a pin may arrive with, every pin's neighbor rows when it
+    keeps r of its memberships (drawn at random; a pin with r or fewer keeps all): the top boards
+    of walks over the graph in which it keeps only those (`arrival.arrival_neighbors`). With
+    `structural` columns, `values[r]` is what those columns hold for a pin arriving with r
+    memberships: the median over the graph's pins with exactly r memberships (the columns are
+    computed from memberships, so pins with the same count carry the same values), 0 where no pin
+    has r."""
+
+    counts: tuple[int, ...]  # the r a shown pin draws from (0: no memberships)
+    tables: dict[int, Adjacency]  # r > 0 -> Adjacency over all pins
+    values: dict[int, np.ndarray] | None = None  # r -> [structural] float32
+
+    @classmethod
+    def draw(
+        cls,
+        graph: TrainGraph,
+        counts: Sequence[int],
+        walk: WalkParams,
+        rng: np.random.Generator,
+        structural: int = 0,
+    ) -> ArrivalTables:
+        tables = {}
+        edges = (graph.edge_pin, graph.edge_board, graph.edge_weight)
+        for r in sorted({c for c in counts if c > 0}):
+            # r memberships of each pin: those with the r smallest random keys.
+            order = np.lexsort((rng.random(len(graph.edge_pin)), graph.edge_pin))
+            pin = graph.edge_pin[order]
+            first = np.r_[0, np.flatnonzero(pin[1:] != pin[:-1]) + 1] if len(pin) else np.zeros(0, np.int64)
+            rank = np.arange(len(pin)) - np.repeat(first, np.diff(np.r_[first, len(pin)]))
+            kept = order[rank < r]
+            sources = np.arange(graph.num_pins)
+            src, board, weight = arrival_neighbors(
+                edges,
+                graph.num_pins,
+                graph.num_boards,
+                sources,
+                (graph.edge_pin[kept], graph.edge_board[kept], graph.edge_weight[kept]),
+                walk,
+                rng,
+            )
+            tables[r] = Adjacency.from_rows(src, board, weight, graph.num_pins)
+        values = None
+        if structural:
+            degree = np.bincount(graph.edge_pin, minlength=graph.num_pins)
+            columns = graph.pin_features[:, graph.pin_features.shape[1] - structural :]
+            values = {
+                r: np.median(columns[degree == r], axis=0).astype(np.float32)
+                if (degree == r).any()
+                else np.zeros(structural, np.float32)
+                for r in counts
+            }
+        return cls(tuple(counts), tables, values)
+
+    def rows(
+        self, targets: np.ndarray, shown: np.ndarray, rng: np.random.Generator
+    ) -> tuple[Adjacency, np.ndarray | None]:
+        """The neighbor rows of `targets` (an Adjacency over them): for each one `shown`, those of a
+        count drawn uniformly from `counts`; none for the others. With `values`, also each
+        target's structural values for its count, [T, structural]."""
+        drawn = np.asarray(self.counts)[rng.integers(0, len(self.counts), size=len(targets))]
+        dst, src, weight = [], [], []
+        for r, table in self.tables.items():
+            mine = np.flatnonzero(shown & (drawn == r))
+            rows = table.rows_of(targets[mine])
+            n = table.indptr[targets[mine] + 1] - table.indptr[targets[mine]]
+            dst.append(np.repeat(mine, n))
+            src.append(table.src[rows])
+            weight.append(table.weight[rows])
+        values = None
+        if self.values is not None:
+            values = np.stack([self.values[int(r)] for r in drawn]) if len(drawn) else None
+        if not dst:
+            empty = np.zeros(0, dtype=np.int64)
+            return Adjacency.from_rows(empty, empty, np.zeros(0, np.float32), len(targets)), values
+        adjacency = Adjacency.from_rows(
+            np.concatenate(dst), np.concatenate(src), np.concatenate(weight), len(targets)
+        )
+        return adjacency, values
+
+
 # ---- minibatches -------------------------------------------------------------------------------
 
 
@@ -324,17 +410,21 @@ def make_batch(
     arriving: float = 0.0,
     structural: int = 0,
     rng: np.random.Generator | None = None,
+    arrival: ArrivalTables | None = None,
 ) -> Batch:
     """Re-index a batch of examples (pin positions) onto the computation graph of its pins for the
     layers of `schedule`. With `arriving` > 0, each of the batch's pins is, with that probability
     (drawn from `rng`), shown as a pin arriving without memberships (neighbor dropout:
-    `computation_graph`)."""
+    `computation_graph`), or with `arrival`, as one arriving with a few memberships."""
     targets = np.unique(np.concatenate([query, pos, negatives, hard.ravel()]))
     dropped = None
     if arriving > 0:
         if rng is None:
             raise ValueError("neighbor dropout needs a generator")
         dropped = rng.random(len(targets)) < arriving
+    shown, values = None, None
+    if arrival is not None and dropped is not None:
+        shown, values = arrival.rows(targets, dropped, rng)
 
     def rows(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.searchsorted(targets, x).astype(np.int64))
@@ -342,7 +432,7 @@ def make_batch(
     negative_mask = (negatives[None, :] != query[:, None]) & (negatives[None, :] != pos[:, None])
     hard_mask = (hard != query[:, None]) & (hard != pos[:, None])
     return Batch(
-        graph=computation_graph(graph, targets, schedule, dropped, structural),
+        graph=computation_graph(graph, targets, schedule, dropped, structural, shown, values),
         query=rows(query),
         pos=rows(pos),
         negatives=rows(negatives),
@@ -371,8 +461,10 @@ class EpochBatches(Dataset):
         epoch: int,
         neighbor_dropout: float = 0.0,
         structural_features: int = 0,
+        arrival: ArrivalTables | None = None,
     ) -> None:
         self.graph, self.schedule = graph, tuple(schedule)
+        self.arrival = arrival
         self.neighbor_dropout, self.structural_features = neighbor_dropout, structural_features
         self.pairs, self.batch_size = pairs, batch_size
         self.negatives, self.hard, self.hard_pools = negatives, hard, hard_pools
@@ -403,6 +495,7 @@ class EpochBatches(Dataset):
             self.neighbor_dropout,
             self.structural_features,
             rng,  # drawn from after the negatives: without dropout, the batches are as before
+            self.arrival,
         )
 
 

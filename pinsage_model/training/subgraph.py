@@ -32,7 +32,7 @@ import torch
 from pinsage_model.config import Layer
 from pinsage_model.model import PinSage
 from pinsage_model.pooling import pool_projected
-from pinsage_model.training.graph import TrainGraph
+from pinsage_model.training.graph import Adjacency, TrainGraph
 
 
 @dataclass(frozen=True)
@@ -94,58 +94,93 @@ def computation_graph(
     schedule: Sequence[Layer],
     arriving: np.ndarray | None = None,
     structural: int = 0,
+    arrival_rows: Adjacency | None = None,
+    arrival_values: np.ndarray | None = None,
 ) -> ComputationGraph:
     """The re-indexed computation graph of `targets` (distinct pin positions) for the layers of
     `schedule` (`ModelConfig.schedule()`). `arriving` ([T] bool, optional) marks the targets shown
-    without memberships, `structural` the trailing feature columns zeroed for them (module doc)."""
+    as arriving pins, `structural` the trailing feature columns zeroed for them (module doc).
+    `arrival_rows` (an Adjacency over the T targets, optional) gives an arriving target the neighbor
+    rows of the few memberships it arrives with; without it, or where it has none, it has none."""
     targets = np.asarray(targets, dtype=np.int64)
     need: dict[int, np.ndarray] = {schedule[-1].k: targets}
     lead: dict[int, np.ndarray] = {}  # level -> the nodes that must come first in it
-    rows: dict[int, np.ndarray] = {}
+    src_of: dict[int, np.ndarray] = {}  # layer k -> source positions of its rows, target by target
+    weight_of: dict[int, np.ndarray] = {}
     counts: dict[int, np.ndarray] = {}  # layer k -> rows per node of need[k]
     for layer in reversed(schedule):
         adjacency = graph.neighbors[layer.target]
         nodes = need[layer.k]
         counts[layer.k] = adjacency.indptr[nodes + 1] - adjacency.indptr[nodes]
-        rows[layer.k] = adjacency.rows_of(nodes)
+        rows = adjacency.rows_of(nodes)
+        src_of[layer.k], weight_of[layer.k] = adjacency.src[rows], adjacency.weight[rows]
         if arriving is not None and layer.target == "pin":
-            # The targets are the first rows of every pin level (need[k] is a prefix of need[k-2]).
-            empty = np.zeros(len(nodes), dtype=bool)
-            empty[: len(targets)] = arriving
-            rows[layer.k] = rows[layer.k][np.repeat(~empty, counts[layer.k])]
-            counts[layer.k] = np.where(empty, 0, counts[layer.k])
+            src_of[layer.k], weight_of[layer.k], counts[layer.k] = _arriving_rows(
+                src_of[layer.k], weight_of[layer.k], counts[layer.k], arriving, arrival_rows
+            )
         # Layer k's targets read their own term at level k-2 as its first rows.
         lead[layer.own] = need[layer.k]
         prefix = lead.get(layer.k - 1, np.zeros(0, dtype=np.int64))
-        sources = np.unique(adjacency.src[rows[layer.k]])
+        sources = np.unique(src_of[layer.k])
         need[layer.k - 1] = np.concatenate([prefix, np.setdiff1d(sources, prefix, assume_unique=True)])
     for level, nodes in lead.items():  # levels read only as own terms: the first layer's boards
         need.setdefault(level, nodes)
 
     blocks = []
     for layer in schedule:
-        adjacency = graph.neighbors[layer.target]
-        r = rows[layer.k]
         targets_k, sources = need[layer.k], need[layer.k - 1]
         dst = np.repeat(np.arange(len(targets_k)), counts[layer.k])
         order = np.argsort(sources, kind="stable")
-        src = _positions(sources[order], order, adjacency.src[r])
+        src = _positions(sources[order], order, src_of[layer.k])
         blocks.append(
             Block(
                 src=torch.from_numpy(src),
                 dst=torch.from_numpy(dst),
-                weight=torch.from_numpy(adjacency.weight[r]),
+                weight=torch.from_numpy(weight_of[layer.k].astype(np.float32)),
                 num_targets=len(targets_k),
             )
         )
     pin_features = graph.pin_features[need[0]]  # a copy: zeroing it leaves the graph alone
     if arriving is not None and structural:
-        pin_features[: len(targets)][arriving, -structural:] = 0.0
+        fill = 0.0 if arrival_values is None else arrival_values[arriving]
+        pin_features[: len(targets)][arriving, -structural:] = fill
     return ComputationGraph(
         targets=targets,
         pin_features=torch.from_numpy(pin_features),
         board_features=torch.from_numpy(graph.board_features[need[-1]]),
         blocks=tuple(blocks),
+    )
+
+
+def _arriving_rows(
+    src: np.ndarray,
+    weight: np.ndarray,
+    counts: np.ndarray,
+    arriving: np.ndarray,
+    arrival_rows: Adjacency | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pin layer's rows (src, weight, rows per node, node by node) with the arriving targets' rows
+    (the first len(arriving) nodes: need[k] is a prefix of need[k-2]) replaced by their
+    `arrival_rows`, or by none."""
+    T = len(arriving)
+    node = np.repeat(np.arange(len(counts)), counts)
+    empty = np.zeros(len(counts), dtype=bool)
+    empty[:T] = arriving
+    keep = ~empty[node]
+    if arrival_rows is None:
+        return src[keep], weight[keep], np.where(empty, 0, counts)
+    shown = np.flatnonzero(arriving)
+    rows = arrival_rows.rows_of(shown)
+    shown_counts = arrival_rows.indptr[shown + 1] - arrival_rows.indptr[shown]
+    new_counts = np.where(empty, 0, counts)
+    new_counts[shown] = shown_counts
+    # Node by node: each node's rows from the graph, or from arrival_rows where it arrives.
+    all_node = np.r_[node[keep], np.repeat(shown, shown_counts)]
+    order = np.argsort(all_node, kind="stable")
+    return (
+        np.r_[src[keep], arrival_rows.src[rows]][order],
+        np.r_[weight[keep], arrival_rows.weight[rows]][order],
+        new_counts,
     )
 
 
