@@ -13,9 +13,10 @@ it times four ways to embed every pin:
    shuffled (against the floor), broadcast and written;
 2. warm: `jobs/embed.py`'s `run` in this process's session, --spark-runs times (default 2; 0 skips
    it): the last run is reported and the first recorded beside it;
-3. limit: `PinSage.forward` over the whole graph in memory (one sparse product per layer's pooling,
-   no Spark), the best one machine can do with the same math; run as many times as the chain (at
-   least once), the last reported;
+3. limit: `PinSage.forward`'s math over the whole graph in memory, no Spark (`limit`: 65,536 pins
+   at a time, one sparse product per chunk's pooling), in a Python process of its own; the best one
+   machine can do with the same math. Run as many times as the chain (at least once), the last
+   reported; checked against `PinSage.forward` on the whole graph where it has at most 131,072 pins;
 4. per-target: the paper's Algorithm 2, each minibatch of 512 target pins building and computing its
    own 2-hop computation graph with no reuse across minibatches. Timed on a sample of minibatches and
    scaled to all pins (the row says how many pins were timed); the neighbor tables' CSR index, built
@@ -25,8 +26,8 @@ It checks that the chain's output and the limit agree within 1e-5 (on every pin,
 sample of 50,000 pins for the paper-sized model; with --projection-precision bfloat16 or float16 it
 reports the largest and mean difference instead) and that per-target agrees with limit on the pins
 it computed. Peak memory is the largest resident set, sampled every 0.2 s: of the fresh process's
-tree (driver, JVM, Python workers), of this process's tree for the warm runs, of this process
-alone (graph, model and activations) for limit. Graphs come from jobs/demo/generate_graph.py with 5
+tree (driver, JVM, Python workers), of this process's tree for the warm runs, of the limit's own
+process (graph, model and activations) for limit. Graphs come from jobs/demo/generate_graph.py with 5
 memberships per pin on average and the memberships as neighbor tables (10 neighbor rows per pin
 over both tables); see `graph_spec`. Results go to DIR/embed.json and print as markdown tables.
 """
@@ -50,6 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import psutil
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 
@@ -62,11 +64,13 @@ from jobs.lib.vectors import PRECISIONS
 from pinsage_model.checkpoint import build_model, read_checkpoint, save_checkpoint
 from pinsage_model.config import ModelConfig
 from pinsage_model.model import Neighborhood, random_model
-from pinsage_model.pooling import pool_gathered
+from pinsage_model.pooling import pool_gathered, weighted_sums
 
 MODELS = {"small": (32, 64, 32), "paper": (1024, 1024, 512)}  # (features, hidden, embedding)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMBERSHIPS_PER_PIN = 5  # so neighbor rows (both tables) = 10 per pin
+ENV = {**os.environ, "PYTHONPATH": REPO}  # for the processes the benchmark starts
+LIMIT_CHUNK_PINS = 65_536  # pins per chunk of the in-process limit
 
 
 class PeakMemory:
@@ -276,10 +280,9 @@ def fresh_chain(root: str, broadcast_mb: str, precision: str) -> tuple[float, fl
         *("--conf", "spark.eventLog.compress=false"),
         *("--conf", f"spark.eventLog.dir={os.path.abspath(log_dir)}"),
     ]
-    env = {**os.environ, "PYTHONPATH": REPO}
     with open(f"{root}/fresh.log", "w") as log:
         clock = Stopwatch()
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT)
         with PeakMemory(pid=proc.pid) as mem:
             code = proc.wait()
         seconds = clock.seconds()
@@ -313,12 +316,20 @@ class InMemoryGraph:
 
 
 def load(root: str) -> InMemoryGraph:
-    pins = pq.read_table(f"{root}/pins")
-    pin_ids = pins.column("pin_id").to_numpy()
-    dim = len(pins.column("features")[0])
-    features = torch.from_numpy(
-        pins.column("features").combine_chunks().flatten().to_numpy().reshape(len(pin_ids), dim).copy()
-    )
+    """The graph under ROOT in memory. The features are read batch by batch into one float32 array
+    (no Arrow copy of the whole column beside it): their `pins x d_in x 4` bytes are the largest
+    part of the limit's memory."""
+    pins = ds.dataset(f"{root}/pins", format="parquet")
+    pin_ids = pins.to_table(columns=["pin_id"]).column("pin_id").to_numpy()
+    features = None
+    at = 0
+    for batch in pins.to_batches(columns=["features"], batch_size=65_536, use_threads=False):
+        flat = batch.column(0).flatten().to_numpy()
+        block = flat.reshape(len(batch), -1)
+        if features is None:
+            features = np.empty((len(pin_ids), block.shape[1]), dtype=np.float32)
+        features[at : at + len(batch)] = block
+        at += len(batch)
     bn = pq.read_table(f"{root}/board_neighbors")
     pn = pq.read_table(f"{root}/pin_neighbors")
     board_ids = np.unique(
@@ -338,13 +349,102 @@ def load(root: str) -> InMemoryGraph:
         index(board_ids, pn.column("board_id").to_numpy()),
         torch.from_numpy(pn.column("weight").to_numpy()),
     )
-    return InMemoryGraph(pin_ids, features, board_ids, board_nbrs, pin_nbrs)
+    return InMemoryGraph(pin_ids, torch.from_numpy(features), board_ids, board_nbrs, pin_nbrs)
 
 
-def limit(model, g: InMemoryGraph) -> torch.Tensor:
+def normalised_rows(nbrs: Neighborhood, num_dst: int, by: str) -> tuple[torch.Tensor, ...]:
+    """The rows of `nbrs` sorted by `by` ("src" or "dst"), each weight divided by its target's
+    float64 total as `pool_gathered` does: (src, dst, coefficient)."""
+    w = nbrs.weight.to(torch.float64)
+    total = torch.zeros(num_dst, dtype=torch.float64).index_add_(0, nbrs.dst, w)
+    coeff = w / total[nbrs.dst]  # every target here has rows: its total is positive
+    order = torch.argsort(nbrs.src if by == "src" else nbrs.dst, stable=True)
+    return nbrs.src[order], nbrs.dst[order], coeff[order]
+
+
+def limit(model, g: InMemoryGraph, chunk: int = LIMIT_CHUNK_PINS) -> torch.Tensor:
+    """`PinSage.forward`'s math over the whole graph (K = 2, importance pooling, boards without
+    features), `chunk` pins at a time so that no [pins, hidden] matrix is held: layer 1 projects a
+    chunk of pins and adds its rows' share to the boards' pooled sums (one `weighted_sums` product
+    per chunk); layer 2 projects every board once, then pools, combines and runs the head on a chunk
+    of target pins at a time. Memory: the features, the boards' vectors and one chunk's
+    activations. Equal to `PinSage.forward` up to float32 summation order (`check_limit`)."""
+    c1, c2 = model.conv(1), model.conv(2)
+    assert model.config.num_layers == 2 and c1.pooling == c2.pooling == "importance"
+    pins, boards = len(g.pin_ids), len(g.board_ids)
     with torch.inference_mode():
-        z, _ = model(g.features, torch.zeros(len(g.board_ids), 0), g.board_nbrs, g.pin_nbrs)
+        src, dst, coeff = normalised_rows(g.board_nbrs, boards, by="src")
+        cuts = torch.searchsorted(src, torch.arange(0, pins + chunk, chunk)).tolist()
+        pooled = torch.zeros(boards, c1.dims.hidden_dim)
+        for i, start in enumerate(range(0, pins, chunk)):
+            rows = slice(cuts[i], cuts[i + 1])
+            projected = c1.project(g.features[start : start + chunk])
+            pooled += weighted_sums(projected, src[rows] - start, dst[rows], coeff[rows].float(), boards)
+        h_boards = c1.combine(torch.zeros(boards, 0), pooled)
+        del pooled
+        projected = c2.project(h_boards)
+        src, dst, coeff = normalised_rows(g.pin_nbrs, pins, by="dst")
+        cuts = torch.searchsorted(dst, torch.arange(0, pins + chunk, chunk)).tolist()
+        z = torch.empty(pins, model.config.embed_dim)
+        for i, start in enumerate(range(0, pins, chunk)):
+            rows = slice(cuts[i], cuts[i + 1])
+            n = min(chunk, pins - start)
+            pooled = weighted_sums(projected, src[rows], dst[rows] - start, coeff[rows].float(), n)
+            z[start : start + n] = model.head(c2.combine(g.features[start : start + n], pooled))
     return z
+
+
+def limit_process(root: str, model_name: str, runs: int, per_target_pins: int) -> dict:
+    """The limit and per-target inference in a Python process of their own (`--limit-of ROOT`), so
+    that neither the benchmark's Spark session nor an earlier row shares their memory: its row
+    fields, with ROOT/limit.npy holding the limit's embeddings in pin order."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--limit-of", root, "--models", model_name]
+    cmd += ["--spark-runs", str(runs), "--per-target-pins", str(per_target_pins)]
+    with open(f"{root}/limit.log", "w") as log:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=ENV)
+    if done.returncode != 0:
+        raise RuntimeError(f"the limit's process exited {done.returncode}; see {root}/limit.log")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def limit_row(root: str, model_name: str, runs: int, per_target_pins: int) -> dict:
+    """What `limit_process` runs: load the graph, time the limit `runs` times (peak resident memory
+    of this process, graph included), save its embeddings, time per-target inference on a sample of
+    pins and check it against the limit."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    row: dict = {"limit_runs_s": []}
+    with PeakMemory(children=False) as mem:
+        g = load(f"{root}/input")
+        model = build_model(read_checkpoint(f"{root}/model.pt"))
+        for _ in range(runs):  # as many runs as the chain got, the last reported
+            clock = Stopwatch()
+            z = limit(model, g)
+            row["limit_runs_s"].append(round(clock.seconds(), 2))
+    row["limit_s"] = row["limit_runs_s"][-1]
+    row["limit_peak_gib"] = round(mem.peak / 2**30, 2)
+    row["limit_chunk_pins"] = LIMIT_CHUNK_PINS
+    if len(g.pin_ids) <= LIMIT_CHUNK_PINS * 2:  # small enough to also run PinSage.forward whole
+        with torch.inference_mode():
+            whole, _ = model(g.features, torch.zeros(len(g.board_ids), 0), g.board_nbrs, g.pin_nbrs)
+        row["limit_vs_forward_max_abs"] = float((whole - z).abs().max())
+        assert row["limit_vs_forward_max_abs"] < 1e-5, row
+    np.save(f"{root}/limit.npy", z.numpy())
+
+    pins = len(g.pin_ids)
+    rng = np.random.default_rng(1)
+    targets = torch.from_numpy(np.sort(rng.choice(pins, min(pins, per_target_pins), replace=False)))
+    started = time.perf_counter()
+    tables = csr(g.pin_nbrs, pins), csr(g.board_nbrs, len(g.board_ids))
+    indexing = time.perf_counter() - started  # once per run, not per minibatch: not scaled
+    started = time.perf_counter()
+    zt = per_target(model, g, tables, targets)
+    timed = time.perf_counter() - started
+    row["per_target_timed_pins"] = len(targets)
+    row["per_target_index_s"] = round(indexing, 2)
+    row["per_target_s"] = round(indexing + timed * pins / len(targets), 2)
+    row["per_target_vs_limit_max_abs"] = float((zt - z[targets]).abs().max())
+    assert row["per_target_vs_limit_max_abs"] < 1e-5, row
+    return row
 
 
 def csr(nbrs: Neighborhood, num_dst: int):
@@ -457,17 +557,7 @@ def bench_one(
         row["spark_peak_gib"] = round(mem.peak / 2**30, 2)
     row["spark_s"] = row["spark_runs_s"][-1] if spark_runs else fresh_s
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    g = load(f"{root}/input")
-    model = build_model(ckpt)
-    row["limit_runs_s"] = []
-    with PeakMemory(children=False) as mem:
-        for _ in range(max(1, spark_runs)):  # as many runs as the chain got, the last reported
-            clock = Stopwatch()
-            z = limit(model, g).numpy()
-            row["limit_runs_s"].append(round(clock.seconds(), 2))
-    row["limit_s"] = row["limit_runs_s"][-1]
-    row["limit_peak_gib"] = round(mem.peak / 2**30, 2)
+    row.update(limit_process(root, model_name, max(1, spark_runs), per_target_pins))
     # The GEMM rate just before the fresh run and just after the limit: on a shared machine the
     # higher one is what the cores could do; every share of it is taken against that.
     row["gemm_gflops"] = [round(gemm_before, 1), round(gemm_gflops(os.cpu_count() or 1), 1)]
@@ -485,25 +575,15 @@ def bench_one(
     row["limit_share_of_bound"] = round(pins / row["limit_s"] / bound, 3)
     row["fresh_share_of_bound"] = round(pins / fresh_s / bound, 3)
 
+    z = np.load(f"{root}/limit.npy", mmap_mode="r")
+    pin_ids = pq.read_table(f"{root}/input/pins", columns=["pin_id"]).column("pin_id").to_numpy()
     rng = np.random.default_rng(0)
     sample = None if model_name == "small" else np.sort(rng.choice(pins, min(pins, 50_000), replace=False))
-    got = spark_embeddings(spark, f"{root}/out", g.pin_ids, sample)
+    got = spark_embeddings(spark, f"{root}/out", pin_ids, sample)
     error = np.abs(got - (z if sample is None else z[sample]))
     row["spark_vs_limit_max_abs"] = float(error.max())
     row["spark_vs_limit_mean_abs"] = float(error.mean())
     row["checked_pins"] = len(got)
-
-    targets = torch.from_numpy(np.sort(rng.choice(pins, min(pins, per_target_pins), replace=False)))
-    started = time.perf_counter()
-    tables = csr(g.pin_nbrs, len(g.pin_ids)), csr(g.board_nbrs, len(g.board_ids))
-    indexing = time.perf_counter() - started  # once per run, not per minibatch: not scaled
-    started = time.perf_counter()
-    zt = per_target(model, g, tables, targets).numpy()
-    timed = time.perf_counter() - started
-    row["per_target_timed_pins"] = len(targets)
-    row["per_target_index_s"] = round(indexing, 2)
-    row["per_target_s"] = round(indexing + timed * pins / len(targets), 2)
-    row["per_target_vs_limit_max_abs"] = float(np.abs(zt - z[targets.numpy()]).max())
     row["spark_over_limit"] = round(row["spark_s"] / row["limit_s"], 2)
     row["fresh_over_limit"] = round(fresh_s / row["limit_s"], 2)
     row["per_target_over_spark"] = round(row["per_target_s"] / row["spark_s"], 2)
@@ -576,7 +656,11 @@ def main() -> None:
         help="runs of the chain on each graph; the last is reported, all are recorded (the first "
         "pays for warming the JVM and the Python workers)",
     )
+    p.add_argument("--limit-of", metavar="ROOT", help=argparse.SUPPRESS)  # limit_process's own entry
     a = p.parse_args()
+    if a.limit_of:
+        print(json.dumps(limit_row(a.limit_of, a.models[0], a.spark_runs, a.per_target_pins)))
+        return
     logging.basicConfig(level=logging.WARNING)
     conf = {"spark.ui.showConsoleProgress": "false", **dict(c.split("=", 1) for c in a.conf)}
     gemm = gemm_gflops(os.cpu_count() or 1)
