@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from jobs.lib.session import get_spark
+
+# Every JVM the tests start (this session's, and those of the `python jobs/...`, spark-submit and
+# Airflow runs they launch, which inherit the environment) handles small graphs for seconds to
+# minutes: the quick JIT tier and the serial collector leave the two cores to the work instead of to
+# C2 compilation and parallel GC threads. The jobs themselves keep the JVM's defaults.
+JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+os.environ.setdefault("SPARK_SUBMIT_OPTS", JVM_OPTIONS)
+os.environ.setdefault("SPARK_DAEMON_JAVA_OPTS", JVM_OPTIONS)
 
 
 @pytest.fixture(scope="session")
