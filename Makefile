@@ -54,7 +54,7 @@ demo: $(STAMP) ## Generate a graph and a random checkpoint, walk, embed every pi
 test: $(STAMP) $(TEXT_STAMP) ## Lint, then run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: $(STAMP) ## Embedding benchmark: Spark vs in-process limit vs per-target (see docs/benchmarks.md)
 	$(PY) benchmarks/embed.py $(BENCH_ARGS)

@@ -30,3 +30,26 @@ def spark():
     )
     yield session
     session.stop()
+
+
+# Modules that take a minute or more of one worker, slowest first: `make test` hands whole modules to
+# its two workers in collection order (--dist loadfile --no-loadscope-reorder), so starting these
+# first keeps one worker from finishing a long module alone at the end.
+SLOWEST_MODULES = (
+    "test_embed_new.py",
+    "test_recovery.py",
+    "test_airflow.py",
+    "test_equivalence.py",
+    "test_neighborhoods.py",
+    "test_evaluate.py",
+    "test_fuzz.py",
+    "test_related.py",
+    "test_golden.py",
+    "test_cluster.py",
+    "test_retention.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: module order kept

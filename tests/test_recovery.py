@@ -60,11 +60,21 @@ def graph(tmp_path):
     return paths, write_checkpoint(str(tmp_path / "m.pt"), seed=3)
 
 
-def test_a_python_worker_killed_in_a_projection_stage_is_retried_to_the_same_output(spark, tmp_path, graph):
-    paths, ckpt = graph
-    reference = str(tmp_path / "reference")
-    run(spark, parse_args(embed_argv(paths, ckpt, reference)), read_checkpoint(ckpt))
+@pytest.fixture(scope="module")
+def reference(spark, tmp_path_factory) -> str:
+    """The output root of one undisturbed run over `graph`'s graph and checkpoint (the same
+    content in every test), made once for the module."""
+    root = tmp_path_factory.mktemp("reference")
+    paths = write_graph(small_graph(seed=5), str(root / "in"), with_boards=False)
+    ckpt = write_checkpoint(str(root / "m.pt"), seed=3)
+    run(spark, parse_args(embed_argv(paths, ckpt, f"{root}/out")), read_checkpoint(ckpt))
+    return f"{root}/out"
 
+
+def test_a_python_worker_killed_in_a_projection_stage_is_retried_to_the_same_output(
+    spark, tmp_path, graph, reference
+):
+    paths, ckpt = graph
     markers = tmp_path / "markers"
     markers.mkdir()
     out = str(tmp_path / "faulty")
@@ -76,7 +86,9 @@ def test_a_python_worker_killed_in_a_projection_stage_is_retried_to_the_same_out
     assert outputs(spark, out) == outputs(spark, reference)
 
 
-def test_a_run_dying_in_layer_2_leaves_the_outputs_intact_and_resume_reuses_layer_1(spark, tmp_path, graph):
+def test_a_run_dying_in_layer_2_leaves_the_outputs_intact_and_resume_reuses_layer_1(
+    spark, tmp_path, graph, reference
+):
     paths, ckpt = graph
     out = str(tmp_path / "out")
     older = write_checkpoint(str(tmp_path / "older.pt"), seed=8)
@@ -92,9 +104,7 @@ def test_a_run_dying_in_layer_2_leaves_the_outputs_intact_and_resume_reuses_laye
 
     report = run(spark, parse_args(embed_argv(paths, ckpt, out) + ["--resume"]), read_checkpoint(ckpt))
     assert [layer.projections for layer in report.layers] == ["resumed", "broadcast"]
-    fresh = str(tmp_path / "fresh")
-    run(spark, parse_args(embed_argv(paths, ckpt, fresh)), read_checkpoint(ckpt))
-    assert outputs(spark, out) == outputs(spark, fresh)
+    assert outputs(spark, out) == outputs(spark, reference)
     assert not os.path.exists(f"{out}/_work"), "a finished run removes its work tables"
 
 
@@ -168,12 +178,10 @@ def delta_rows(path: str) -> tuple[int, str, dict[int, tuple[float, ...]]]:
 
 
 def test_a_run_killed_at_any_step_leaves_consistent_tables_and_a_resumed_rerun_the_undisturbed_result(
-    spark, tmp_path, graph
+    spark, tmp_path, graph, reference
 ):
     paths, ckpt = graph
     names = ("board_embeddings", "pin_embeddings")  # in publishing order
-    reference = str(tmp_path / "reference")
-    run(spark, parse_args(embed_argv(paths, ckpt, reference)), read_checkpoint(ckpt))
     out = str(tmp_path / "out")
     older = write_checkpoint(str(tmp_path / "older.pt"), seed=8)
     run(spark, parse_args(embed_argv(paths, older, out)), read_checkpoint(older))

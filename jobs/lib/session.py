@@ -21,6 +21,9 @@ LOCAL_DEFAULTS = {
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.adaptive.enabled": "true",
     "spark.log.structuredLogging.enabled": "false",
+    # Delta's VACUUM lists a table's files in this many tasks (Spark's default, 10,000, is sized
+    # for a cluster's file listing; on a laptop it turns a small table's VACUUM into minutes).
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism": "8",
 }
 
 
