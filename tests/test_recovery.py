@@ -54,19 +54,22 @@ def outputs(spark, out: str) -> dict[str, dict[int, list[float]]]:
     return {name: table(spark, f"{out}/{name}") for name in ("pin_embeddings", "board_embeddings")}
 
 
+def write_inputs(root) -> tuple[dict[str, str], str]:
+    """The graph's tables under `root`/in and its checkpoint `root`/m.pt: the same every time."""
+    paths = write_graph(small_graph(seed=5), str(root / "in"), with_boards=False)
+    return paths, write_checkpoint(str(root / "m.pt"), seed=3)
+
+
 @pytest.fixture
 def graph(tmp_path):
-    paths = write_graph(small_graph(seed=5), str(tmp_path / "in"), with_boards=False)
-    return paths, write_checkpoint(str(tmp_path / "m.pt"), seed=3)
+    return write_inputs(tmp_path)
 
 
 @pytest.fixture(scope="module")
 def reference(spark, tmp_path_factory) -> str:
-    """The output root of one undisturbed run over `graph`'s graph and checkpoint (the same
-    content in every test), made once for the module."""
+    """The output root of one undisturbed run over `graph`'s inputs, made once for the module."""
     root = tmp_path_factory.mktemp("reference")
-    paths = write_graph(small_graph(seed=5), str(root / "in"), with_boards=False)
-    ckpt = write_checkpoint(str(root / "m.pt"), seed=3)
+    paths, ckpt = write_inputs(root)
     run(spark, parse_args(embed_argv(paths, ckpt, f"{root}/out")), read_checkpoint(ckpt))
     return f"{root}/out"
 
