@@ -104,6 +104,14 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         help="draw a co-membership pair's board in proportion to its total membership weight ** A "
         "(1: the plain pin -> board -> pin step, large boards most; 0: every board equally)",
     )
+    p.add_argument(
+        "--hide-pair-board",
+        action=argparse.BooleanOptionalAction,
+        default=d.hide_pair_board,
+        help="show a co-membership pair's positive without its membership of the board the pair was "
+        "drawn from (its row of that board and the board's row of it), as a held-out positive is "
+        "shown at evaluation",
+    )
     p.add_argument("--lr", type=positive, default=d.lr, help="peak learning rate (Adam)")
     p.add_argument(
         "--loss",

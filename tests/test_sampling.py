@@ -12,6 +12,7 @@ import torch
 from pinsage_model.config import ModelConfig
 from pinsage_model.training import sampling
 from pinsage_model.training.arrival import WalkParams
+from pinsage_model.training.subgraph import computation_graph
 from tests.training_data import clustered, in_memory, one_torch_thread  # noqa: F401
 
 SCHEDULE = ModelConfig(2, 8, 0, 16, 8).schedule()
@@ -235,3 +236,32 @@ def test_pins_arriving_with_r_memberships_carry_the_structural_values_of_pins_wi
     allowed = {float(v[0]) for v in arrival.values.values()}
     changed = last != graph.pin_features[batch.graph.targets, -1]
     assert changed.sum() > 3 and set(last[changed].tolist()) <= allowed
+
+
+def test_co_membership_boards_are_the_boards_the_pairs_were_drawn_from():
+    graph, _ = in_memory(clustered(seed=12))
+    sampler = sampling.CoMembership.of(graph)
+    query, pos, board = sampler.draw_with_boards(5_000, np.random.default_rng(5))
+    plain = sampler.draw(5_000, np.random.default_rng(5))
+    assert np.array_equal(plain[0], query) and np.array_equal(plain[1], pos)
+    memberships = set(zip(graph.edge_pin.tolist(), graph.edge_board.tolist(), strict=True))
+    assert all(
+        (q, b) in memberships and (p, b) in memberships for q, p, b in zip(query, pos, board, strict=True)
+    )
+
+
+def test_a_hidden_pair_board_leaves_the_batch_only_for_that_positive():
+    graph, pairs = in_memory(clustered(seed=13))
+    sampler = sampling.CoMembership.of(graph)
+    query, pos, board = sampler.draw_with_boards(64, np.random.default_rng(6))
+    negatives = np.arange(10)
+    hard = np.zeros((len(query), 0), dtype=np.int64)
+    pos_board = np.where(np.arange(len(query)) % 2 == 0, board, -1)
+    built = sampling.make_batch(graph, SCHEDULE, query, pos, negatives, hard, pos_board=pos_board).graph
+    plain = sampling.make_batch(graph, SCHEDULE, query, pos, negatives, hard).graph
+    expected = computation_graph(
+        graph, plain.targets, SCHEDULE, hidden=(pos[pos_board >= 0], board[pos_board >= 0])
+    )
+    for got, want in zip(built.blocks, expected.blocks, strict=True):
+        assert torch.equal(got.src, want.src) and torch.equal(got.dst, want.dst)
+    assert sum(len(b.src) for b in built.blocks) < sum(len(b.src) for b in plain.blocks)

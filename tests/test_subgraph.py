@@ -92,3 +92,42 @@ def test_arriving_targets_with_memberships_pool_the_rows_they_arrive_with():
     assert torch.allclose(embed_targets(model, cg), expected, atol=1e-6, rtol=0)
     plain = embed_targets(model, computation_graph(graph, targets, model.config.schedule(), arriving, 1))
     assert not torch.allclose(plain[torch.from_numpy(shown)], expected[torch.from_numpy(shown)], atol=1e-3)
+
+
+def without_rows(graph, pins: np.ndarray, boards: np.ndarray):
+    """The whole graph with the memberships (pins[i], boards[i]) out of both neighbor tables: the
+    pin's row of the board and the board's row of the pin."""
+    hidden = set(zip(pins.tolist(), boards.tolist(), strict=True))
+    tables = {}
+    for kind, adjacency in graph.neighbors.items():
+        dst = np.repeat(np.arange(adjacency.num_targets), np.diff(adjacency.indptr))
+        keep = np.array(
+            [
+                ((d, s) if kind == "pin" else (s, d)) not in hidden
+                for d, s in zip(dst.tolist(), adjacency.src.tolist(), strict=True)
+            ],
+            dtype=bool,
+        )
+        tables[kind] = Adjacency.from_rows(
+            dst[keep], adjacency.src[keep], adjacency.weight[keep], adjacency.num_targets
+        )
+    return dataclasses.replace(graph, neighbors=tables)
+
+
+@pytest.mark.parametrize(("num_layers", "pooling"), [(2, "importance"), (4, "mean")])
+def test_hidden_memberships_leave_both_neighbor_tables(num_layers, pooling):
+    graph, _ = in_memory(clustered(seed=8))
+    torch.manual_seed(9)
+    model = PinSage(ModelConfig(num_layers, 8, 0, 16, 8, pooling))
+    targets = np.unique(np.random.default_rng(4).choice(graph.num_pins, 16))
+    # Hide one board row of each of six targets, plus a membership no table lists.
+    board_rows = graph.neighbors["pin"]
+    pins = targets[:6]
+    boards = board_rows.src[board_rows.indptr[pins]]
+    pins, boards = np.r_[pins, targets[6]], np.r_[boards, graph.num_boards - 1]
+    cg = computation_graph(graph, targets, model.config.schedule(), hidden=(pins, boards))
+    expected = model(*without_rows(graph, pins, boards).whole_graph())[0][targets]
+    got = embed_targets(model, cg)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+    plain = embed_targets(model, computation_graph(graph, targets, model.config.schedule()))
+    assert not torch.allclose(got[:6], plain[:6], atol=1e-3), "the hidden rows must matter"

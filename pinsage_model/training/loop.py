@@ -55,6 +55,9 @@ class TrainOptions:
     batch_size: int = 512
     co_membership_pairs: int = 0  # per epoch, drawn from the memberships and added to the pairs
     co_membership_board_power: float = 1.0  # boards drawn in proportion to their weight ** this
+    # Show a co-membership pair's positive without its membership of the board it was drawn from,
+    # as a held-out positive is shown at evaluation (`subgraph.computation_graph`'s `hidden`).
+    hide_pair_board: bool = False
     lr: float = 1e-3
     loss: str = "margin"  # "margin" (the paper's) or "softmax"
     margin: float = 0.1
@@ -221,12 +224,15 @@ def _train(
     for epoch in range(1, options.epochs + 1):
         clock = time.perf_counter()
         hard = hard_negative_count(epoch, options.hard_negatives)
-        epoch_pairs = pairs
+        epoch_pairs, pos_board = pairs, None
         if co_membership is not None:
             # Seeded by (seed, epoch) apart from the batches' (seed, epoch) and (seed, epoch, i).
             rng = np.random.default_rng([options.seed, epoch, 0, 1])
-            drawn = co_membership.draw(options.co_membership_pairs, rng)
+            drawn = co_membership.draw_with_boards(options.co_membership_pairs, rng)
             epoch_pairs = (np.concatenate([pairs[0], drawn[0]]), np.concatenate([pairs[1], drawn[1]]))
+            if options.hide_pair_board:
+                # The given pairs' memberships are already out of the graph.
+                pos_board = np.concatenate([np.full(len(pairs[0]), -1, np.int64), drawn[2]])
         log_count = None
         if options.loss == "softmax" and options.in_batch_negatives and options.logq_correction:
             counts = np.bincount(epoch_pairs[1], minlength=graph.num_pins)
@@ -256,6 +262,7 @@ def _train(
             options.neighbor_dropout,
             options.structural_features,
             arrival,
+            pos_board,
         )
         steps = len(batches)
         loader = DataLoader(

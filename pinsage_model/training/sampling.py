@@ -256,9 +256,16 @@ class CoMembership:
 
     def draw(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """`count` draws as (query, pos) pin positions, self-pairs removed (so at most `count`)."""
+        query, pos, _ = self.draw_with_boards(count, rng)
+        return query, pos
+
+    def draw_with_boards(
+        self, count: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`draw`'s pairs and the board position each was drawn from (the same draws as `draw`)."""
         if not len(self.pins) or count <= 0:
             empty = np.zeros(0, dtype=np.int64)
-            return empty, empty
+            return empty, empty, empty
         last = len(self.pins) - 1
         if self.board_cumulative is None:
             first = np.searchsorted(self.cumulative, rng.random(count) * self.cumulative[-1], side="right")
@@ -271,7 +278,7 @@ class CoMembership:
         second = self._member(board, rng)
         query, pos = self.pins[first], self.pins[second]
         keep = query != pos
-        return query[keep], pos[keep]
+        return query[keep], pos[keep], self.boards[second][keep]
 
     def _member(self, board: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One membership of each given board, drawn in proportion to its weight."""
@@ -411,11 +418,14 @@ def make_batch(
     structural: int = 0,
     rng: np.random.Generator | None = None,
     arrival: ArrivalTables | None = None,
+    pos_board: np.ndarray | None = None,
 ) -> Batch:
     """Re-index a batch of examples (pin positions) onto the computation graph of its pins for the
     layers of `schedule`. With `arriving` > 0, each of the batch's pins is, with that probability
     (drawn from `rng`), shown as a pin arriving without memberships (neighbor dropout:
-    `computation_graph`), or with `arrival`, as one arriving with a few memberships."""
+    `computation_graph`), or with `arrival`, as one arriving with a few memberships. `pos_board`
+    ([b] board positions, -1 for none) names a membership of each positive that the batch's
+    neighborhoods leave out (`computation_graph`'s `hidden`)."""
     targets = np.unique(np.concatenate([query, pos, negatives, hard.ravel()]))
     dropped = None
     if arriving > 0:
@@ -429,10 +439,14 @@ def make_batch(
     def rows(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.searchsorted(targets, x).astype(np.int64))
 
+    hidden = None
+    if pos_board is not None and (pos_board >= 0).any():
+        hidden = (pos[pos_board >= 0], pos_board[pos_board >= 0])
+
     negative_mask = (negatives[None, :] != query[:, None]) & (negatives[None, :] != pos[:, None])
     hard_mask = (hard != query[:, None]) & (hard != pos[:, None])
     return Batch(
-        graph=computation_graph(graph, targets, schedule, dropped, structural, shown, values),
+        graph=computation_graph(graph, targets, schedule, dropped, structural, shown, values, hidden),
         query=rows(query),
         pos=rows(pos),
         negatives=rows(negatives),
@@ -446,7 +460,8 @@ class EpochBatches(Dataset):
     """The minibatches of one epoch, item i built on demand (by a DataLoader worker).
 
     Pairs are shuffled per epoch; batch i takes the next `batch_size` of them, `negatives` pins
-    drawn uniformly over all pins for the whole batch, and `hard` hard negatives per query."""
+    drawn uniformly over all pins for the whole batch, and `hard` hard negatives per query. With
+    `pos_board`, each pair's positive is shown without its membership of that board (-1: none)."""
 
     def __init__(
         self,
@@ -462,9 +477,11 @@ class EpochBatches(Dataset):
         neighbor_dropout: float = 0.0,
         structural_features: int = 0,
         arrival: ArrivalTables | None = None,
+        pos_board: np.ndarray | None = None,
     ) -> None:
         self.graph, self.schedule = graph, tuple(schedule)
         self.arrival = arrival
+        self.pos_board = pos_board  # [pairs] board positions (-1: none), aligned with `pairs`
         self.neighbor_dropout, self.structural_features = neighbor_dropout, structural_features
         self.pairs, self.batch_size = pairs, batch_size
         self.negatives, self.hard, self.hard_pools = negatives, hard, hard_pools
@@ -496,6 +513,7 @@ class EpochBatches(Dataset):
             self.structural_features,
             rng,  # drawn from after the negatives: without dropout, the batches are as before
             self.arrival,
+            None if self.pos_board is None else self.pos_board[chosen],
         )
 
 

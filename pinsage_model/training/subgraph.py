@@ -19,6 +19,11 @@ arrives with no memberships, as jobs/embed_new.py embeds one: at every pin layer
 rows are left out (it pools nothing, so its pooled vector is 0), and its `structural` trailing
 feature columns (those computed from its memberships, such as a log degree) are 0. The boards keep
 their neighborhoods, as the stored board representations that embed_new pools do.
+
+Hidden memberships (training on co-membership pairs): a positive drawn through board b is shown
+as a held-out positive is at evaluation, without its membership of b. Its own rows lose b and b's
+rows lose it, at every layer, for the whole batch (a node is computed once per batch), as a
+link-prediction minibatch leaves out the edges it is asked to predict.
 """
 
 from __future__ import annotations
@@ -96,13 +101,19 @@ def computation_graph(
     structural: int = 0,
     arrival_rows: Adjacency | None = None,
     arrival_values: np.ndarray | None = None,
+    hidden: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ComputationGraph:
     """The re-indexed computation graph of `targets` (distinct pin positions) for the layers of
     `schedule` (`ModelConfig.schedule()`). `arriving` ([T] bool, optional) marks the targets shown
     as arriving pins, `structural` the trailing feature columns zeroed for them (module doc).
     `arrival_rows` (an Adjacency over the T targets, optional) gives an arriving target the neighbor
-    rows of the few memberships it arrives with; without it, or where it has none, it has none."""
+    rows of the few memberships it arrives with; without it, or where it has none, it has none.
+    `hidden` ((pin positions, board positions), optional) names memberships left out of every
+    layer's rows: the pin's row of that board and the board's row of that pin (module doc)."""
     targets = np.asarray(targets, dtype=np.int64)
+    hidden_keys = None
+    if hidden is not None and len(hidden[0]):
+        hidden_keys = np.unique(hidden[0].astype(np.int64) * graph.num_boards + hidden[1])
     need: dict[int, np.ndarray] = {schedule[-1].k: targets}
     lead: dict[int, np.ndarray] = {}  # level -> the nodes that must come first in it
     src_of: dict[int, np.ndarray] = {}  # layer k -> source positions of its rows, target by target
@@ -114,6 +125,16 @@ def computation_graph(
         counts[layer.k] = adjacency.indptr[nodes + 1] - adjacency.indptr[nodes]
         rows = adjacency.rows_of(nodes)
         src_of[layer.k], weight_of[layer.k] = adjacency.src[rows], adjacency.weight[rows]
+        if hidden_keys is not None:
+            src_of[layer.k], weight_of[layer.k], counts[layer.k] = _visible_rows(
+                src_of[layer.k],
+                weight_of[layer.k],
+                counts[layer.k],
+                nodes,
+                layer.target,
+                hidden_keys,
+                graph.num_boards,
+            )
         if arriving is not None and layer.target == "pin":
             src_of[layer.k], weight_of[layer.k], counts[layer.k] = _arriving_rows(
                 src_of[layer.k], weight_of[layer.k], counts[layer.k], arriving, arrival_rows
@@ -150,6 +171,25 @@ def computation_graph(
         board_features=torch.from_numpy(graph.board_features[need[-1]]),
         blocks=tuple(blocks),
     )
+
+
+def _visible_rows(
+    src: np.ndarray,
+    weight: np.ndarray,
+    counts: np.ndarray,
+    nodes: np.ndarray,
+    target: str,
+    hidden_keys: np.ndarray,
+    num_boards: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A layer's rows (node by node) without those of the hidden memberships (sorted keys
+    pin * num_boards + board)."""
+    node = np.repeat(np.arange(len(counts)), counts)
+    pin, board = (nodes[node], src) if target == "pin" else (src, nodes[node])
+    keys = pin * num_boards + board
+    slot = np.searchsorted(hidden_keys, keys).clip(max=len(hidden_keys) - 1)
+    keep = hidden_keys[slot] != keys
+    return src[keep], weight[keep], np.bincount(node[keep], minlength=len(counts))
 
 
 def _arriving_rows(
