@@ -651,7 +651,9 @@ def main() -> None:
     )
     p.add_argument("--per-target-pins", type=int, default=20_480, help="pins timed for per-target inference")
     p.add_argument("--out", default="bench-output/embed")
-    p.add_argument("--broadcast-projections-mb", default="512", help="passed to the embed job")
+    p.add_argument(
+        "--broadcast-projections-mb", default="auto", help="passed to the embed job (auto: its default)"
+    )
     p.add_argument(
         "--projection-precision", choices=tuple(PRECISIONS), default="float32", help="passed to the embed job"
     )

@@ -66,7 +66,7 @@ class EmbedArgs:
     out: str
     boards: str | None = None
     device: str = "auto"
-    broadcast_mb: int = 512
+    broadcast_mb: int | None = None  # None: auto (`transforms.auto_broadcast_mb`)
     checkpoint_sha256: str | None = None
     resume: bool = False
     projection_precision: str = "float32"
@@ -185,7 +185,7 @@ def run_layers(
     config: ModelConfig,
     work: str,
     report: RunReport,
-    broadcast_mb: int = 0,
+    broadcast_mb: int | None = 0,
     key: str = "",
     resume: bool = False,
 ) -> dict[int, DataFrame]:

@@ -69,7 +69,7 @@ class EmbedNewArgs:
     edges: str | None = None  # the base graph's edges; default: what the base run recorded
     related: str | None = None  # output root of the base run's jobs/related.py --method ann
     walks_per_batch: int = 25
-    broadcast_mb: int = 512
+    broadcast_mb: int | None = None  # None: auto (`transforms.auto_broadcast_mb`)
     device: str = "auto"
     projection_precision: str = "float32"
     common: CommonArgs = CommonArgs()

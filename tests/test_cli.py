@@ -112,6 +112,11 @@ def test_model_flags_are_checked_the_same_in_embed_and_embed_new(capsys):
         assert "argument --broadcast-projections-mb: must be at least 0, got -1" in capsys.readouterr().err
         args = parse([*argv, "--projection-precision", "bfloat16", "--broadcast-projections-mb", "0"])
         assert (args.projection_precision, args.broadcast_mb) == ("bfloat16", 0)
+        assert parse(argv).broadcast_mb is None, "the default bound is derived from the memory settings"
+        assert parse([*argv, "--broadcast-projections-mb", "AUTO"]).broadcast_mb is None
+        with pytest.raises(SystemExit):
+            parse([*argv, "--broadcast-projections-mb", "1g"])
+        assert "expected 'auto' or a whole number of MB, got '1g'" in capsys.readouterr().err
         with pytest.raises(SystemExit):
             parse([*argv, "--projection-precision", "int8"])
         assert "invalid choice: 'int8'" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
@@ -73,3 +74,33 @@ def test_transforms_produce_the_documented_internal_schemas(spark):
         transforms.gather(targets, neighbors, None),
     ):
         assert shape(gathered) == shape(spark.createDataFrame([], GATHERED))
+
+
+def test_memory_strings_read_as_spark_reads_them():
+    assert transforms.memory_mb("4g") == 4096
+    assert transforms.memory_mb("512m") == 512
+    assert transforms.memory_mb("2048") == 2048, "no unit: MiB, as for spark.executor.memory"
+    assert transforms.memory_mb("1T") == 2**20
+    assert transforms.memory_mb("1536k") == 1.5
+    with pytest.raises(ValueError, match="cannot read the memory size 'lots'"):
+        transforms.memory_mb("lots")
+
+
+def test_the_automatic_broadcast_bound_follows_the_memory_settings():
+    def conf_of(values):
+        return lambda key, default: values.get(key, default)
+
+    # Local mode: the driver is the executor; one Python worker per local core besides the JVM.
+    bound, how = transforms.auto_broadcast_mb("local[*]", conf_of({"spark.driver.memory": "4g"}), 2)
+    assert bound == 4096 / 3 and "4096 MB / (1 + 2 local cores)" in how
+    bound, _ = transforms.auto_broadcast_mb("local[8]", conf_of({}), 8)
+    assert bound == 1024 / 9, "Spark's 1g default driver memory"
+    # A cluster: executor memory over its cores and the Python worker of each, or the driver's half.
+    cluster = {"spark.driver.memory": "8g", "spark.executor.memory": "16g", "spark.executor.cores": "3"}
+    bound, how = transforms.auto_broadcast_mb("yarn", conf_of(cluster), 48)
+    assert bound == 16384 / 4 and "(1 + 3 cores)" in how
+    bound, _ = transforms.auto_broadcast_mb("yarn", conf_of({**cluster, "spark.driver.memory": "2g"}), 48)
+    assert bound == 1024, "the driver collects the table first"
+    # Without spark.executor.cores the job's whole parallelism is assumed: a small, safe bound.
+    bound, _ = transforms.auto_broadcast_mb("k8s://x", conf_of({**cluster, "spark.executor.cores": ""}), 15)
+    assert bound == 16384 / 16

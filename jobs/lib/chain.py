@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from jobs.lib.inference import ModelRef
 from jobs.lib.io import VECTOR_TABLE, write_and_reload
 from jobs.lib.report import LayerReport, Stopwatch
-from jobs.lib.transforms import broadcast_if_small, gather, pool_and_combine, project
+from jobs.lib.transforms import broadcast_bound_mb, broadcast_if_small, gather, pool_and_combine, project
 from pinsage_model.config import Layer
 
 log = logging.getLogger("pinsage.chain")
@@ -50,7 +50,7 @@ def run_layer(
     sources: DataFrame,
     source_rows: int | None,
     path: str,
-    broadcast_mb: float,
+    broadcast_mb: float | None,
     description: str,
     metadata: dict | None = None,
     with_head: bool = False,
@@ -59,7 +59,8 @@ def run_layer(
     h(k-1)) pooled over `neighbors` (dst, src, weight), written to `path` with `metadata` and read
     back. `description` names the pass in the Spark UI and the log.
 
-    When the `source_rows` projections fit in `broadcast_mb` they are collected once and broadcast,
+    When the `source_rows` projections fit in `broadcast_mb` (None: derived from the session's
+    memory settings, `transforms.broadcast_bound_mb`) they are collected once and broadcast,
     and only (target, source, weight) rows are shuffled; otherwise (or with `source_rows` None) the
     projections are joined to the neighbor rows and shuffled with them.
 
@@ -71,18 +72,26 @@ def run_layer(
     k, hidden_dim = layer.k, layer.dims.hidden_dim
     projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
     sc.setJobDescription(description)
+    bound_mb, bound_from = broadcast_bound_mb(sc, broadcast_mb)
     lookup, projections, size_mb = broadcast_if_small(
         sc,
         project(sources, ref, k, projected),
         source_rows,
         hidden_dim,
-        broadcast_mb,
+        bound_mb,
         ref.projection_precision,
     )
     moved = "broadcast" if lookup is not None else "shuffled"
     if ref.projection_precision != FLOAT32:
         moved += f" as {ref.projection_precision}"
-    log.info("%s (projections %.0f MB, %s)", description, size_mb, moved)
+    log.info(
+        "%s (projections %.0f MB, %s; broadcast bound %.0f MB from %s)",
+        description,
+        size_mb,
+        moved,
+        bound_mb,
+        bound_from,
+    )
     gathered = gather(targets, neighbors, projections)
     table = write_and_reload(
         pool_and_combine(gathered, ref, k, written, pooled, lookup, with_head),

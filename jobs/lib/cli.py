@@ -70,7 +70,18 @@ def add_common_args(parser: argparse.ArgumentParser, work_tables: bool = True) -
         parser.add_argument("--keep-work", action="store_true", help="keep the work tables in OUT/_work")
 
 
-DEFAULT_BROADCAST_MB = 512
+def broadcast_bound(text: str) -> int | None:
+    """--broadcast-projections-mb: `auto` (None: derived from the session's memory settings,
+    `transforms.auto_broadcast_mb`) or MB, at least 0."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of MB, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
 
 
 def add_model_args(parser: argparse.ArgumentParser, broadcast_help: str) -> None:
@@ -85,11 +96,12 @@ def add_model_args(parser: argparse.ArgumentParser, broadcast_help: str) -> None
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
         "--broadcast-projections-mb",
-        type=at_least(0),
-        default=DEFAULT_BROADCAST_MB,
+        type=broadcast_bound,
+        default=None,
         dest="broadcast_mb",
-        metavar="MB",
-        help=broadcast_help + " (0: never)",
+        metavar="MB|auto",
+        help=broadcast_help + " (0: never; auto, the default: executor memory / (1 + cores per "
+        "executor), at most driver memory / 2; in local mode driver memory / (1 + cores))",
     )
     parser.add_argument(
         "--projection-precision",

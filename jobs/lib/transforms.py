@@ -6,6 +6,8 @@ for computed layers; the executor code reads either.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from functools import partial
 
 from pyspark.sql import DataFrame
@@ -68,15 +70,64 @@ def collect_projections(
     return inference.Projections.build(ids, matrix)
 
 
+MEMORY_UNITS = {"k": 2**-10, "m": 1, "g": 2**10, "t": 2**20, "p": 2**30}
+
+
+def memory_mb(text: str) -> float:
+    """A JVM memory string of Spark's memory settings ("4g", "512m", "2048": MiB without a unit) in
+    MiB."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgtp]?)b?\s*", str(text).lower())
+    if not match:
+        raise ValueError(f"cannot read the memory size {text!r}")
+    return int(match.group(1)) * MEMORY_UNITS[match.group(2) or "m"]
+
+
+def auto_broadcast_mb(
+    master: str, conf: Callable[[str, str], str], default_parallelism: int
+) -> tuple[float, str]:
+    """The broadcast bound when none is given: the largest projection table the job's processes
+    hold without running short, and how it was derived.
+
+    A broadcast table is held by the executor's JVM and by each of its Python workers (one per
+    core): executor memory / (1 + cores). The driver collects it first and holds it in its Python
+    process and its JVM: driver memory / 2. In local mode the driver is the executor and its cores
+    are the local threads. `conf(key, default)` reads the Spark conf."""
+    driver = memory_mb(conf("spark.driver.memory", "1g"))
+    if master.startswith("local"):
+        cores = max(1, default_parallelism)
+        return driver / (1 + cores), f"driver memory {driver:.0f} MB / (1 + {cores} local cores)"
+    executor = memory_mb(conf("spark.executor.memory", "1g"))
+    cores = int(conf("spark.executor.cores", "0") or 0) or max(1, default_parallelism)
+    bound = min(executor / (1 + cores), driver / 2)
+    return bound, (
+        f"the smaller of executor memory {executor:.0f} MB / (1 + {cores} cores) and driver memory "
+        f"{driver:.0f} MB / 2"
+    )
+
+
+def broadcast_bound_mb(sc, bound_mb: float | None) -> tuple[float, str]:
+    """`bound_mb`, or with None the bound `auto_broadcast_mb` derives from the session's conf."""
+    if bound_mb is not None:
+        return float(bound_mb), "--broadcast-projections-mb"
+    conf = sc.getConf()
+    return auto_broadcast_mb(sc.master, conf.get, sc.defaultParallelism)
+
+
 def broadcast_if_small(
-    sc, projections: DataFrame, rows: int | None, hidden_dim: int, bound_mb: float, precision: str = "float32"
+    sc,
+    projections: DataFrame,
+    rows: int | None,
+    hidden_dim: int,
+    bound_mb: float | None,
+    precision: str = "float32",
 ):
     """The bound on broadcasting a layer's projections: with `rows` known and rows x hidden_dim x 4
     bytes (the broadcast table is float32; its position table for dense ids, 4 bytes per id of the
     range, is not counted) at most `bound_mb`, they are collected and broadcast ->
     (broadcast, None, MB); otherwise -> (None, projections, MB), for `gather` to join and shuffle
-    them with the neighbor rows, in `precision`."""
+    them with the neighbor rows, in `precision`. `bound_mb` None: `broadcast_bound_mb`'s."""
     size_mb = (rows or 0) * hidden_dim * 4 / 2**20
+    bound_mb, _ = broadcast_bound_mb(sc, bound_mb)
     if rows is None or size_mb > bound_mb:
         return None, projections, size_mb
     return sc.broadcast(collect_projections(projections, hidden_dim, precision)), None, size_mb
