@@ -44,8 +44,9 @@ QUIET = ["--conf", "spark.ui.showConsoleProgress=false"]
 # lift validation hit@10 from 0.0347 to 0.0376 (docs/goodbooks.md).
 TRAIN_DEFAULTS = tuple(
     shlex.split(
-        "--epochs 6 --batch-size 8192 --lr 0.005 --embed-dim 64 "
-        "--co-membership-pairs 1000000 --loss softmax --temperature 0.1 --in-batch-negatives 2048"
+        "--epochs 6 --batch-size 8192 --lr 0.005 --hidden-dim 256 --embed-dim 128 "
+        "--co-membership-pairs 1000000 --hide-pair-board --loss softmax --temperature 0.1 "
+        "--in-batch-negatives 2048"
     )
 )
 
