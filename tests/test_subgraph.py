@@ -32,15 +32,17 @@ def test_subgraph_batch_forward_equals_whole_graph_forward(num_layers, pooling, 
     assert torch.allclose(batch, whole[targets], atol=1e-6, rtol=0)
 
 
+def kept_rows(adjacency: Adjacency, keep) -> Adjacency:
+    """`adjacency` with only the rows for which keep(dst, src) ([rows] arrays -> [rows] bool) holds."""
+    dst = np.repeat(np.arange(adjacency.num_targets), np.diff(adjacency.indptr))
+    kept = keep(dst, adjacency.src)
+    return Adjacency.from_rows(dst[kept], adjacency.src[kept], adjacency.weight[kept], adjacency.num_targets)
+
+
 def without_memberships(graph, pins: np.ndarray, structural: int):
     """The whole graph with `pins` as pins that arrived without memberships: their own neighbor rows
     removed and their last `structural` feature columns zeroed; boards untouched."""
-    adjacency = graph.neighbors["pin"]
-    dst = np.repeat(np.arange(adjacency.num_targets), np.diff(adjacency.indptr))
-    keep = ~np.isin(dst, pins)
-    stripped = Adjacency.from_rows(
-        dst[keep], adjacency.src[keep], adjacency.weight[keep], adjacency.num_targets
-    )
+    stripped = kept_rows(graph.neighbors["pin"], lambda dst, _: ~np.isin(dst, pins))
     features = graph.pin_features.copy()
     features[pins, features.shape[1] - structural :] = 0.0
     return dataclasses.replace(graph, pin_features=features, neighbors={**graph.neighbors, "pin": stripped})
@@ -98,19 +100,17 @@ def without_rows(graph, pins: np.ndarray, boards: np.ndarray):
     """The whole graph with the memberships (pins[i], boards[i]) out of both neighbor tables: the
     pin's row of the board and the board's row of the pin."""
     hidden = set(zip(pins.tolist(), boards.tolist(), strict=True))
-    tables = {}
-    for kind, adjacency in graph.neighbors.items():
-        dst = np.repeat(np.arange(adjacency.num_targets), np.diff(adjacency.indptr))
-        keep = np.array(
-            [
-                ((d, s) if kind == "pin" else (s, d)) not in hidden
-                for d, s in zip(dst.tolist(), adjacency.src.tolist(), strict=True)
-            ],
-            dtype=bool,
-        )
-        tables[kind] = Adjacency.from_rows(
-            dst[keep], adjacency.src[keep], adjacency.weight[keep], adjacency.num_targets
-        )
+
+    def visible(kind: str):
+        def keep(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+            pairs = zip(dst.tolist(), src.tolist(), strict=True)
+            return np.array(
+                [((d, s) if kind == "pin" else (s, d)) not in hidden for d, s in pairs], dtype=bool
+            )
+
+        return keep
+
+    tables = {kind: kept_rows(adjacency, visible(kind)) for kind, adjacency in graph.neighbors.items()}
     return dataclasses.replace(graph, neighbors=tables)
 
 

@@ -118,16 +118,15 @@ def broadcast_if_small(
     projections: DataFrame,
     rows: int | None,
     hidden_dim: int,
-    bound_mb: float | None,
+    bound_mb: float,
     precision: str = "float32",
 ):
     """The bound on broadcasting a layer's projections: with `rows` known and rows x hidden_dim x 4
     bytes (the broadcast table is float32; its position table for dense ids, 4 bytes per id of the
     range, is not counted) at most `bound_mb`, they are collected and broadcast ->
     (broadcast, None, MB); otherwise -> (None, projections, MB), for `gather` to join and shuffle
-    them with the neighbor rows, in `precision`. `bound_mb` None: `broadcast_bound_mb`'s."""
+    them with the neighbor rows, in `precision`. `bound_mb` is `broadcast_bound_mb`'s."""
     size_mb = (rows or 0) * hidden_dim * 4 / 2**20
-    bound_mb, _ = broadcast_bound_mb(sc, bound_mb)
     if rows is None or size_mb > bound_mb:
         return None, projections, size_mb
     return sc.broadcast(collect_projections(projections, hidden_dim, precision)), None, size_mb

@@ -440,8 +440,9 @@ def make_batch(
         return torch.from_numpy(np.searchsorted(targets, x).astype(np.int64))
 
     hidden = None
-    if pos_board is not None and (pos_board >= 0).any():
-        hidden = (pos[pos_board >= 0], pos_board[pos_board >= 0])
+    if pos_board is not None:
+        named = pos_board >= 0
+        hidden = (pos[named], pos_board[named])
 
     negative_mask = (negatives[None, :] != query[:, None]) & (negatives[None, :] != pos[:, None])
     hard_mask = (hard != query[:, None]) & (hard != pos[:, None])
