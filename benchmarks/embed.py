@@ -366,9 +366,9 @@ def normalised_rows(nbrs: Neighborhood, num_dst: int, by: str) -> tuple[torch.Te
 def limit(model, g: InMemoryGraph, chunk: int = LIMIT_CHUNK_PINS) -> torch.Tensor:
     """`PinSage.forward`'s math over the whole graph (K = 2, importance pooling, boards without
     features), `chunk` pins at a time so that no [pins, hidden] matrix is held: layer 1 projects a
-    chunk of pins and adds its rows' share to the boards' pooled sums (one `weighted_sums` product
-    per chunk); layer 2 projects every board once, then pools, combines and runs the head on a chunk
-    of target pins at a time. Memory: the features, the boards' vectors and one chunk's
+    chunk of pins and adds its rows' share to the boards' pooled sums in place (one `weighted_sums`
+    product per chunk); layer 2 projects every board once, then pools, combines and runs the head on
+    a chunk of target pins at a time. Memory: the features, the boards' vectors and one chunk's
     activations. Equal to `PinSage.forward` up to float32 summation order (`check_limit`)."""
     c1, c2 = model.conv(1), model.conv(2)
     assert model.config.num_layers == 2 and c1.pooling == c2.pooling == "importance"
@@ -380,7 +380,7 @@ def limit(model, g: InMemoryGraph, chunk: int = LIMIT_CHUNK_PINS) -> torch.Tenso
         for i, start in enumerate(range(0, pins, chunk)):
             rows = slice(cuts[i], cuts[i + 1])
             projected = c1.project(g.features[start : start + chunk])
-            pooled += weighted_sums(projected, src[rows] - start, dst[rows], coeff[rows].float(), boards)
+            weighted_sums(projected, src[rows] - start, dst[rows], coeff[rows].float(), boards, out=pooled)
         h_boards = c1.combine(torch.zeros(boards, 0), pooled)
         del pooled
         projected = c2.project(h_boards)

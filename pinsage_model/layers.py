@@ -39,7 +39,7 @@ class PinSageConv(nn.Module):
 
     def project(self, h_src: torch.Tensor) -> torch.Tensor:
         """Step 1, once per source node: [n, in_dim] -> [n, hidden_dim]."""
-        return F.relu(self.Q(h_src))
+        return self.Q(h_src).relu_()
 
     def combine(self, h_self: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """Step 3, once per target: ([n, self_dim], [n, hidden_dim]) -> [n, out_dim], unit norm."""
@@ -78,5 +78,5 @@ class EmbeddingHead(nn.Module):
         self.G2 = nn.Linear(embed_dim, embed_dim, bias=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        z = self.G2(F.relu(self.G1(h)))
+        z = self.G2(self.G1(h).relu_())
         return F.normalize(z, p=2.0, dim=1, eps=NORMALIZE_EPS) if self.normalize_output else z

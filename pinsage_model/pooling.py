@@ -65,15 +65,25 @@ def _empty_state(num_segments: int, hidden: int, mode: str, weights, device=None
 
 
 def weighted_sums(
-    values: torch.Tensor, index: torch.Tensor, segment: torch.Tensor, weights: torch.Tensor, num_segments: int
+    values: torch.Tensor,
+    index: torch.Tensor,
+    segment: torch.Tensor,
+    weights: torch.Tensor,
+    num_segments: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """sum_r weights[r] * values[index[r]] over the rows r of each segment, in the values' dtype:
     one sparse-dense product S @ values with S [num_segments, len(values)] in CSR form, S[u, v] the
     summed weight of the rows of segment u that name v. It never builds the [rows, hidden] gather of
     `values`; the CSR product is row-parallel, so each sum comes out the same on every run with the
-    same inputs. [sources, hidden] -> [num_segments, hidden]."""
+    same inputs. [sources, hidden] -> [num_segments, hidden].
+
+    With `out` ([num_segments, hidden], the values' dtype) the sums are added to it in place and
+    `out` is returned: a caller accumulating over chunks of sources holds one matrix, not two."""
     hidden = values.shape[1]
     if segment.numel() == 0 or hidden == 0:
+        if out is not None:
+            return out
         return torch.zeros((num_segments, hidden), dtype=values.dtype, device=values.device)
     # CSR wants the rows grouped by segment; the (segment, index) order makes the layout canonical.
     order = torch.argsort(segment * max(1, values.shape[0]) + index, stable=True)
@@ -87,6 +97,8 @@ def weighted_sums(
         device=values.device,
         check_invariants=False,  # crow and the indices come from segment and index by construction
     )
+    if out is not None:
+        return out.addmm_(matrix, values)
     return matrix @ values
 
 
