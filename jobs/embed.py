@@ -112,6 +112,7 @@ class Graph:
 
     nodes: dict[str, DataFrame]
     neighbors: dict[str, DataFrame]
+    targets_with_rows: dict[str, int]  # per target type, its ids in the neighbor table (approximate)
 
 
 def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inputs: dict[str, dict]) -> Graph:
@@ -148,8 +149,11 @@ def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inpu
             boards, "boards", "board_id", board_dim, dim_note("board_feature_dim")
         )
     report.input_rows["edges"] = check_links(edges, "edges", ("pin_id", "board_id")).rows
+    targets_with_rows = {}
     for name, df in neighbor_tables.items():
-        report.input_rows[name] = check_links(df, name, tuple(df.columns[:2])).rows
+        stats = check_links(df, name, tuple(df.columns[:2]))
+        report.input_rows[name] = stats.rows
+        targets_with_rows[name.split("_")[0]] = stats.first_ids
 
     if boards is None:
         boards = board_ids_from_links(edges, *neighbor_tables.values())
@@ -162,6 +166,7 @@ def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inpu
             "board": links(neighbor_tables["board_neighbors"], "board_id", "pin_id"),
             "pin": links(neighbor_tables["pin_neighbors"], "pin_id", "board_id"),
         },
+        targets_with_rows=targets_with_rows,
     )
 
 
@@ -224,6 +229,8 @@ def run_layers(
             description=f"layer {k}/{K}: project {source}s with Q_{k}, pool into {target}s, apply W_{k}",
             metadata={"run_key": key, "run_id": report.run_id, "layer": k, "work_format": WORK_FORMAT},
             with_head=k == K,
+            target_rows=graph.targets_with_rows[target],
+            neighbor_rows=report.input_rows[f"{target}_neighbors"],
         )
         layers[k] = current[target]
         counts[target] = layer_report.targets_written

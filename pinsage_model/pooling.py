@@ -150,6 +150,20 @@ def partial_pool(
     return state
 
 
+def fold(partials: PoolState, segment: torch.Tensor, num_segments: int, mode: str) -> PoolState:
+    """Merge partial states [rows] into `num_segments` states, row r into segment[r], in row order:
+    what `merge` gives one pair at a time (sums in float64, or the maximum)."""
+    _check(mode, partials.norm)
+    state = _empty_state(num_segments, partials.acc.shape[1], mode, partials.norm, partials.acc.device)
+    acc = partials.acc.to(torch.float64)
+    if mode == "max":
+        state.acc.scatter_reduce_(0, segment.unsqueeze(1).expand(-1, acc.shape[1]), acc, reduce="amax")
+    else:
+        state.acc.index_add_(0, segment, acc)
+    state.norm.index_add_(0, segment, partials.norm.to(torch.float64))
+    return state
+
+
 def merge(a: PoolState, b: PoolState, mode: str) -> PoolState:
     """Combine two partial states of the same segments."""
     acc = torch.maximum(a.acc, b.acc) if mode == "max" else a.acc + b.acc

@@ -91,6 +91,31 @@ GATHERED = StructType(
     ]
 )
 
+# A layer whose projections are broadcast in parts (chain.run_layer): each part pools the neighbor
+# rows whose source it holds into one partial state per target (pooling.PoolState, acc as float32),
+# and the merge pass sees a target's own row (OWN_ROW, self_vec) then its partials (PARTIAL_ROW), by
+# part.
+PARTIALS = StructType(
+    [
+        StructField("dst", LongType(), False),
+        StructField("part", IntegerType(), False),
+        StructField("rows", LongType(), False),
+        StructField("norm", DoubleType(), False),
+        StructField("acc", BinaryType(), False),
+    ]
+)
+MERGED = StructType(
+    [
+        StructField("dst", LongType(), False),
+        StructField("kind", ByteType(), False),
+        StructField("part", IntegerType(), True),
+        StructField("rows", LongType(), True),
+        StructField("norm", DoubleType(), True),
+        StructField("self_vec", BinaryType(), True),
+        StructField("acc", BinaryType(), True),
+    ]
+)
+
 INPUT_SCHEMAS: dict[str, StructType] = {
     "pins": PINS,
     "boards": BOARDS,

@@ -129,3 +129,64 @@ def test_reduced_precision_projections_stay_within_their_rounding_of_the_naive_r
     assert worst["float16", SHUFFLED][1] < bf16 / 4  # three more bits
     shuffled, broadcast = worst["bfloat16", SHUFFLED][0], worst["bfloat16", BROADCAST][0]
     assert max(np.abs(shuffled[p] - broadcast[p]).max() for p in graph.pins) < 1e-6
+
+
+PART_CASES = [
+    # (num_layers, pooling, board_feature_dim): parts on every layer, both target types
+    (2, "importance", 0),
+    (4, "max", 3),
+]  # mean pooling folds as importance does (tests/test_pooling.py)
+
+
+@pytest.mark.parametrize(("num_layers", "pooling", "board_dim"), PART_CASES)
+def test_projections_broadcast_in_parts_equal_naive_recursion(
+    spark, tmp_path, monkeypatch, num_layers, pooling, board_dim
+):
+    """Projections over the broadcast bound, broadcast in three hash parts one after another: each
+    part's partial states per target, folded in part order, give what the naive recursion gives,
+    each node projected once per layer, and the same bits on a rerun."""
+    import jobs.lib.chain as chain
+
+    sizes = []
+
+    def three_parts(source_rows, target_rows, neighbor_rows, hidden_dim, bound_mb, executors):
+        sizes.append((source_rows, target_rows, neighbor_rows))
+        assert executors == 1, "local mode: one executor"
+        return 3, source_rows * hidden_dim * 4 / 2**20
+
+    monkeypatch.setattr(chain, "projection_parts", three_parts)
+    graph = small_graph(seed=num_layers + 10, board_dim=board_dim)
+    ckpt = write_checkpoint(
+        str(tmp_path / "model.pt"),
+        seed=5,
+        num_layers=num_layers,
+        pooling=pooling,
+        board_feature_dim=board_dim,
+    )
+    report, pins, boards = embed(spark, tmp_path / "a", graph, ckpt, with_boards=board_dim > 0)
+    assert {layer.projections for layer in report.layers} == {"broadcast in 3 parts"}
+    # The plan saw each layer's counts: sources, targets with rows (approximate), neighbor rows.
+    num_pins, num_boards = len(graph.pins), len(graph.boards)
+    seen = [(num_pins, graph.board_rows), (num_boards, graph.pin_rows)]
+    for (sources, targets, rows), (num_sources, table) in zip(sizes, seen, strict=False):
+        assert (sources, rows) == (num_sources, len(table))
+        assert abs(targets - len({dst for dst, _, _ in table})) <= 2  # HyperLogLog's estimate
+
+    naive = NaivePinSage(ckpt, graph.pins, graph.boards, graph.board_rows, graph.pin_rows)
+    assert sorted(pins) == sorted(graph.pins) and sorted(boards) == sorted(graph.boards)
+    worst = max(np.abs(pins[p] - naive.pin_embedding(p)).max() for p in graph.pins)
+    assert worst < 1e-5, f"pin embeddings differ from the naive recursion by {worst}"
+    worst_board = max(np.abs(boards[b] - naive.board_embedding(b)).max() for b in graph.boards)
+    assert worst_board < 1e-5, f"board embeddings differ by {worst_board}"
+    once = [
+        (k, num_pins, num_boards) if k % 2 else (k, num_boards, num_pins) for k in range(1, num_layers + 1)
+    ]
+    assert [(layer.k, layer.sources_projected, layer.targets_written) for layer in report.layers] == once
+    assert report.dropped_rows["board_neighbors"] == 1
+    assert report.dropped_rows["pin_neighbors"] == (2 if board_dim else 1)
+
+    if pooling != "importance":
+        return  # one rerun is enough to show the parts fold in the same order every time
+    _, again, again_boards = embed(spark, tmp_path / "b", graph, ckpt, with_boards=board_dim > 0)
+    assert all(np.array_equal(pins[p], again[p]) for p in graph.pins)
+    assert all(np.array_equal(boards[b], again_boards[b]) for b in graph.boards)

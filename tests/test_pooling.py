@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from pinsage_model.pooling import finalize, merge, partial_pool, pool_gathered, pool_projected, weighted_sums
+from pinsage_model.pooling import (
+    PoolState,
+    finalize,
+    fold,
+    merge,
+    partial_pool,
+    pool_gathered,
+    pool_projected,
+    weighted_sums,
+)
 
 MODES = ["importance", "mean", "max"]
 
@@ -104,6 +113,37 @@ def test_partial_states_merged_across_a_batch_boundary_equal_the_whole_graph_poo
     merged = finalize(merge(first, second, mode), mode)
     whole = pool_gathered(projected, src, dst, w, 4, mode)
     torch.testing.assert_close(merged, whole, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_partial_states_folded_by_segment_equal_merging_them_one_by_one(mode):
+    """Projections broadcast in parts: each part's partial state per target (float32 on the way),
+    folded into the targets in part order, equal `merge` applied part after part, and pool to what
+    the whole-graph inference pools."""
+    projected, src, dst, weight = rows(seed=11, sources=12, targets=5, count=60, hidden=4)
+    w = weight if mode == "importance" else None
+    part = src % 3
+    states = []
+    for p in range(3):
+        mine = part == p
+        state = partial_pool(projected, dst[mine], None if w is None else w[mine], 5, mode, src[mine])
+        states.append(PoolState(state.acc.float().double(), state.norm))  # the table holds acc as float32
+    expected = states[0]
+    for state in states[1:]:
+        expected = merge(expected, state, mode)
+    # Rows as the merge pass sees them: the targets' partials, part by part, targets interleaved.
+    seg = torch.arange(5).repeat(3)
+    acc = torch.cat([s.acc for s in states]).float()
+    norm = torch.cat([s.norm for s in states])
+    has_rows = norm > 0  # a part that reaches no row of a target writes no partial for it
+    folded = fold(PoolState(acc[has_rows], norm[has_rows]), seg[has_rows], 5, mode)
+    if mode == "max":  # the state of a target a part missed is -inf, which folding never sees
+        assert torch.equal(folded.acc, expected.acc)
+    else:
+        torch.testing.assert_close(folded.acc, expected.acc, rtol=1e-15, atol=0)
+    assert torch.equal(folded.norm, expected.norm)
+    whole = pool_gathered(projected, src, dst, w, 5, mode)
+    torch.testing.assert_close(finalize(folded, mode), whole, rtol=1e-6, atol=1e-7)
 
 
 def test_weighted_sums_added_in_place_to_out_equal_a_row_by_row_sum():

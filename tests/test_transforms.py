@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 
 from jobs.lib import transforms
 from jobs.lib.inference import NEIGHBOR_ROW, OWN_ROW
-from schemas import GATHERED, NEIGHBORS, PROJECTIONS
+from schemas import GATHERED, MERGED, NEIGHBORS, PARTIALS, PROJECTIONS
 
 
 def test_board_set_is_every_board_named_by_a_link_table(spark):
@@ -74,6 +74,10 @@ def test_transforms_produce_the_documented_internal_schemas(spark):
         transforms.gather(targets, neighbors, None),
     ):
         assert shape(gathered) == shape(spark.createDataFrame([], GATHERED))
+    partials = spark.createDataFrame([(10, 0, 1, 1.0, b"a")], PARTIALS)
+    merged = transforms.gather_parts(targets, partials)
+    assert shape(merged) == shape(spark.createDataFrame([], MERGED))
+    assert shape(transforms.part_rows(neighbors, 3, 1)) == shape(neighbors)
 
 
 def test_memory_strings_read_as_spark_reads_them():
@@ -91,12 +95,22 @@ def test_the_automatic_broadcast_bound_follows_the_memory_settings():
         return lambda key, default: values.get(key, default)
 
     # Local mode: the driver is the executor; one Python worker per local core besides the JVM.
-    bound, how = transforms.auto_broadcast_mb("local[*]", conf_of({"spark.driver.memory": "4g"}), 2)
+    local = {"spark.driver.memory": "4g", "spark.driver.maxResultSize": "2g"}  # the local defaults
+    bound, how = transforms.auto_broadcast_mb("local[*]", conf_of(local), 2)
     assert bound == 4096 / 3 and "4096 MB / (1 + 2 local cores)" in how
     bound, _ = transforms.auto_broadcast_mb("local[8]", conf_of({}), 8)
     assert bound == 1024 / 9, "Spark's 1g default driver memory"
+    # The collect stays under spark.driver.maxResultSize (Spark's default 1g; 0: unlimited).
+    local = {"spark.driver.memory": "8g"}
+    bound, how = transforms.auto_broadcast_mb("local[2]", conf_of(local), 2)
+    assert bound == 1024 * 0.9 and "90% of spark.driver.maxResultSize 1024 MB" in how
+    bound, _ = transforms.auto_broadcast_mb(
+        "local[2]", conf_of({**local, "spark.driver.maxResultSize": "0"}), 2
+    )
+    assert bound == 8192 / 3
     # A cluster: executor memory over its cores and the Python worker of each, or the driver's half.
     cluster = {"spark.driver.memory": "8g", "spark.executor.memory": "16g", "spark.executor.cores": "3"}
+    cluster["spark.driver.maxResultSize"] = "8g"
     bound, how = transforms.auto_broadcast_mb("yarn", conf_of(cluster), 48)
     assert bound == 16384 / 4 and "(1 + 3 cores)" in how
     bound, _ = transforms.auto_broadcast_mb("yarn", conf_of({**cluster, "spark.driver.memory": "2g"}), 48)
@@ -104,3 +118,36 @@ def test_the_automatic_broadcast_bound_follows_the_memory_settings():
     # Without spark.executor.cores the job's whole parallelism is assumed: a small, safe bound.
     bound, _ = transforms.auto_broadcast_mb("k8s://x", conf_of({**cluster, "spark.executor.cores": ""}), 15)
     assert bound == 16384 / 16
+
+
+def test_projections_over_the_bound_are_broadcast_in_parts_while_that_moves_less():
+    mb = 2**20 / 4  # sources x hidden 1 x 4 bytes: `mb` sources make one MB
+    # Within the bound: one broadcast; unknown counts or a zero bound: shuffled.
+    assert transforms.projection_parts(int(10 * mb), 100, 10_000, 1, 10) == (1, 10.0)
+    assert transforms.projection_parts(None, 100, 10_000, 1, 10)[0] == 0
+    assert transforms.projection_parts(int(30 * mb), None, 10_000, 1, 10)[0] == 0
+    assert transforms.projection_parts(int(30 * mb), 100, 10_000, 1, 0)[0] == 0
+    # 30 MB against a 10 MB bound: parts of at most 98% of the bound, so 4.
+    assert transforms.projection_parts(int(30 * mb), 100, 10**9, 1, 10) == (4, 30.0)
+    assert transforms.projection_parts(int(29 * mb), 100, 10**9, 1, 10)[0] == 3
+    # Only while a copy of the projections per executor and the parts' partial states (one per part
+    # and target) are fewer vectors than the neighbor rows...
+    sources = int(30 * mb)
+    rows = sources + 4 * 2_500
+    assert transforms.projection_parts(sources, 2_500, rows, 1, 10)[0] == 0
+    assert transforms.projection_parts(sources, 2_499, rows, 1, 10)[0] == 4
+    assert transforms.projection_parts(sources, 2_499, rows, 1, 10, executors=2)[0] == 0
+    assert transforms.projection_parts(sources, 2_499, 2 * sources + 10_000, 1, 10, executors=2)[0] == 4
+    # ... and the parts are at most MAX_BROADCAST_PARTS.
+    most = transforms.MAX_BROADCAST_PARTS
+    assert transforms.projection_parts(int(most * 9.8 * mb), 1, 10**12, 1, 10)[0] == most
+    assert transforms.projection_parts(int((most * 9.8 + 1) * mb), 1, 10**12, 1, 10)[0] == 0
+
+
+def test_a_broadcast_reaches_one_executor_in_local_mode_and_cores_over_executor_cores_on_a_cluster():
+    def conf_of(values):
+        return lambda key, default: values.get(key, default)
+
+    assert transforms.executor_count("local[*]", conf_of({}), 16) == 1
+    assert transforms.executor_count("yarn", conf_of({"spark.executor.cores": "4"}), 48) == 12
+    assert transforms.executor_count("yarn", conf_of({}), 48) == 48, "unknown cores: one per core"

@@ -10,11 +10,25 @@ import json
 import logging
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from jobs.lib.inference import ModelRef
-from jobs.lib.io import VECTOR_TABLE, write_and_reload
+from jobs.lib.io import VECTOR_TABLE, delete_path, write_and_reload
 from jobs.lib.report import LayerReport, Stopwatch
-from jobs.lib.transforms import broadcast_bound_mb, broadcast_if_small, gather, pool_and_combine, project
+from jobs.lib.transforms import (
+    broadcast_bound_mb,
+    collect_projections,
+    combine_parts,
+    executor_count,
+    gather,
+    gather_parts,
+    hash_part,
+    part_rows,
+    pool_and_combine,
+    pool_part,
+    project,
+    projection_parts,
+)
 from pinsage_model.config import Layer
 
 log = logging.getLogger("pinsage.chain")
@@ -54,15 +68,24 @@ def run_layer(
     description: str,
     metadata: dict | None = None,
     with_head: bool = False,
+    target_rows: int | None = None,
+    neighbor_rows: int | None = None,
 ) -> tuple[DataFrame, LayerReport]:
     """Layer `layer.k`: h(k) of `targets` (node_id, vec = h(k-2)) from `sources` (node_id, vec =
     h(k-1)) pooled over `neighbors` (dst, src, weight), written to `path` with `metadata` and read
     back. `description` names the pass in the Spark UI and the log.
 
-    When the `source_rows` projections fit in `broadcast_mb` (None: derived from the session's
-    memory settings, `transforms.broadcast_bound_mb`) they are collected once and broadcast,
-    and only (target, source, weight) rows are shuffled; otherwise (or with `source_rows` None) the
-    projections are joined to the neighbor rows and shuffled with them.
+    How the projections reach the neighbor rows (`transforms.projection_parts`, against
+    `broadcast_mb`, None: derived from the session's memory settings by
+    `transforms.broadcast_bound_mb`):
+    - when the `source_rows` projections fit the bound they are collected once and broadcast, and
+      only (target, source, weight) rows are shuffled;
+    - when they do not, but `target_rows` (targets with neighbor rows) and `neighbor_rows` are
+      given and splitting moves less (`transforms.projection_parts`), they are broadcast in hash
+      parts of the sources, one at a time: each part pools its sources' rows
+      into one partial state per target, written to `path`_parts, and a last pass folds each
+      target's partial states in part order and combines (`_run_parts`);
+    - otherwise they are joined to the neighbor rows and shuffled with them.
 
     `with_head` (the last layer of a full run): the table holds the output head's embeddings
     (pin_id, embedding), ready to publish, instead of h(k)."""
@@ -73,15 +96,11 @@ def run_layer(
     projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
     sc.setJobDescription(description)
     bound_mb, bound_from = broadcast_bound_mb(sc, broadcast_mb)
-    lookup, projections, size_mb = broadcast_if_small(
-        sc,
-        project(sources, ref, k, projected),
-        source_rows,
-        hidden_dim,
-        bound_mb,
-        ref.projection_precision,
+    executors = executor_count(sc.master, sc.getConf().get, sc.defaultParallelism)
+    parts, size_mb = projection_parts(
+        source_rows, target_rows, neighbor_rows, hidden_dim, bound_mb, executors
     )
-    moved = "broadcast" if lookup is not None else "shuffled"
+    moved = {0: "shuffled", 1: "broadcast"}.get(parts, f"broadcast in {parts} parts")
     if ref.projection_precision != FLOAT32:
         moved += f" as {ref.projection_precision}"
     log.info(
@@ -92,17 +111,70 @@ def run_layer(
         bound_mb,
         bound_from,
     )
-    gathered = gather(targets, neighbors, projections)
-    table = write_and_reload(
-        pool_and_combine(gathered, ref, k, written, pooled, lookup, with_head),
-        path,
-        metadata,
-        VECTOR_TABLE,
-    )
-    if lookup is not None:
-        lookup.destroy()
+    if parts > 1:
+        combined = _run_parts(layer, ref, targets, neighbors, sources, path, parts, description, projected)
+        table = write_and_reload(
+            combine_parts(combined, ref, k, written, pooled, with_head), path, metadata, VECTOR_TABLE
+        )
+        delete_path(spark, f"{path}_parts")
+    else:
+        lookup = None
+        projections = project(sources, ref, k, projected)
+        if parts == 1:
+            lookup = sc.broadcast(collect_projections(projections, hidden_dim, ref.projection_precision))
+            projections = None
+        gathered = gather(targets, neighbors, projections)
+        table = write_and_reload(
+            pool_and_combine(gathered, ref, k, written, pooled, lookup, with_head),
+            path,
+            metadata,
+            VECTOR_TABLE,
+        )
+        if lookup is not None:
+            lookup.destroy()
     report = LayerReport(
         k, layer.target, layer.source, projected.value, written.value, pooled.value, clock.seconds(), moved
     )
     log.info("layer %d done: %s", k, report)
     return table, report
+
+
+def _run_parts(
+    layer: Layer,
+    ref: ModelRef,
+    targets: DataFrame,
+    neighbors: DataFrame,
+    sources: DataFrame,
+    path: str,
+    parts: int,
+    description: str,
+    projected,
+) -> DataFrame:
+    """The parts of a layer whose projections are broadcast in `parts` hash parts: every source
+    projected once into `path`_parts/projections, partitioned by part; then for each part, its
+    projections collected and broadcast, and the neighbor rows naming them pooled into partial
+    states per target, written to `path`_parts/part_<i> before the next part's broadcast (so one
+    part's projections are held at a time). Returns every target's own row and partial states,
+    ready for `combine_parts`."""
+    spark = targets.sparkSession
+    sc = spark.sparkContext
+    k, hidden_dim = layer.k, layer.dims.hidden_dim
+    sc.setJobDescription(f"{description} (project into {parts} parts)")
+    by_part = project(sources, ref, k, projected).withColumn("part", hash_part("src", parts))
+    by_part = write_and_reload(
+        by_part, f"{path}_parts/projections", options=VECTOR_TABLE, partition_by="part"
+    )
+    states = None
+    for part in range(parts):
+        sc.setJobDescription(f"{description} (part {part + 1}/{parts})")
+        mine = by_part.where(F.col("part") == part).select("src", "proj")
+        table = collect_projections(mine, hidden_dim, ref.projection_precision)
+        log.info("layer %d part %d/%d: %d sources broadcast", k, part + 1, parts, len(table.ids))
+        lookup = sc.broadcast(table)
+        del table
+        pooled = pool_part(part_rows(neighbors, parts, part), ref, k, lookup, part)
+        done = write_and_reload(pooled, f"{path}_parts/part_{part}", options=VECTOR_TABLE)
+        lookup.destroy()
+        states = done if states is None else states.unionByName(done)
+    sc.setJobDescription(f"{description} (combine {parts} parts)")
+    return gather_parts(targets, states)

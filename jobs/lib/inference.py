@@ -22,7 +22,7 @@ from jobs.lib.vectors import to_binary, to_list, to_matrix
 from pinsage_model.checkpoint import build_model, parse_checkpoint
 from pinsage_model.devices import DeviceError, resolve_device
 from pinsage_model.model import PinSage
-from pinsage_model.pooling import PoolState, finalize, merge, partial_pool
+from pinsage_model.pooling import PoolState, finalize, fold, merge, partial_pool
 
 # Arrow buffers arrive read-only; the model only reads its inputs, so sharing them without a copy is safe.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -277,6 +277,43 @@ def _batch_targets(batch: pa.RecordBatch, conv, precision: str, table: Projectio
     return _Targets(dst[starts], selfs, present, state, rows)
 
 
+def _whole_targets(batches: Iterator[pa.RecordBatch], conv_of, make) -> Iterator[_Targets]:
+    """The targets of batches sorted by target, each once with all its rows: a batch's last target
+    is carried as a partial state into the next batch, so memory does not grow with a hub's degree.
+    `conv_of()` gives the layer (loading the model on the first non-empty batch); `make(batch,
+    conv)` a batch's `_Targets`."""
+    carry: _Targets | None = None
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        conv = conv_of()
+        targets = make(batch, conv)
+        if carry is not None:
+            if carry.ids[0] == targets.ids[0]:
+                targets.absorb(carry, conv.pooling)
+            else:
+                yield carry
+        first, carry = targets.split_last()
+        yield first
+    if carry is not None:
+        yield carry
+
+
+class _Layer:
+    """A task's model and layer k, loaded on first use (after the fault-injection point `step`)."""
+
+    def __init__(self, ref: ModelRef, k: int, step: str) -> None:
+        self.ref, self.k, self.step = ref, k, step
+        self.model = self.device = self.conv = None
+
+    def __call__(self):
+        if self.model is None:
+            inject_fault(self.step, self.k)
+            self.model, self.device = get_model(self.ref)
+            self.conv = self.model.conv(self.k)
+        return self.conv
+
+
 def pool_and_combine_batches(
     batches: Iterator[pa.RecordBatch],
     ref: ModelRef,
@@ -298,37 +335,106 @@ def pool_and_combine_batches(
     (pin_id, embedding z_u) as published; `written` counts targets and `pooled` neighbor rows used.
     """
     table = projections.value if projections is not None else None
-    model = device = conv = finish = None
-    carry: _Targets | None = None
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        if model is None:
-            inject_fault("pool", k)
-            model, device = get_model(ref)
-            conv = model.conv(k)
-            finish = model.head if with_head else None
-        targets = _batch_targets(batch, conv, ref.projection_precision, table)
-        ready = []
-        if carry is not None:
-            if carry.ids[0] == targets.ids[0]:
-                targets.absorb(carry, conv.pooling)
-            else:
-                ready.append(carry)
-        first, carry = targets.split_last()
-        for part in (*ready, first):
-            out = _combine(conv, device, part, written, pooled, finish)
-            if out is not None:
-                yield out
-    if carry is not None:
-        out = _combine(conv, device, carry, written, pooled, finish)
+    layer = _Layer(ref, k, "pool")
+
+    def make(batch: pa.RecordBatch, conv) -> _Targets:
+        return _batch_targets(batch, conv, ref.projection_precision, table)
+
+    for targets in _whole_targets(batches, layer, make):
+        out = _combine(layer, targets, written, pooled, with_head)
         if out is not None:
             yield out
 
 
-def _combine(conv, device, targets: _Targets, written, pooled, head=None) -> pa.RecordBatch | None:
-    """h_u(k) of the targets whose own row was seen, as (node_id, vec), or with `head` the head on
-    it as (pin_id, embedding); the rest are dangling."""
+# The `kind` of a merged row (schemas MERGED): a part's partial state stands where its neighbor rows
+# would, after the target's own row.
+PARTIAL_ROW = NEIGHBOR_ROW
+
+
+def pool_part_batches(
+    batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, projections, part: int
+) -> Iterator[pa.RecordBatch]:
+    """Step 2 of layer k for one part of its sources (projections broadcast in parts): neighbor rows
+    (dst, src, weight) sorted by (dst, src, weight) in each partition, each source looked up in the
+    broadcast `Projections` of the part (rows whose source it lacks are dropped) -> one partial state
+    per target with rows (schemas PARTIALS: dst, part, rows, norm, acc as float32)."""
+    table = projections.value
+    layer = _Layer(ref, k, "pool")
+
+    def make(batch: pa.RecordBatch, conv) -> _Targets:
+        dst = batch.column("dst").to_numpy()
+        starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
+        segment = np.cumsum(np.r_[False, dst[1:] != dst[:-1]])
+        n = len(starts)
+        pos, found = table.lookup(batch.column("src").to_numpy())
+        weights = torch.from_numpy(batch.column("weight").to_numpy(zero_copy_only=False)[found])
+        index = torch.from_numpy(pos[found].astype(np.int64))
+        messages = torch.from_numpy(table.matrix)
+        state = partial_pool(messages, torch.from_numpy(segment[found]), weights, n, conv.pooling, index)
+        rows = np.bincount(segment[found], minlength=n)
+        selfs = np.zeros((n, 0), dtype=np.float32)
+        return _Targets(dst[starts], selfs, np.ones(n, dtype=bool), state, rows)
+
+    for targets in _whole_targets(batches, layer, make):
+        keep = targets.rows > 0  # a target none of whose sources is in the part has no partial
+        if not keep.any():
+            continue
+        state = targets.state.rows(torch.from_numpy(keep))
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array(targets.ids[keep], pa.int64()),
+                pa.array(np.full(int(keep.sum()), part, dtype=np.int32)),
+                pa.array(targets.rows[keep].astype(np.int64)),
+                pa.array(state.norm.numpy()),
+                to_binary(_numpy(state.acc)),
+            ],
+            ["dst", "part", "rows", "norm", "acc"],
+        )
+
+
+def _merged_targets(batch: pa.RecordBatch, conv) -> _Targets:
+    """The targets of one batch of merged rows, sorted by (dst, kind, part): own rows and the parts'
+    partial states folded in part order."""
+    dst = batch.column("dst").to_numpy()
+    starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
+    segment = np.cumsum(np.r_[False, dst[1:] != dst[:-1]])
+    n = len(starts)
+    selfs, present = _own_vectors(batch, segment, n, conv.dims.self_dim)
+    is_partial = batch.column("kind").to_numpy() == PARTIAL_ROW
+    acc = to_matrix(batch.column("acc"), conv.dims.hidden_dim)  # set on partial rows only, in order
+    if len(acc) != int(is_partial.sum()):
+        raise ValueError("a partial row has no state")
+    norm = pc.fill_null(batch.column("norm"), 0.0).to_numpy()[is_partial]
+    partials = PoolState(torch.from_numpy(acc), torch.from_numpy(norm))
+    state = fold(partials, torch.from_numpy(segment[is_partial]), n, conv.pooling)
+    counts = pc.fill_null(batch.column("rows"), 0).to_numpy()[is_partial]
+    rows = np.bincount(segment[is_partial], weights=counts, minlength=n).astype(np.int64)
+    return _Targets(dst[starts], selfs, present, state, rows)
+
+
+def combine_parts_batches(
+    batches: Iterator[pa.RecordBatch],
+    ref: ModelRef,
+    k: int,
+    written=None,
+    pooled=None,
+    with_head: bool = False,
+) -> Iterator[pa.RecordBatch]:
+    """Step 3 of layer k after its parts were pooled: rows sorted by (dst, kind, part), each target's
+    own row then its partial states -> what `pool_and_combine_batches` emits. Partial states of an
+    id with no own row (not a node of the target type) are dropped."""
+    layer = _Layer(ref, k, "pool")
+    for targets in _whole_targets(batches, layer, _merged_targets):
+        out = _combine(layer, targets, written, pooled, with_head)
+        if out is not None:
+            yield out
+
+
+def _combine(layer: _Layer, targets: _Targets, written, pooled, with_head: bool) -> pa.RecordBatch | None:
+    """h_u(k) of the targets whose own row was seen, as (node_id, vec), or `with_head` the output
+    head on it as (pin_id, embedding); the rest are dangling."""
+    conv, device = layer.conv, layer.device
+    head = layer.model.head if with_head else None
     ids, selfs, rows, partial = targets.ids, targets.selfs, targets.rows, targets.state
     present = targets.present
     if not present.all():  # neighbor rows naming an id that is not a target node: dangling

@@ -215,12 +215,19 @@ def write_delta(df: DataFrame, path: str, metadata: dict | None = None, options:
 
 
 def write_delta_commit(
-    df: DataFrame, path: str, metadata: dict | None = None, options: dict | None = None
+    df: DataFrame,
+    path: str,
+    metadata: dict | None = None,
+    options: dict | None = None,
+    partition_by: str | None = None,
 ) -> dict:
     """`write_delta`, returning the new commit as `last_commit` reads it (its operationMetrics
-    count the rows written, so no second pass over the table is needed to report them)."""
+    count the rows written, so no second pass over the table is needed to report them).
+    `partition_by`: a column whose values become folders, so a filter on it reads only those."""
     fence()
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if partition_by is not None:
+        writer = writer.partitionBy(partition_by)
     for key, value in (options or {}).items():
         writer = writer.option(key, value)
     if metadata:
@@ -245,11 +252,16 @@ def read_delta(spark: SparkSession, path: str, version: int | None = None) -> Da
 
 
 def write_and_reload(
-    df: DataFrame, path: str, metadata: dict | None = None, options: dict | None = None
+    df: DataFrame,
+    path: str,
+    metadata: dict | None = None,
+    options: dict | None = None,
+    partition_by: str | None = None,
 ) -> DataFrame:
-    """Materialise `df` as the Delta table at `path` (with writer `options`) and return it read
-    back, so later passes start from the table, not from the plan that computed it."""
-    write_delta(df, path, metadata, options)
+    """Materialise `df` as the Delta table at `path` (with writer `options`, partitioned by the
+    column `partition_by` when given) and return it read back, so later passes start from the
+    table, not from the plan that computed it."""
+    write_delta_commit(df, path, metadata, options, partition_by)
     return read_delta(df.sparkSession, path)
 
 

@@ -17,6 +17,9 @@ DELTA_CONF = {
 # Sized for a laptop; a cluster run under spark-submit keeps whatever spark-submit was given.
 LOCAL_DEFAULTS = {
     "spark.driver.memory": "4g",
+    # A broadcast projection table is collected to the driver first; Spark's default limit on
+    # collected results (1g) would cap the automatic broadcast bound below what 4g holds.
+    "spark.driver.maxResultSize": "2g",
     "spark.sql.shuffle.partitions": "8",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.adaptive.enabled": "true",

@@ -6,6 +6,7 @@ for computed layers; the executor code reads either.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from functools import partial
@@ -17,7 +18,7 @@ from pyspark.sql.types import BinaryType
 from jobs.lib import inference
 from jobs.lib.inference import NEIGHBOR_ROW, OWN_ROW, ModelRef
 from jobs.lib.vectors import to_matrix
-from schemas import GATHERED, LAYER, NEIGHBORS, PROJECTIONS
+from schemas import GATHERED, LAYER, MERGED, NEIGHBORS, PARTIALS, PROJECTIONS
 
 
 def node_table(nodes: DataFrame, id_col: str, with_features: bool) -> DataFrame:
@@ -82,6 +83,11 @@ def memory_mb(text: str) -> float:
     return int(match.group(1)) * MEMORY_UNITS[match.group(2) or "m"]
 
 
+# Share of spark.driver.maxResultSize a broadcast table may take: the collect's Arrow batches carry
+# the table's bytes plus their framing, and Spark fails the job once the results pass the limit.
+RESULT_SIZE_SHARE = 0.9
+
+
 def auto_broadcast_mb(
     master: str, conf: Callable[[str, str], str], default_parallelism: int
 ) -> tuple[float, str]:
@@ -91,18 +97,25 @@ def auto_broadcast_mb(
     A broadcast table is held by the executor's JVM and by each of its Python workers (one per
     core): executor memory / (1 + cores). The driver collects it first and holds it in its Python
     process and its JVM: driver memory / 2. In local mode the driver is the executor and its cores
-    are the local threads. `conf(key, default)` reads the Spark conf."""
+    are the local threads. The collect must also stay under spark.driver.maxResultSize (0:
+    unlimited): at most RESULT_SIZE_SHARE of it. `conf(key, default)` reads the Spark conf."""
     driver = memory_mb(conf("spark.driver.memory", "1g"))
     if master.startswith("local"):
         cores = max(1, default_parallelism)
-        return driver / (1 + cores), f"driver memory {driver:.0f} MB / (1 + {cores} local cores)"
-    executor = memory_mb(conf("spark.executor.memory", "1g"))
-    cores = int(conf("spark.executor.cores", "0") or 0) or max(1, default_parallelism)
-    bound = min(executor / (1 + cores), driver / 2)
-    return bound, (
-        f"the smaller of executor memory {executor:.0f} MB / (1 + {cores} cores) and driver memory "
-        f"{driver:.0f} MB / 2"
-    )
+        bound, how = driver / (1 + cores), f"driver memory {driver:.0f} MB / (1 + {cores} local cores)"
+    else:
+        executor = memory_mb(conf("spark.executor.memory", "1g"))
+        cores = int(conf("spark.executor.cores", "0") or 0) or max(1, default_parallelism)
+        bound = min(executor / (1 + cores), driver / 2)
+        how = (
+            f"the smaller of executor memory {executor:.0f} MB / (1 + {cores} cores) and driver memory "
+            f"{driver:.0f} MB / 2"
+        )
+    results = memory_mb(conf("spark.driver.maxResultSize", "1g"))
+    if results > 0 and results * RESULT_SIZE_SHARE < bound:
+        share = f"{RESULT_SIZE_SHARE:.0%}"
+        return results * RESULT_SIZE_SHARE, f"{share} of spark.driver.maxResultSize {results:.0f} MB"
+    return bound, how
 
 
 def broadcast_bound_mb(sc, bound_mb: float | None) -> tuple[float, str]:
@@ -113,23 +126,111 @@ def broadcast_bound_mb(sc, bound_mb: float | None) -> tuple[float, str]:
     return auto_broadcast_mb(sc.master, conf.get, sc.defaultParallelism)
 
 
-def broadcast_if_small(
-    sc,
-    projections: DataFrame,
-    rows: int | None,
+# The most parts a layer's projections are broadcast in. Each part reads the sources and the neighbor
+# rows once more and writes one partial state per target it reaches; past this many parts joining
+# the projections to the rows and shuffling them costs less.
+MAX_BROADCAST_PARTS = 16
+# Headroom when splitting: a hash part holds its share of the sources give or take a fraction of a
+# percent, so parts are sized to 98% of the bound.
+PART_FILL = 0.98
+
+
+def projection_parts(
+    source_rows: int | None,
+    target_rows: int | None,
+    neighbor_rows: int | None,
     hidden_dim: int,
     bound_mb: float,
-    precision: str = "float32",
-):
-    """The bound on broadcasting a layer's projections: with `rows` known and rows x hidden_dim x 4
-    bytes (the broadcast table is float32; its position table for dense ids, 4 bytes per id of the
-    range, is not counted) at most `bound_mb`, they are collected and broadcast ->
-    (broadcast, None, MB); otherwise -> (None, projections, MB), for `gather` to join and shuffle
-    them with the neighbor rows, in `precision`. `bound_mb` is `broadcast_bound_mb`'s."""
-    size_mb = (rows or 0) * hidden_dim * 4 / 2**20
-    if rows is None or size_mb > bound_mb:
-        return None, projections, size_mb
-    return sc.broadcast(collect_projections(projections, hidden_dim, precision)), None, size_mb
+    executors: int = 1,
+) -> tuple[int, float]:
+    """How a layer moves its projections, and their size: (parts, MB). The projections are
+    `source_rows x hidden_dim` float32 (the broadcast table's position index is not counted).
+
+    1: they fit `bound_mb` and are broadcast whole. p > 1: they do not, and are broadcast in p hash
+    parts of the sources, one after another, each part pooled into partial states per target
+    (`chain.run_layer`). Chosen when a positive bound splits them into at most MAX_BROADCAST_PARTS
+    and that moves fewer hidden-wide vectors than the shuffle: a copy of every projection to each
+    of the `executors` plus one partial state per part and target with rows (`target_rows`),
+    against one projection per neighbor row. 0: joined to the neighbor rows and shuffled with them
+    (also when a count is unknown, or the bound is 0)."""
+    size_mb = (source_rows or 0) * hidden_dim * 4 / 2**20
+    if source_rows is None:
+        return 0, size_mb
+    if size_mb <= bound_mb:
+        return 1, size_mb
+    if bound_mb <= 0 or target_rows is None or neighbor_rows is None:
+        return 0, size_mb
+    parts = math.ceil(size_mb / (bound_mb * PART_FILL))
+    moved = executors * source_rows + parts * target_rows
+    if parts > MAX_BROADCAST_PARTS or moved >= neighbor_rows:
+        return 0, size_mb
+    return parts, size_mb
+
+
+def executor_count(master: str, conf: Callable[[str, str], str], default_parallelism: int) -> int:
+    """The executors a broadcast reaches: 1 in local mode, else the job's cores over
+    spark.executor.cores (each core counted as an executor when that is not set, as
+    `auto_broadcast_mb` does)."""
+    if master.startswith("local"):
+        return 1
+    cores = int(conf("spark.executor.cores", "0") or 0) or 1
+    return max(1, default_parallelism // cores)
+
+
+def hash_part(column: str, parts: int):
+    """The part (0 .. parts-1) of a node id column: a hash, so parts are even whatever the ids."""
+    return F.pmod(F.xxhash64(F.col(column)), F.lit(parts))
+
+
+def part_rows(neighbors: DataFrame, parts: int, part: int) -> DataFrame:
+    """The neighbor rows (dst, src, weight) whose source is in `part`, partitioned by target and
+    sorted by (dst, src, weight), so a task meets each target's rows together and in the same order
+    on every run."""
+    rows = neighbors.where(hash_part("src", parts) == part).select(*NEIGHBORS.fieldNames())
+    return rows.repartition("dst").sortWithinPartitions("dst", "src", "weight")
+
+
+def pool_part(rows: DataFrame, ref: ModelRef, k: int, projections, part: int) -> DataFrame:
+    """Step 2 of layer k for one part: `part_rows` pooled against the part's broadcast projections
+    -> one partial state per target (PARTIALS)."""
+    fn = partial(inference.pool_part_batches, ref=ref, k=k, projections=projections, part=part)
+    return rows.mapInArrow(fn, PARTIALS)
+
+
+def gather_parts(targets: DataFrame, partials: DataFrame) -> DataFrame:
+    """Each target's own row and its parts' partial states (MERGED), partitioned by target and
+    sorted by (dst, kind, part), so the states fold in part order on every run."""
+    self_type = targets.schema["vec"].dataType
+    own = targets.select(
+        F.col("node_id").alias("dst"),
+        F.lit(OWN_ROW).cast("byte").alias("kind"),
+        F.lit(None).cast("int").alias("part"),
+        F.lit(None).cast("bigint").alias("rows"),
+        F.lit(None).cast("double").alias("norm"),
+        F.col("vec").alias("self_vec"),
+        F.lit(None).cast(BinaryType()).alias("acc"),
+    )
+    states = partials.select(
+        "dst",
+        F.lit(inference.PARTIAL_ROW).cast("byte").alias("kind"),
+        "part",
+        "rows",
+        "norm",
+        F.lit(None).cast(self_type).alias("self_vec"),
+        "acc",
+    )
+    merged = own.unionByName(states).select(*MERGED.fieldNames())
+    return merged.repartition("dst").sortWithinPartitions("dst", "kind", "part")
+
+
+def combine_parts(
+    merged: DataFrame, ref: ModelRef, k: int, written=None, pooled=None, with_head: bool = False
+) -> DataFrame:
+    """Step 3 of layer k from `gather_parts`' rows: what `pool_and_combine` gives."""
+    fn = partial(
+        inference.combine_parts_batches, ref=ref, k=k, written=written, pooled=pooled, with_head=with_head
+    )
+    return merged.mapInArrow(fn, EMBEDDINGS if with_head else LAYER)
 
 
 def gather(targets: DataFrame, neighbors: DataFrame, projections: DataFrame | None) -> DataFrame:

@@ -178,6 +178,7 @@ def _check_flags(
 class LinkStats:
     rows: int
     null_ids: int  # rows with a NULL in either id column
+    first_ids: int  # distinct values of the first id column, approximate (HyperLogLog, 5% error)
 
 
 def check_links(df: DataFrame, table: str, id_cols: tuple[str, str]) -> LinkStats:
@@ -192,7 +193,10 @@ def _check_links(df: DataFrame, table: str, id_cols: tuple[str, str]) -> LinkSta
     bad = weight.isNull() | _non_finite(weight) | (weight <= 0)
     null_ids = F.col(id_cols[0]).isNull() | F.col(id_cols[1]).isNull()
     stats = df.agg(
-        F.count(F.lit(1)).alias("rows"), _count(bad).alias("bad"), _count(null_ids).alias("null_ids")
+        F.count(F.lit(1)).alias("rows"),
+        _count(bad).alias("bad"),
+        _count(null_ids).alias("null_ids"),
+        F.approx_count_distinct(id_cols[0]).alias("first_ids"),
     ).collect()[0]
     if stats["bad"]:
         sample = df.filter(bad).select(*id_cols, "weight").limit(EXAMPLES).collect()
@@ -202,4 +206,6 @@ def _check_links(df: DataFrame, table: str, id_cols: tuple[str, str]) -> LinkSta
             "weight",
             f"{stats['bad']} rows have a NULL, NaN, infinite or non-positive weight (e.g. {listed})",
         )
-    return LinkStats(rows=int(stats["rows"]), null_ids=int(stats["null_ids"]))
+    return LinkStats(
+        rows=int(stats["rows"]), null_ids=int(stats["null_ids"]), first_ids=int(stats["first_ids"])
+    )
