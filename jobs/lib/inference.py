@@ -159,8 +159,10 @@ class Projections:
     @classmethod
     def build(cls, ids: np.ndarray, matrix: np.ndarray) -> Projections:
         """From ids in any order and their projections: sorted, with the direct table when it pays."""
-        order = np.argsort(ids, kind="stable")
-        ids, matrix = np.ascontiguousarray(ids[order]), np.ascontiguousarray(matrix[order])
+        if len(ids) > 1 and not (ids[1:] >= ids[:-1]).all():  # sorted already: no copy of the matrix
+            order = np.argsort(ids, kind="stable")
+            ids, matrix = ids[order], matrix[order]
+        ids, matrix = np.ascontiguousarray(ids), np.ascontiguousarray(matrix)
         dense = None
         if len(ids) and int(ids[-1]) - int(ids[0]) < DENSE_SLOTS_PER_SOURCE * len(ids):
             dense = np.full(int(ids[-1]) - int(ids[0]) + 1, -1, dtype=np.int32)

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from functools import partial
 
+import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType
@@ -64,11 +65,21 @@ def collect_projections(
     """Bring a (src, proj) table to the driver as a sorted float32 lookup table, for broadcasting.
 
     Only for tables known to be small (the caller bounds the size): one Arrow transfer, no row
-    objects. `precision` is how proj is encoded (`ModelRef.projection_precision`)."""
+    objects, and each Arrow chunk decoded straight into its sorted rows, so the driver holds the
+    transfer and the table, not a third copy. `precision` is how proj is encoded
+    (`ModelRef.projection_precision`)."""
     table = projections.toArrow()
     ids = table.column("src").to_numpy()
-    matrix = to_matrix(table.column("proj").combine_chunks(), hidden_dim, precision)
-    return inference.Projections.build(ids, matrix)
+    order = np.argsort(ids, kind="stable")
+    row_of = np.empty_like(order)
+    row_of[order] = np.arange(len(order))  # where each collected row goes in the sorted table
+    matrix = np.empty((len(ids), hidden_dim), dtype=np.float32)
+    at = 0
+    for chunk in table.column("proj").chunks:
+        matrix[row_of[at : at + len(chunk)]] = to_matrix(chunk, hidden_dim, precision)
+        at += len(chunk)
+    del table
+    return inference.Projections.build(ids[order], matrix)
 
 
 MEMORY_UNITS = {"k": 2**-10, "m": 1, "g": 2**10, "t": 2**20, "p": 2**30}
