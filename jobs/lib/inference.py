@@ -265,18 +265,23 @@ def _messages(
     return is_message, torch.from_numpy(messages), None
 
 
+def _segments(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    """(each target's id, in row order; each row's target index) of a batch sorted by dst."""
+    dst = batch.column("dst").to_numpy()
+    change = dst[1:] != dst[:-1]
+    return dst[np.flatnonzero(np.r_[True, change])], np.cumsum(np.r_[False, change])
+
+
 def _batch_targets(batch: pa.RecordBatch, conv, precision: str, table: Projections | None) -> _Targets:
     """The targets of one batch, sorted by (dst, kind, src), each with its rows pooled."""
-    dst = batch.column("dst").to_numpy()
-    starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
-    segment = np.cumsum(np.r_[False, dst[1:] != dst[:-1]])
-    n = len(starts)
+    ids, segment = _segments(batch)
+    n = len(ids)
     selfs, present = _own_vectors(batch, segment, n, conv.dims.self_dim)
     is_message, messages, index = _messages(batch, conv.dims.hidden_dim, precision, table)
     weights = torch.from_numpy(batch.column("weight").to_numpy(zero_copy_only=False)[is_message])
     state = partial_pool(messages, torch.from_numpy(segment[is_message]), weights, n, conv.pooling, index)
     rows = np.bincount(segment[is_message], minlength=n)
-    return _Targets(dst[starts], selfs, present, state, rows)
+    return _Targets(ids, selfs, present, state, rows)
 
 
 def _whole_targets(batches: Iterator[pa.RecordBatch], conv_of, make) -> Iterator[_Targets]:
@@ -364,10 +369,8 @@ def pool_part_batches(
     layer = _Layer(ref, k, "pool")
 
     def make(batch: pa.RecordBatch, conv) -> _Targets:
-        dst = batch.column("dst").to_numpy()
-        starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
-        segment = np.cumsum(np.r_[False, dst[1:] != dst[:-1]])
-        n = len(starts)
+        ids, segment = _segments(batch)
+        n = len(ids)
         pos, found = table.lookup(batch.column("src").to_numpy())
         weights = torch.from_numpy(batch.column("weight").to_numpy(zero_copy_only=False)[found])
         index = torch.from_numpy(pos[found].astype(np.int64))
@@ -375,7 +378,7 @@ def pool_part_batches(
         state = partial_pool(messages, torch.from_numpy(segment[found]), weights, n, conv.pooling, index)
         rows = np.bincount(segment[found], minlength=n)
         selfs = np.zeros((n, 0), dtype=np.float32)
-        return _Targets(dst[starts], selfs, np.ones(n, dtype=bool), state, rows)
+        return _Targets(ids, selfs, np.ones(n, dtype=bool), state, rows)
 
     for targets in _whole_targets(batches, layer, make):
         keep = targets.rows > 0  # a target none of whose sources is in the part has no partial
@@ -397,10 +400,8 @@ def pool_part_batches(
 def _merged_targets(batch: pa.RecordBatch, conv) -> _Targets:
     """The targets of one batch of merged rows, sorted by (dst, kind, part): own rows and the parts'
     partial states folded in part order."""
-    dst = batch.column("dst").to_numpy()
-    starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
-    segment = np.cumsum(np.r_[False, dst[1:] != dst[:-1]])
-    n = len(starts)
+    ids, segment = _segments(batch)
+    n = len(ids)
     selfs, present = _own_vectors(batch, segment, n, conv.dims.self_dim)
     is_partial = batch.column("kind").to_numpy() == PARTIAL_ROW
     acc = to_matrix(batch.column("acc"), conv.dims.hidden_dim)  # set on partial rows only, in order
@@ -411,7 +412,7 @@ def _merged_targets(batch: pa.RecordBatch, conv) -> _Targets:
     state = fold(partials, torch.from_numpy(segment[is_partial]), n, conv.pooling)
     counts = pc.fill_null(batch.column("rows"), 0).to_numpy()[is_partial]
     rows = np.bincount(segment[is_partial], weights=counts, minlength=n).astype(np.int64)
-    return _Targets(dst[starts], selfs, present, state, rows)
+    return _Targets(ids, selfs, present, state, rows)
 
 
 def combine_parts_batches(

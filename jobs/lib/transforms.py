@@ -99,6 +99,11 @@ def memory_mb(text: str) -> float:
 RESULT_SIZE_SHARE = 0.9
 
 
+def executor_cores(conf: Callable[[str, str], str]) -> int:
+    """spark.executor.cores, 0 when it is not set."""
+    return int(conf("spark.executor.cores", "0") or 0)
+
+
 def auto_broadcast_mb(
     master: str, conf: Callable[[str, str], str], default_parallelism: int
 ) -> tuple[float, str]:
@@ -116,7 +121,7 @@ def auto_broadcast_mb(
         bound, how = driver / (1 + cores), f"driver memory {driver:.0f} MB / (1 + {cores} local cores)"
     else:
         executor = memory_mb(conf("spark.executor.memory", "1g"))
-        cores = int(conf("spark.executor.cores", "0") or 0) or max(1, default_parallelism)
+        cores = executor_cores(conf) or max(1, default_parallelism)
         bound = min(executor / (1 + cores), driver / 2)
         how = (
             f"the smaller of executor memory {executor:.0f} MB / (1 + {cores} cores) and driver memory "
@@ -137,9 +142,9 @@ def broadcast_bound_mb(sc, bound_mb: float | None) -> tuple[float, str]:
     return auto_broadcast_mb(sc.master, conf.get, sc.defaultParallelism)
 
 
-# The most parts a layer's projections are broadcast in. Each part reads the sources and the neighbor
-# rows once more and writes one partial state per target it reaches; past this many parts joining
-# the projections to the rows and shuffling them costs less.
+# The most parts a layer's projections are broadcast in. Each part reads its projections and the
+# neighbor rows once more and writes one partial state per target it reaches; past this many parts
+# joining the projections to the rows and shuffling them costs less.
 MAX_BROADCAST_PARTS = 16
 # Headroom when splitting: a hash part holds its share of the sources give or take a fraction of a
 # percent, so parts are sized to 98% of the bound.
@@ -184,7 +189,7 @@ def executor_count(master: str, conf: Callable[[str, str], str], default_paralle
     `auto_broadcast_mb` does)."""
     if master.startswith("local"):
         return 1
-    cores = int(conf("spark.executor.cores", "0") or 0) or 1
+    cores = executor_cores(conf) or 1
     return max(1, default_parallelism // cores)
 
 
