@@ -367,9 +367,12 @@ def limit(model, g: InMemoryGraph, chunk: int = LIMIT_CHUNK_PINS) -> torch.Tenso
     """`PinSage.forward`'s math over the whole graph (K = 2, importance pooling, boards without
     features), `chunk` pins at a time so that no [pins, hidden] matrix is held: layer 1 projects a
     chunk of pins and adds its rows' share to the boards' pooled sums in place (one `weighted_sums`
-    product per chunk); layer 2 projects every board once, then pools, combines and runs the head on
-    a chunk of target pins at a time. Memory: the features, the boards' vectors and one chunk's
-    activations. Equal to `PinSage.forward` up to float32 summation order (`check_limit`)."""
+    product per chunk); layer 2 projects every board once and applies the pooled half of W_2 to
+    it (`pooled_term`: importance pooling is linear, so W_2's product moves before the pooling, onto
+    the boards instead of the pins, and the vectors pooled are embed_dim wide instead of
+    hidden_dim), then pools, finishes W_2 and runs the head on a chunk of target pins at a time.
+    Memory: the features, the boards' vectors and one chunk's activations. Equal to
+    `PinSage.forward` up to float32 rounding (`limit_vs_forward_max_abs` on small graphs)."""
     c1, c2 = model.conv(1), model.conv(2)
     assert model.config.num_layers == 2 and c1.pooling == c2.pooling == "importance"
     pins, boards = len(g.pin_ids), len(g.board_ids)
@@ -383,15 +386,15 @@ def limit(model, g: InMemoryGraph, chunk: int = LIMIT_CHUNK_PINS) -> torch.Tenso
             weighted_sums(projected, src[rows] - start, dst[rows], coeff[rows].float(), boards, out=pooled)
         h_boards = c1.combine(torch.zeros(boards, 0), pooled)
         del pooled
-        projected = c2.project(h_boards)
+        pooled_terms = c2.pooled_term(c2.project(h_boards))
         src, dst, coeff = normalised_rows(g.pin_nbrs, pins, by="dst")
         cuts = torch.searchsorted(dst, torch.arange(0, pins + chunk, chunk)).tolist()
         z = torch.empty(pins, model.config.embed_dim)
         for i, start in enumerate(range(0, pins, chunk)):
             rows = slice(cuts[i], cuts[i + 1])
             n = min(chunk, pins - start)
-            pooled = weighted_sums(projected, src[rows], dst[rows] - start, coeff[rows].float(), n)
-            z[start : start + n] = model.head(c2.combine(g.features[start : start + n], pooled))
+            pooled = weighted_sums(pooled_terms, src[rows], dst[rows] - start, coeff[rows].float(), n)
+            z[start : start + n] = model.head(c2.finish(g.features[start : start + n], pooled))
     return z
 
 

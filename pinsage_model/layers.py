@@ -42,9 +42,24 @@ class PinSageConv(nn.Module):
         return self.Q(h_src).relu_()
 
     def combine(self, h_self: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """Step 3, once per target: ([n, self_dim], [n, hidden_dim]) -> [n, out_dim], unit norm."""
-        h = F.relu(self.W(torch.cat([h_self, pooled.to(h_self.dtype)], dim=1)))
-        return F.normalize(h, p=2.0, dim=1, eps=NORMALIZE_EPS)
+        """Step 3, once per target: ([n, self_dim], [n, hidden_dim]) -> [n, out_dim], unit norm.
+
+        W concat(h_u, n_u) is computed as W_self h_u + W_pool n_u (the column blocks of W), two
+        products into one output, so the [n, self_dim + hidden_dim] concatenation is never copied."""
+        return self.finish(h_self, self.pooled_term(pooled.to(self.W.weight.dtype)))
+
+    def pooled_term(self, pooled: torch.Tensor) -> torch.Tensor:
+        """W_pool n: the pooled half of W's product, [n, hidden_dim] -> [n, out_dim]. Importance and
+        mean pooling are linear, so W_pool applied to each source's projection before pooling gives
+        the same pooled term (up to float rounding) with out_dim-wide vectors to pool."""
+        return pooled @ self.W.weight[:, self.dims.self_dim :].T
+
+    def finish(self, h_self: torch.Tensor, pooled_term: torch.Tensor) -> torch.Tensor:
+        """normalize(ReLU(W_self h_self + pooled_term + w)): ([n, self_dim], [n, out_dim]) -> [n, out_dim]."""
+        h = pooled_term + self.W.bias
+        if self.dims.self_dim:
+            h = h.addmm_(h_self.to(h.dtype), self.W.weight[:, : self.dims.self_dim].T)
+        return F.normalize(h.relu_(), p=2.0, dim=1, eps=NORMALIZE_EPS)
 
     def forward(
         self,
