@@ -15,8 +15,10 @@ it times four ways to embed every pin:
    it): the last run is reported and the first recorded beside it;
 3. limit: `PinSage.forward`'s math over the whole graph in memory, no Spark (`limit`: 65,536 pins
    at a time, one sparse product per chunk's pooling), in a Python process of its own; the best one
-   machine can do with the same math. Run as many times as the chain (at least once), the last
-   reported; checked against `PinSage.forward` on the whole graph where it has at most 131,072 pins;
+   machine can do with the same math (layer 2 applies W_2's pooled half to the boards before
+   pooling). Run --limit-runs times (default 3), the last reported (the first pays for first
+   touches of its buffers); checked against `PinSage.forward` on the whole graph where it has at
+   most 131,072 pins;
 4. per-target: the paper's Algorithm 2, each minibatch of 512 target pins building and computing its
    own 2-hop computation graph with no reuse across minibatches. Timed on a sample of minibatches and
    scaled to all pins (the row says how many pins were timed); the neighbor tables' CSR index, built
@@ -420,7 +422,7 @@ def limit_row(root: str, model_name: str, runs: int, per_target_pins: int) -> di
     with PeakMemory(children=False) as mem:
         g = load(f"{root}/input")
         model = build_model(read_checkpoint(f"{root}/model.pt"))
-        for _ in range(runs):  # as many runs as the chain got, the last reported
+        for _ in range(runs):  # --limit-runs, the last reported
             clock = Stopwatch()
             z = limit(model, g)
             row["limit_runs_s"].append(round(clock.seconds(), 2))
@@ -532,6 +534,7 @@ def bench_one(
     broadcast_mb: str,
     precision: str,
     spark_runs: int = 2,
+    limit_runs: int = 3,
 ) -> dict:
     config = write_graph(root, pins, model_name)
     ckpt = read_checkpoint(f"{root}/model.pt")
@@ -566,7 +569,7 @@ def bench_one(
         row["spark_peak_gib"] = round(mem.peak / 2**30, 2)
     row["spark_s"] = row["spark_runs_s"][-1] if spark_runs else fresh_s
 
-    row.update(limit_process(root, model_name, max(1, spark_runs), per_target_pins))
+    row.update(limit_process(root, model_name, limit_runs, per_target_pins))
     # The GEMM rate just before the fresh run and just after the limit: on a shared machine the
     # higher one is what the cores could do; every share of it is taken against that.
     row["gemm_gflops"] = [round(gemm_before, 1), round(gemm_gflops(os.cpu_count() or 1), 1)]
@@ -668,6 +671,12 @@ def main() -> None:
         help="runs of the chain on each graph; the last is reported, all are recorded (the first "
         "pays for warming the JVM and the Python workers)",
     )
+    p.add_argument(
+        "--limit-runs",
+        type=int,
+        default=3,
+        help="runs of the in-process limit on each graph; the last is reported, all are recorded",
+    )
     p.add_argument("--limit-of", metavar="ROOT", help=argparse.SUPPRESS)  # limit_process's own entry
     a = p.parse_args()
     if a.limit_of:
@@ -692,6 +701,7 @@ def main() -> None:
                 a.broadcast_projections_mb,
                 a.projection_precision,
                 a.spark_runs,
+                max(1, a.limit_runs),
             )
             rows.append(row)
             print(json.dumps(row), flush=True)

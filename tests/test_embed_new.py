@@ -186,52 +186,6 @@ def test_a_recorded_input_that_is_gone_is_reported_missing_with_the_path_tried(s
     )
 
 
-def test_a_run_killed_during_its_merge_leaves_pin_embeddings_as_it_was_and_a_rerun_gives_the_same_result(
-    spark, base, tmp_path
-):
-    from deltalake import DeltaTable
-
-    _, _, ckpt, out, _ = base
-    copy = str(tmp_path / "copy")
-    shutil.copytree(out, copy)
-    new = {
-        "--new-pins": pins_table(str(tmp_path / "p"), {50: [0.25] * 6, 51: [-0.5] * 6}),
-        "--new-edges": edges_table(str(tmp_path / "e"), [(50, 100), (50, 101), (51, 102)]),
-        "--checkpoint": ckpt,
-        "--lease-timeout": "1",
-    }
-    argv = [item for pair in new.items() for item in pair]
-    assert embed_new.main([*argv, "--base", copy]) == 0  # undisturbed, on a copy of the base
-    before = DeltaTable(f"{out}/pin_embeddings")
-
-    env = {**os.environ, FAULT_ENV: "head:0:kill"}  # the output head, which the MERGE's source runs
-    cmd = [
-        sys.executable,
-        "jobs/embed_new.py",
-        *argv,
-        "--base",
-        out,
-        "--master",
-        "local[2]",
-        *SAME_AS_FIXTURE,
-    ]
-    killed = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, start_new_session=True
-    )
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    after = DeltaTable(f"{out}/pin_embeddings")  # delta-rs: an independent reader
-    assert after.version() == before.version()
-    assert after.to_pyarrow_table().sort_by("pin_id") == before.to_pyarrow_table().sort_by("pin_id")
-
-    time.sleep(2)  # the killed run's lease (timeout 1 s) goes stale; this session is already up
-    assert embed_new.main([*argv, "--base", out]) == 0  # takes the killed run's lease over
-    assert embeddings(spark, f"{out}/pin_embeddings").keys() >= {50, 51}
-    rerun, undisturbed = (
-        DeltaTable(f"{root}/pin_embeddings").to_pyarrow_table().sort_by("pin_id") for root in (out, copy)
-    )
-    assert rerun == undisturbed  # bit-identical
-
-
 # ---- --related: lists from the base run's index ------------------------------------------------
 
 RELATED_K = 4
@@ -324,7 +278,7 @@ def test_a_listed_pin_is_updated_in_place_and_embedded_pins_get_related_lists_fr
     assert meta["pin_embeddings"]["version"] == report.output["version"]
 
 
-def test_a_run_killed_between_its_two_merges_keeps_related_pins_and_a_rerun_gives_the_undisturbed_result(
+def test_a_run_killed_in_or_between_its_merges_leaves_consistent_tables_and_a_rerun_the_undisturbed_result(
     spark, base, related_root, tmp_path
 ):
     from deltalake import DeltaTable
@@ -334,42 +288,48 @@ def test_a_run_killed_between_its_two_merges_keeps_related_pins_and_a_rerun_give
     for root in (undisturbed, killed_root):
         shutil.copytree(out, root)
     new = {
-        "--new-pins": pins_table(str(tmp_path / "p"), {70: [0.1, 0.4, -0.3, 0.2, 0.0, 0.5]}),
-        "--new-edges": edges_table(str(tmp_path / "e"), [(70, 100), (70, 102)]),
+        "--new-pins": pins_table(str(tmp_path / "p"), {70: [0.1, 0.4, -0.3, 0.2, 0.0, 0.5], 71: [-0.5] * 6}),
+        "--new-edges": edges_table(str(tmp_path / "e"), [(70, 100), (70, 102), (71, 101)]),
         "--checkpoint": ckpt,
         "--lease-timeout": "1",
     }
     argv = [item for pair in new.items() for item in pair]
     assert embed_new.main([*argv, "--base", undisturbed, "--related", undisturbed]) == 0
-    tables = {name: DeltaTable(f"{killed_root}/{name}") for name in ("pin_embeddings", "related_pins")}
-    versions = {name: t.version() for name, t in tables.items()}
-    related_before = (
-        tables["related_pins"].to_pyarrow_table().sort_by([("pin_id", "ascending"), ("rank", "ascending")])
-    )
 
-    env = {**os.environ, FAULT_ENV: "merge:1:kill"}
+    def sorted_table(name: str):  # delta-rs, an independent reader
+        table = DeltaTable(f"{killed_root}/{name}")
+        keys = [("pin_id", "ascending")] + ([("rank", "ascending")] if name == "related_pins" else [])
+        return table.version(), table.to_pyarrow_table().sort_by(keys)
+
+    before = {name: sorted_table(name) for name in ("pin_embeddings", "related_pins")}
     cmd = [sys.executable, "jobs/embed_new.py", *argv, "--base", killed_root, "--related", killed_root]
     cmd += ["--master", "local[2]", *SAME_AS_FIXTURE]
-    killed = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, start_new_session=True
-    )
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    # delta-rs, an independent reader: the embeddings merged, related_pins as it was.
-    pins_after = DeltaTable(f"{killed_root}/pin_embeddings")
-    assert pins_after.version() == versions["pin_embeddings"] + 1
-    assert 70 in pins_after.to_pyarrow_table().column("pin_id").to_pylist()
-    related_after = DeltaTable(f"{killed_root}/related_pins")
-    assert related_after.version() == versions["related_pins"]
-    assert (
-        related_after.to_pyarrow_table().sort_by([("pin_id", "ascending"), ("rank", "ascending")])
-        == related_before
-    )
 
+    def killed_at(point: str) -> None:
+        env = {**os.environ, FAULT_ENV: f"{point}:kill"}
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, start_new_session=True
+        )
+        assert done.returncode == -9, done.stderr[-3000:]
+
+    # Killed in the output head, which the first MERGE's source runs: both tables as they were.
+    killed_at("head:0")
+    assert {name: sorted_table(name) for name in before} == before
+    # Killed between the two merges: the embeddings merged, related_pins as it was.
     time.sleep(2)  # the killed run's lease (timeout 1 s) goes stale
-    assert embed_new.main([*argv, "--base", killed_root, "--related", killed_root]) == 0
+    killed_at("merge:1")
+    pins_version, pins_after = sorted_table("pin_embeddings")
+    assert pins_version == before["pin_embeddings"][0] + 1
+    assert {70, 71} <= set(pins_after.column("pin_id").to_pylist())
+    assert sorted_table("related_pins") == before["related_pins"]
+
+    time.sleep(2)
+    assert (
+        embed_new.main([*argv, "--base", killed_root, "--related", killed_root]) == 0
+    )  # takes the lease over
     for name in ("pin_embeddings", "related_pins"):
         rerun, want = (related_rows(spark, f"{root}/{name}") for root in (killed_root, undisturbed))
-        assert rerun == want, name
+        assert rerun == want, name  # bit-identical
     assert any(r[0] == 70 for r in related_rows(spark, f"{killed_root}/related_pins"))
 
 
