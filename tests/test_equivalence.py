@@ -133,7 +133,7 @@ def test_reduced_precision_projections_stay_within_their_rounding_of_the_naive_r
 
 # Parts on every layer, both target types, board features; max and mean pooling fold as
 # tests/test_pooling.py shows (the chain's parts path does not depend on the pooling otherwise).
-PART_CASE = (4, "importance", 3)  # (num_layers, pooling, board_feature_dim)
+PART_CASE = (2, "importance", 3)  # (num_layers, pooling, board_feature_dim)
 
 
 @pytest.mark.parametrize(("num_layers", "pooling", "board_dim"), [PART_CASE])
