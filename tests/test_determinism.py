@@ -49,7 +49,7 @@ def test_rerun_with_the_same_settings_is_bit_identical(embed_with):
 
 
 def test_rerun_with_another_partitioning_agrees_within_1e_6(embed_with):
-    a, b = embed_with("first", "5"), embed_with("many", "9")  # the first run is the one above
+    a, b = embed_with("first", "5"), embed_with("many", "9")  # "first" is shared with the test above
     for table in a:
         assert sorted(a[table]) == sorted(b[table])
         worst = max(np.abs(np.array(a[table][k]) - np.array(b[table][k])).max() for k in a[table])

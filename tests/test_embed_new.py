@@ -323,10 +323,8 @@ def test_a_run_killed_in_or_between_its_merges_leaves_consistent_tables_and_a_re
     assert {70, 71} <= set(pins_after.column("pin_id").to_pylist())
     assert sorted_table("related_pins") == before["related_pins"]
 
-    time.sleep(2)
-    assert (
-        embed_new.main([*argv, "--base", killed_root, "--related", killed_root]) == 0
-    )  # takes the lease over
+    time.sleep(2)  # the rerun takes the killed run's lease over
+    assert embed_new.main([*argv, "--base", killed_root, "--related", killed_root]) == 0
     for name in ("pin_embeddings", "related_pins"):
         rerun, want = (related_rows(spark, f"{root}/{name}") for root in (killed_root, undisturbed))
         assert rerun == want, name  # bit-identical
