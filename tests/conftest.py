@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import hashlib
 import os
+import pathlib
+import subprocess
+import sys
 
+import pyspark
 import pytest
 
 from jobs.lib.session import get_spark
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Every JVM the tests start (this session's, and those of the `python jobs/...`, spark-submit and
 # Airflow runs they launch, which inherit the environment) handles small graphs for seconds to
@@ -13,6 +20,54 @@ from jobs.lib.session import get_spark
 JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 os.environ.setdefault("SPARK_SUBMIT_OPTS", JVM_OPTIONS)
 os.environ.setdefault("SPARK_DAEMON_JAVA_OPTS", JVM_OPTIONS)
+
+# What a Spark and Delta run loads, for the class archive below: the suite starts dozens of fresh
+# JVMs (each `python jobs/...`, spark-submit and Airflow task), and each would otherwise parse and
+# verify Spark's classes again (about 8 of a small job's 36 CPU seconds on this project's 2-core machine).
+ARCHIVE_WORKLOAD = """
+import sys, tempfile
+from jobs.lib.session import get_spark, stop_spark
+spark = get_spark("class-archive", "local[2]", {"spark.ui.enabled": "false"})
+path = tempfile.mkdtemp() + "/t"
+df = spark.range(100).selectExpr("id AS pin_id", "array(cast(id AS float)) AS v")
+df.write.format("delta").save(path)
+spark.read.format("delta").load(path).mapInArrow(lambda batches: batches, df.schema).groupBy(
+    "pin_id").count().collect()
+spark.read.format("delta").load(path).toArrow()
+stop_spark(spark)
+"""
+
+
+def class_archive() -> pathlib.Path | None:
+    """A JDK class-data-sharing archive of the classes a Spark and Delta run loads, dumped once per
+    JDK and pyspark into .venv (ignored by git); None if the JVM cannot dump one. A JVM whose class
+    path differs from the dump's (a standalone cluster's daemons) ignores it and loads classes as
+    usual: the logging options keep that silent."""
+    java_home = os.environ.get("JAVA_HOME", "")
+    key = hashlib.sha256(f"{sys.prefix}|{java_home}|{pyspark.__version__}".encode()).hexdigest()[:12]
+    archive = pathlib.Path(sys.prefix) / "jvm-class-archive" / f"spark-{key}.jsa"
+    if not archive.exists():
+        archive.parent.mkdir(exist_ok=True)
+        partial = archive.with_suffix(f".{os.getpid()}.part")
+        env = {**os.environ, "SPARK_SUBMIT_OPTS": f"{JVM_OPTIONS} -XX:ArchiveClassesAtExit={partial}"}
+        env["SPARK_SUBMIT_OPTS"] += " -Xlog:cds=off -Xlog:cds+dynamic=off"
+        subprocess.run([sys.executable, "-c", ARCHIVE_WORKLOAD], cwd=ROOT, env=env, capture_output=True)
+        if not partial.exists():
+            return None
+        partial.replace(archive)
+    return archive
+
+
+def pytest_configure(config):
+    # Once, in the process that starts xdist's workers (they inherit the environment) or in a run
+    # without workers; only when the JVM options were not set from outside.
+    if hasattr(config, "workerinput") or os.environ["SPARK_SUBMIT_OPTS"] != JVM_OPTIONS:
+        return
+    archive = class_archive()
+    if archive is not None:
+        shared = f" -XX:SharedArchiveFile={archive} -Xlog:cds=off -Xlog:cds+dynamic=off"
+        os.environ["SPARK_SUBMIT_OPTS"] += shared
+        os.environ["SPARK_DAEMON_JAVA_OPTS"] += shared
 
 
 @pytest.fixture(scope="session")
