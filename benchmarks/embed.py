@@ -237,7 +237,8 @@ def roofline(
         layer = layers.get(phase)
         if layer is not None:
             d = config.layer(layer["k"])
-            projections = layer["sources_projected"] * d.hidden_dim * 4
+            # The messages' width: hidden_dim, or out_dim when they went through W_pool (chain.through_w).
+            projections = layer["sources_projected"] * (layer.get("message_dim") or d.hidden_dim) * 4
             broadcast = layer["projections"].startswith("broadcast")
             floor = rows[layer["targets"]] * ID_WEIGHT_BYTES + (0 if broadcast else projections)
             entry["shuffle_floor_mib"] = round(floor / 2**20, 1)

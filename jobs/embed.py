@@ -47,7 +47,7 @@ from jobs.lib.transforms import (
 )
 from jobs.lib.validate import check_links, check_nodes, conform
 from pinsage_model.checkpoint import Checkpoint
-from pinsage_model.config import ModelConfig
+from pinsage_model.config import LINEAR_POOLINGS, ModelConfig
 
 log = logging.getLogger("pinsage.embed")
 
@@ -292,6 +292,7 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
         checkpoint.sha256,
         args.device,
         args.projection_precision,
+        linear_pooling=config.pooling in LINEAR_POOLINGS,
     )
     with report.timed("layers"):
         layers = run_layers(spark, graph, ref, config, work, report, args.broadcast_mb, key, args.resume)

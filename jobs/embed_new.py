@@ -54,7 +54,7 @@ from jobs.lib.report import Report
 from jobs.lib.transforms import embed_pins, links, node_table
 from jobs.lib.validate import check_links, check_nodes, conform
 from pinsage_model.checkpoint import Checkpoint
-from pinsage_model.config import ModelConfig
+from pinsage_model.config import LINEAR_POOLINGS, ModelConfig
 
 log = logging.getLogger("pinsage.embed_new")
 
@@ -268,7 +268,13 @@ def embed_and_merge(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpo
         neighbors = new_pin_neighbors(spark, base, pins, edges, args.walks_per_batch, work)
         report.counts["neighbor rows"] = neighbors.count()
 
-    ref = ModelRef(sc.broadcast(checkpoint.data), checkpoint.sha256, args.device, args.projection_precision)
+    ref = ModelRef(
+        sc.broadcast(checkpoint.data),
+        checkpoint.sha256,
+        args.device,
+        args.projection_precision,
+        linear_pooling=config.pooling in LINEAR_POOLINGS,
+    )
     key = run_key(checkpoint.sha256, {**inputs, "edges": base_edges}, args.projection_precision)
     with report.timed("layers"):
         current = node_table(pins, "pin_id", with_features=True)

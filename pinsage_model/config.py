@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 POOLINGS = ("importance", "mean", "max")
+# Poolings that are weighted means of the messages, so they commute with a linear map of them.
+LINEAR_POOLINGS = ("importance", "mean")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pinsage_model.config import LayerDims
+from pinsage_model.config import LINEAR_POOLINGS, LayerDims
 from pinsage_model.pooling import PoolFn
 
 NORMALIZE_EPS = 1e-12
@@ -53,6 +53,22 @@ class PinSageConv(nn.Module):
         mean pooling are linear, so W_pool applied to each source's projection before pooling gives
         the same pooled term (up to float rounding) with out_dim-wide vectors to pool."""
         return pooled @ self.W.weight[:, self.dims.self_dim :].T
+
+    def message(self, h_src: torch.Tensor, through_w: bool) -> torch.Tensor:
+        """What a source sends its targets: its projection, or with `through_w` (linear pooling
+        only) W_pool applied to it, `pooled_term(project(h_src))`: [n, in_dim] -> [n, message_dim]."""
+        if through_w and self.pooling not in LINEAR_POOLINGS:
+            raise ValueError(f"{self.pooling} pooling does not commute with W_pool")
+        projected = self.project(h_src)
+        return self.pooled_term(projected) if through_w else projected
+
+    def message_dim(self, through_w: bool) -> int:
+        """The width of `message`: out_dim through W_pool, else hidden_dim."""
+        return self.dims.out_dim if through_w else self.dims.hidden_dim
+
+    def from_pooled(self, h_self: torch.Tensor, pooled: torch.Tensor, through_w: bool) -> torch.Tensor:
+        """Step 3 from pooled messages: `finish` when they went through W_pool, else `combine`."""
+        return self.finish(h_self, pooled) if through_w else self.combine(h_self, pooled)
 
     def finish(self, h_self: torch.Tensor, pooled_term: torch.Tensor) -> torch.Tensor:
         """normalize(ReLU(W_self h_self + pooled_term + w)): ([n, self_dim], [n, out_dim]) -> [n, out_dim]."""

@@ -57,6 +57,9 @@ def test_pipeline_equals_naive_recursion(spark, tmp_path, num_layers, pooling, b
     assert {layer.projections for layer in report.layers} == {
         "broadcast" if broadcast_mb == BROADCAST else "shuffled"
     }
+    # hidden 5, embed 4: importance and mean pooling send the projections through W_pool (4 wide),
+    # max pooling cannot (chain.through_w), so both ways are held to the naive recursion.
+    assert {layer.message_dim for layer in report.layers} == {5 if pooling == "max" else 4}
     naive = NaivePinSage(ckpt, graph.pins, graph.boards, graph.board_rows, graph.pin_rows)
 
     assert sorted(pins) == sorted(graph.pins), "exactly one row per pin of the pins table"

@@ -1,8 +1,10 @@
 """PinSageConv pools with the implementation its caller names, whatever autograd's state, and the
-whole-graph model pools with the inference implementation in training mode too."""
+whole-graph model pools with the inference implementation in training mode too; max pooling
+refuses messages through W_pool."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pinsage_model.config import LayerDims, ModelConfig
@@ -49,3 +51,11 @@ def test_whole_graph_model_gives_the_same_bits_with_and_without_autograd():
     model.train()
     with_grad = model(pins, boards, board_nbrs, pin_nbrs)[0]
     assert torch.equal(inference, with_grad.detach())
+
+
+def test_max_pooling_refuses_messages_through_w_pool():
+    conv = PinSageConv(LayerDims(3, 2, 6, 4), "max")
+    h_src = conv_inputs()[0]
+    assert conv.message(h_src, through_w=False).shape == (5, 6)
+    with pytest.raises(ValueError, match="max pooling does not commute"):
+        conv.message(h_src, through_w=True)

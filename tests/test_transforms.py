@@ -1,4 +1,5 @@
-"""The pure DataFrame transforms on a few hand-built rows."""
+"""The pure DataFrame transforms on a few hand-built rows, and which layers send their projections
+through W_pool."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from jobs.lib import transforms
+from jobs.lib.chain import through_w
 from jobs.lib.inference import NEIGHBOR_ROW, OWN_ROW
+from pinsage_model.config import LayerDims
 from schemas import GATHERED, MERGED, NEIGHBORS, PARTIALS, PROJECTIONS
 
 
@@ -151,3 +154,13 @@ def test_a_broadcast_reaches_one_executor_in_local_mode_and_cores_over_executor_
     assert transforms.executor_count("local[*]", conf_of({}), 16) == 1
     assert transforms.executor_count("yarn", conf_of({"spark.executor.cores": "4"}), 48) == 12
     assert transforms.executor_count("yarn", conf_of({}), 48) == 48, "unknown cores: one per core"
+
+
+def test_messages_go_through_w_pool_where_they_get_narrower_or_are_projected_fewer_times():
+    narrower, same = LayerDims(8, 8, 6, 4), LayerDims(8, 8, 6, 6)
+    assert through_w(True, narrower, None, None)  # narrower messages whatever the counts
+    assert through_w(True, narrower, 1000, 10)
+    assert not through_w(False, narrower, 10, 1000)  # max pooling
+    assert not through_w(True, LayerDims(8, 8, 4, 6), 10, 1000)  # wider messages
+    assert through_w(True, same, 10, 1000) and not through_w(True, same, 1000, 10)
+    assert not through_w(True, same, None, 1000) and not through_w(True, same, 10, None)

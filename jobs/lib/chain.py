@@ -5,6 +5,7 @@ and materialise h(k) as a Delta table before the next layer starts (PinSage pape
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ from jobs.lib.transforms import (
     project,
     projection_parts,
 )
-from pinsage_model.config import Layer
+from pinsage_model.config import Layer, LayerDims
 
 log = logging.getLogger("pinsage.chain")
 
@@ -54,6 +55,24 @@ def run_key(checkpoint_sha256: str, inputs: dict[str, dict], projection_precisio
         what["projection_precision"] = projection_precision
     blob = json.dumps(what, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def through_w(
+    linear_pooling: bool, dims: LayerDims, source_rows: int | None, target_rows: int | None
+) -> bool:
+    """Whether a layer sends its sources' projections through W_pool before pooling them
+    (`PinSageConv.message`). Importance and mean pooling are weighted means, so
+    W_pool (sum_v w_v m_v / sum_v w_v) = sum_v w_v (W_pool m_v) / sum_v w_v: the same pooled term (up
+    to float rounding) either way. Through W_pool, every message, broadcast, shuffled row and
+    partial state is out_dim wide instead of hidden_dim, and the product runs once per source
+    instead of once per target. Chosen when the messages get narrower (out_dim < hidden_dim: the
+    bytes moved shrink, which costs more than the product here), or when they keep their width and
+    there are fewer sources than targets (the product runs fewer times)."""
+    if not linear_pooling:
+        return False
+    if dims.out_dim != dims.hidden_dim:
+        return dims.out_dim < dims.hidden_dim
+    return source_rows is not None and target_rows is not None and source_rows < target_rows
 
 
 def run_layer(
@@ -92,27 +111,28 @@ def run_layer(
     clock = Stopwatch()
     spark: SparkSession = targets.sparkSession
     sc = spark.sparkContext
-    k, hidden_dim = layer.k, layer.dims.hidden_dim
+    pre = through_w(ref.linear_pooling, layer.dims, source_rows, target_rows)
+    ref = dataclasses.replace(ref, through_w=pre)
+    k, width = layer.k, layer.dims.out_dim if pre else layer.dims.hidden_dim
     projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
     sc.setJobDescription(description)
     bound_mb, bound_from = broadcast_bound_mb(sc, broadcast_mb)
     executors = executor_count(sc.master, sc.getConf().get, sc.defaultParallelism)
-    parts, size_mb = projection_parts(
-        source_rows, target_rows, neighbor_rows, hidden_dim, bound_mb, executors
-    )
+    parts, size_mb = projection_parts(source_rows, target_rows, neighbor_rows, width, bound_mb, executors)
     moved = {0: "shuffled", 1: "broadcast"}.get(parts, f"broadcast in {parts} parts")
     if ref.projection_precision != FLOAT32:
         moved += f" as {ref.projection_precision}"
     log.info(
-        "%s (projections %.0f MB, %s; broadcast bound %.0f MB from %s)",
+        "%s (projections%s %.0f MB, %s; broadcast bound %.0f MB from %s)",
         description,
+        f" through W_{k}" if pre else "",
         size_mb,
         moved,
         bound_mb,
         bound_from,
     )
     if parts > 1:
-        combined = _run_parts(layer, ref, targets, neighbors, sources, path, parts, description, projected)
+        combined = _run_parts(k, width, ref, targets, neighbors, sources, path, parts, description, projected)
         table = write_and_reload(
             combine_parts(combined, ref, k, written, pooled, with_head), path, metadata, VECTOR_TABLE
         )
@@ -121,7 +141,7 @@ def run_layer(
         lookup = None
         projections = project(sources, ref, k, projected)
         if parts == 1:
-            lookup = sc.broadcast(collect_projections(projections, hidden_dim, ref.projection_precision))
+            lookup = sc.broadcast(collect_projections(projections, width, ref.projection_precision))
             projections = None
         gathered = gather(targets, neighbors, projections)
         table = write_and_reload(
@@ -133,14 +153,23 @@ def run_layer(
         if lookup is not None:
             lookup.destroy()
     report = LayerReport(
-        k, layer.target, layer.source, projected.value, written.value, pooled.value, clock.seconds(), moved
+        k,
+        layer.target,
+        layer.source,
+        projected.value,
+        written.value,
+        pooled.value,
+        clock.seconds(),
+        moved,
+        width,
     )
     log.info("layer %d done: %s", k, report)
     return table, report
 
 
 def _run_parts(
-    layer: Layer,
+    k: int,
+    width: int,
     ref: ModelRef,
     targets: DataFrame,
     neighbors: DataFrame,
@@ -156,9 +185,7 @@ def _run_parts(
     states per target, written to `path`_parts/part_<i> before the next part's broadcast (so one
     part's projections are held at a time). Returns every target's own row and partial states,
     ready for `combine_parts`."""
-    spark = targets.sparkSession
-    sc = spark.sparkContext
-    k, hidden_dim = layer.k, layer.dims.hidden_dim
+    sc = targets.sparkSession.sparkContext
     sc.setJobDescription(f"{description} (project into {parts} parts)")
     by_part = project(sources, ref, k, projected).withColumn("part", hash_part("src", parts))
     by_part = write_and_reload(
@@ -168,7 +195,7 @@ def _run_parts(
     for part in range(parts):
         sc.setJobDescription(f"{description} (part {part + 1}/{parts})")
         mine = by_part.where(F.col("part") == part).select("src", "proj")
-        table = collect_projections(mine, hidden_dim, ref.projection_precision)
+        table = collect_projections(mine, width, ref.projection_precision)
         log.info("layer %d part %d/%d: %d sources broadcast", k, part + 1, parts, len(table.ids))
         lookup = sc.broadcast(table)
         del table

@@ -39,6 +39,10 @@ class ModelRef:
     sha256: str
     device: str  # auto | cpu | cuda
     projection_precision: str = "float32"  # how projections travel: a key of vectors.PRECISIONS
+    # The layer's messages are its projections through W_pool (`PinSageConv.message`), pooled
+    # out_dim wide and finished without W_pool; set per layer by `chain.run_layer`.
+    through_w: bool = False
+    linear_pooling: bool = False  # the model's pooling is in LINEAR_POOLINGS (through_w is allowed)
 
 
 def task_device(requested: str) -> torch.device:
@@ -122,8 +126,9 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 def project_batches(
     batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, counter=None
 ) -> Iterator[pa.RecordBatch]:
-    """Step 1 of layer k: (node_id, vec) -> (src, proj = ReLU(Q_k vec + q_k)) for every row, proj
-    encoded in the reference's projection precision."""
+    """Step 1 of layer k: (node_id, vec) -> (src, proj = ReLU(Q_k vec + q_k)) for every row, or
+    with `ref.through_w` W_pool applied to it as well (`PinSageConv.message`); proj encoded in the
+    reference's projection precision."""
     model = device = None
     for batch in batches:
         if model is None:
@@ -132,7 +137,7 @@ def project_batches(
             conv = model.conv(k)
         x = to_matrix(batch.column("vec"), conv.dims.in_dim)
         with torch.inference_mode():
-            proj = conv.project(torch.from_numpy(x).to(device))
+            proj = conv.message(torch.from_numpy(x).to(device), ref.through_w)
         if counter is not None:
             counter.add(batch.num_rows)
         proj = to_binary(_numpy(proj), ref.projection_precision)
@@ -247,7 +252,7 @@ def _own_vectors(
 
 
 def _messages(
-    batch: pa.RecordBatch, hidden_dim: int, precision: str, table: Projections | None
+    batch: pa.RecordBatch, width: int, precision: str, table: Projections | None
 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
     """(mask of the rows pooled, a message matrix, the matrix row of each pooled row or None): the
     neighbor rows' `proj` from the rows themselves (one matrix row per pooled row, in order), or
@@ -259,7 +264,7 @@ def _messages(
         pos, found = table.lookup(src)
         is_message &= found  # a source that is not a node: dangling, dropped
         return is_message, torch.from_numpy(table.matrix), torch.from_numpy(pos[is_message].astype(np.int64))
-    messages = to_matrix(batch.column("proj"), hidden_dim, precision)  # set on neighbor rows only, in order
+    messages = to_matrix(batch.column("proj"), width, precision)  # set on neighbor rows only, in order
     if len(messages) != int(is_message.sum()):
         raise ValueError("a neighbor row has no projection")
     return is_message, torch.from_numpy(messages), None
@@ -272,12 +277,13 @@ def _segments(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
     return dst[np.flatnonzero(np.r_[True, change])], np.cumsum(np.r_[False, change])
 
 
-def _batch_targets(batch: pa.RecordBatch, conv, precision: str, table: Projections | None) -> _Targets:
+def _batch_targets(batch: pa.RecordBatch, conv, ref: ModelRef, table: Projections | None) -> _Targets:
     """The targets of one batch, sorted by (dst, kind, src), each with its rows pooled."""
     ids, segment = _segments(batch)
     n = len(ids)
     selfs, present = _own_vectors(batch, segment, n, conv.dims.self_dim)
-    is_message, messages, index = _messages(batch, conv.dims.hidden_dim, precision, table)
+    width = conv.message_dim(ref.through_w)
+    is_message, messages, index = _messages(batch, width, ref.projection_precision, table)
     weights = torch.from_numpy(batch.column("weight").to_numpy(zero_copy_only=False)[is_message])
     state = partial_pool(messages, torch.from_numpy(segment[is_message]), weights, n, conv.pooling, index)
     rows = np.bincount(segment[is_message], minlength=n)
@@ -345,7 +351,7 @@ def pool_and_combine_batches(
     layer = _Layer(ref, k, "pool")
 
     def make(batch: pa.RecordBatch, conv) -> _Targets:
-        return _batch_targets(batch, conv, ref.projection_precision, table)
+        return _batch_targets(batch, conv, ref, table)
 
     for targets in _whole_targets(batches, layer, make):
         out = _combine(layer, targets, written, pooled, with_head)
@@ -397,14 +403,14 @@ def pool_part_batches(
         )
 
 
-def _merged_targets(batch: pa.RecordBatch, conv) -> _Targets:
+def _merged_targets(batch: pa.RecordBatch, conv, through_w: bool) -> _Targets:
     """The targets of one batch of merged rows, sorted by (dst, kind, part): own rows and the parts'
     partial states folded in part order."""
     ids, segment = _segments(batch)
     n = len(ids)
     selfs, present = _own_vectors(batch, segment, n, conv.dims.self_dim)
     is_partial = batch.column("kind").to_numpy() == PARTIAL_ROW
-    acc = to_matrix(batch.column("acc"), conv.dims.hidden_dim)  # set on partial rows only, in order
+    acc = to_matrix(batch.column("acc"), conv.message_dim(through_w))  # on partial rows only, in order
     if len(acc) != int(is_partial.sum()):
         raise ValueError("a partial row has no state")
     norm = pc.fill_null(batch.column("norm"), 0.0).to_numpy()[is_partial]
@@ -427,7 +433,11 @@ def combine_parts_batches(
     own row then its partial states -> what `pool_and_combine_batches` emits. Partial states of an
     id with no own row (not a node of the target type) are dropped."""
     layer = _Layer(ref, k, "pool")
-    for targets in _whole_targets(batches, layer, _merged_targets):
+
+    def make(batch: pa.RecordBatch, conv) -> _Targets:
+        return _merged_targets(batch, conv, ref.through_w)
+
+    for targets in _whole_targets(batches, layer, make):
         out = _combine(layer, targets, written, pooled, with_head)
         if out is not None:
             yield out
@@ -447,7 +457,7 @@ def _combine(layer: _Layer, targets: _Targets, written, pooled, with_head: bool)
         return None
     with torch.inference_mode():
         pooled_vecs = finalize(partial, conv.pooling).to(device)
-        h = conv.combine(torch.from_numpy(selfs).to(device), pooled_vecs)
+        h = conv.from_pooled(torch.from_numpy(selfs).to(device), pooled_vecs, layer.ref.through_w)
         z = head(h) if head is not None else None
     if written is not None:
         written.add(len(ids))

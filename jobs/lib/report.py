@@ -55,6 +55,7 @@ class LayerReport:
     neighbor_rows: int
     seconds: float
     projections: str = "shuffled"  # or "broadcast"
+    message_dim: int = 0  # the width pooled: hidden_dim, or out_dim through W_pool (chain.through_w)
 
 
 @dataclass
