@@ -92,7 +92,8 @@ def run_layer(
 ) -> tuple[DataFrame, LayerReport]:
     """Layer `layer.k`: h(k) of `targets` (node_id, vec = h(k-2)) from `sources` (node_id, vec =
     h(k-1)) pooled over `neighbors` (dst, src, weight), written to `path` with `metadata` and read
-    back. `description` names the pass in the Spark UI and the log.
+    back. `description` names the pass in the Spark UI and the log. The projections are the
+    sources' messages: through W_pool (out_dim wide) where `through_w` says so, else hidden_dim wide.
 
     How the projections reach the neighbor rows (`transforms.projection_parts`, against
     `broadcast_mb`, None: derived from the session's memory settings by
