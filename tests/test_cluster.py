@@ -147,6 +147,10 @@ def test_spark_submit_on_a_standalone_cluster_matches_local_mode(spark, cluster,
         "spark.ui.enabled=false",
         "--conf",
         "spark.databricks.delta.snapshotPartitions=2",
+        # The executors' JVMs get the suite's JVM options (tests/conftest.py), as the driver and
+        # the daemons do through the environment.
+        "--conf",
+        f"spark.executor.extraJavaOptions={os.environ['SPARK_SUBMIT_OPTS']}",
         "--executor-memory",
         "1g",
         str(ROOT / "jobs" / "embed.py"),
