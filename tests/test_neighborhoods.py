@@ -120,7 +120,7 @@ def test_same_seed_gives_identical_tables_whatever_the_partitioning(spark, tmp_p
                     "--walks-per-node",
                     "30",
                     "--walks-per-batch",
-                    "7" if i else "30",
+                    "15" if i else "30",  # the walks in two batches, then in one
                     "--seed",
                     "42",
                 ]
