@@ -40,9 +40,9 @@ stop_spark(spark)
 
 def class_archive() -> pathlib.Path | None:
     """A JDK class-data-sharing archive of the classes a Spark and Delta run loads, dumped once per
-    JDK and pyspark into .venv (ignored by git); None if the JVM cannot dump one. A JVM whose class
-    path differs from the dump's (a standalone cluster's daemons) ignores it and loads classes as
-    usual: the logging options keep that silent."""
+    JDK and pyspark into .venv (ignored by git); None if the JVM cannot dump one within 5 minutes.
+    A JVM whose class path differs from the dump's ignores it and loads classes as usual: the
+    logging options keep that silent."""
     java_home = os.environ.get("JAVA_HOME", "")
     key = hashlib.sha256(f"{sys.prefix}|{java_home}|{pyspark.__version__}".encode()).hexdigest()[:12]
     archive = pathlib.Path(sys.prefix) / "jvm-class-archive" / f"spark-{key}.jsa"
@@ -51,7 +51,12 @@ def class_archive() -> pathlib.Path | None:
         partial = archive.with_suffix(f".{os.getpid()}.part")
         env = {**os.environ, "SPARK_SUBMIT_OPTS": f"{JVM_OPTIONS} -XX:ArchiveClassesAtExit={partial}"}
         env["SPARK_SUBMIT_OPTS"] += " -Xlog:cds=off -Xlog:cds+dynamic=off"
-        subprocess.run([sys.executable, "-c", ARCHIVE_WORKLOAD], cwd=ROOT, env=env, capture_output=True)
+        try:
+            subprocess.run(
+                [sys.executable, "-c", ARCHIVE_WORKLOAD], cwd=ROOT, env=env, capture_output=True, timeout=300
+            )
+        except subprocess.TimeoutExpired:
+            return None
         if not partial.exists():
             return None
         partial.replace(archive)
