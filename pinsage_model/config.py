@@ -24,6 +24,11 @@ class LayerDims:
     hidden_dim: int
     out_dim: int
 
+    def message_dim(self, through_w: bool) -> int:
+        """The width of what a source sends its targets (`PinSageConv.message`): out_dim when its
+        projection goes through W_pool, else hidden_dim."""
+        return self.out_dim if through_w else self.hidden_dim
+
 
 def layer_types(k: int) -> tuple[str, str]:
     """(target, source) node types of layer k: odd layers compute boards from pins, even layers pins

@@ -56,15 +56,11 @@ class PinSageConv(nn.Module):
 
     def message(self, h_src: torch.Tensor, through_w: bool) -> torch.Tensor:
         """What a source sends its targets: its projection, or with `through_w` (linear pooling
-        only) W_pool applied to it, `pooled_term(project(h_src))`: [n, in_dim] -> [n, message_dim]."""
+        only) W_pool applied to it, `pooled_term(project(h_src))`: [n, in_dim] -> [n, dims.message_dim]."""
         if through_w and self.pooling not in LINEAR_POOLINGS:
             raise ValueError(f"{self.pooling} pooling does not commute with W_pool")
         projected = self.project(h_src)
         return self.pooled_term(projected) if through_w else projected
-
-    def message_dim(self, through_w: bool) -> int:
-        """The width of `message`: out_dim through W_pool, else hidden_dim."""
-        return self.dims.out_dim if through_w else self.dims.hidden_dim
 
     def from_pooled(self, h_self: torch.Tensor, pooled: torch.Tensor, through_w: bool) -> torch.Tensor:
         """Step 3 from pooled messages: `finish` when they went through W_pool, else `combine`."""

@@ -25,7 +25,7 @@ os.environ.setdefault("SPARK_DAEMON_JAVA_OPTS", JVM_OPTIONS)
 # JVMs (each `python jobs/...`, spark-submit and Airflow task), and each would otherwise parse and
 # verify Spark's classes again (about 8 of a small job's 36 CPU seconds on this project's 2-core machine).
 ARCHIVE_WORKLOAD = """
-import sys, tempfile
+import tempfile
 from jobs.lib.session import get_spark, stop_spark
 spark = get_spark("class-archive", "local[2]", {"spark.ui.enabled": "false"})
 path = tempfile.mkdtemp() + "/t"
@@ -36,6 +36,10 @@ spark.read.format("delta").load(path).mapInArrow(lambda batches: batches, df.sch
 spark.read.format("delta").load(path).toArrow()
 stop_spark(spark)
 """
+
+
+# A JVM that cannot use the archive (another class path) says so on stderr unless told not to.
+QUIET_CDS = "-Xlog:cds=off -Xlog:cds+dynamic=off"
 
 
 def class_archive() -> pathlib.Path | None:
@@ -49,8 +53,8 @@ def class_archive() -> pathlib.Path | None:
     if not archive.exists():
         archive.parent.mkdir(exist_ok=True)
         partial = archive.with_suffix(f".{os.getpid()}.part")
-        env = {**os.environ, "SPARK_SUBMIT_OPTS": f"{JVM_OPTIONS} -XX:ArchiveClassesAtExit={partial}"}
-        env["SPARK_SUBMIT_OPTS"] += " -Xlog:cds=off -Xlog:cds+dynamic=off"
+        opts = f"{JVM_OPTIONS} -XX:ArchiveClassesAtExit={partial} {QUIET_CDS}"
+        env = {**os.environ, "SPARK_SUBMIT_OPTS": opts}
         try:
             subprocess.run(
                 [sys.executable, "-c", ARCHIVE_WORKLOAD], cwd=ROOT, env=env, capture_output=True, timeout=300
@@ -70,7 +74,7 @@ def pytest_configure(config):
         return
     archive = class_archive()
     if archive is not None:
-        shared = f" -XX:SharedArchiveFile={archive} -Xlog:cds=off -Xlog:cds+dynamic=off"
+        shared = f" -XX:SharedArchiveFile={archive} {QUIET_CDS}"
         os.environ["SPARK_SUBMIT_OPTS"] += shared
         os.environ["SPARK_DAEMON_JAVA_OPTS"] += shared
 

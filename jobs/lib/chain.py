@@ -114,7 +114,7 @@ def run_layer(
     sc = spark.sparkContext
     pre = through_w(ref.linear_pooling, layer.dims, source_rows, target_rows)
     ref = dataclasses.replace(ref, through_w=pre)
-    k, width = layer.k, layer.dims.out_dim if pre else layer.dims.hidden_dim
+    k, width = layer.k, layer.dims.message_dim(pre)
     projected, written, pooled = sc.accumulator(0), sc.accumulator(0), sc.accumulator(0)
     sc.setJobDescription(description)
     bound_mb, bound_from = broadcast_bound_mb(sc, broadcast_mb)

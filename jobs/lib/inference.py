@@ -282,7 +282,7 @@ def _batch_targets(batch: pa.RecordBatch, conv, ref: ModelRef, table: Projection
     ids, segment = _segments(batch)
     n = len(ids)
     selfs, present = _own_vectors(batch, segment, n, conv.dims.self_dim)
-    width = conv.message_dim(ref.through_w)
+    width = conv.dims.message_dim(ref.through_w)
     is_message, messages, index = _messages(batch, width, ref.projection_precision, table)
     weights = torch.from_numpy(batch.column("weight").to_numpy(zero_copy_only=False)[is_message])
     state = partial_pool(messages, torch.from_numpy(segment[is_message]), weights, n, conv.pooling, index)
@@ -410,7 +410,7 @@ def _merged_targets(batch: pa.RecordBatch, conv, through_w: bool) -> _Targets:
     n = len(ids)
     selfs, present = _own_vectors(batch, segment, n, conv.dims.self_dim)
     is_partial = batch.column("kind").to_numpy() == PARTIAL_ROW
-    acc = to_matrix(batch.column("acc"), conv.message_dim(through_w))  # on partial rows only, in order
+    acc = to_matrix(batch.column("acc"), conv.dims.message_dim(through_w))  # on partial rows only, in order
     if len(acc) != int(is_partial.sum()):
         raise ValueError("a partial row has no state")
     norm = pc.fill_null(batch.column("norm"), 0.0).to_numpy()[is_partial]
