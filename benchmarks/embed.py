@@ -60,6 +60,7 @@ import torch
 
 from jobs.demo.generate_graph import GraphSpec, generate, write_tables
 from jobs.embed import parse_args, run
+from jobs.lib.chain import WITH_NEIGHBORS
 from jobs.lib.io import read_delta
 from jobs.lib.report import Stopwatch
 from jobs.lib.session import get_spark
@@ -138,6 +139,7 @@ def gemm_gflops(threads: int, reps: int = 5) -> float:
 
 PHASES = ("validate", "layer 1", "layer 2", "publish")
 ID_WEIGHT_BYTES = 24  # a neighbor row without its vector: dst, src (bigint) and weight (double)
+ADJACENCY_ROW_BYTES = 12  # a broadcast neighbor row (inference.Adjacency): source position (int32), weight
 
 
 def phase_flops(config: ModelConfig, pins: int, boards: int, board_rows: int, pin_rows: int) -> dict:
@@ -241,8 +243,11 @@ def roofline(
             projections = layer["sources_projected"] * (layer.get("message_dim") or d.hidden_dim) * 4
             broadcast = layer["projections"].startswith("broadcast")
             floor = rows[layer["targets"]] * ID_WEIGHT_BYTES + (0 if broadcast else projections)
+            sent = projections if broadcast else 0
+            if layer["projections"].endswith(WITH_NEIGHBORS):  # the rows travel too, nothing is shuffled
+                floor, sent = 0, sent + layer["neighbor_rows"] * ADJACENCY_ROW_BYTES
             entry["shuffle_floor_mib"] = round(floor / 2**20, 1)
-            entry["broadcast_mib"] = round(projections / 2**20, 1) if broadcast else 0.0
+            entry["broadcast_mib"] = round(sent / 2**20, 1)
         table.append(entry)
     total = sum(flops.values())
     chain = {

@@ -7,19 +7,24 @@ import numpy as np
 import pytest
 
 from jobs.embed import parse_args, run
+from jobs.lib import transforms
+from jobs.lib.chain import WITH_NEIGHBORS
 from pinsage_model.checkpoint import read_checkpoint
 from tests.graphs import LONELY_BOARD, LONELY_PIN, embed_argv, small_graph, write_checkpoint, write_graph
 from tests.naive import NaivePinSage
 
 SHUFFLED, BROADCAST = "0", "512"  # --broadcast-projections-mb: projections joined and shuffled, or broadcast
+# How each layer moves its projections (LayerReport.projections): with the bound at BROADCAST the
+# neighbor rows are broadcast too, unless the test makes them too big to (PROJECTIONS_ONLY).
+PROJECTIONS_ONLY, LOCAL = "broadcast", "broadcast" + WITH_NEIGHBORS
 CASES = [
-    # (num_layers, pooling, board_feature_dim, broadcast limit)
-    (2, "importance", 0, SHUFFLED),
-    (2, "mean", 3, BROADCAST),
-    (2, "max", 0, SHUFFLED),
-    (4, "importance", 3, BROADCAST),
-    (4, "mean", 0, BROADCAST),
-    (4, "max", 3, SHUFFLED),
+    # (num_layers, pooling, board_feature_dim, how the projections move)
+    (2, "importance", 0, "shuffled"),
+    (2, "mean", 3, LOCAL),
+    (2, "max", 0, "shuffled"),
+    (4, "importance", 3, PROJECTIONS_ONLY),
+    (4, "mean", 0, LOCAL),
+    (4, "max", 3, "shuffled"),
 ]
 
 
@@ -41,8 +46,11 @@ def embed(
     return report, pins, boards
 
 
-@pytest.mark.parametrize(("num_layers", "pooling", "board_dim", "broadcast_mb"), CASES)
-def test_pipeline_equals_naive_recursion(spark, tmp_path, num_layers, pooling, board_dim, broadcast_mb):
+@pytest.mark.parametrize(("num_layers", "pooling", "board_dim", "moved"), CASES)
+def test_pipeline_equals_naive_recursion(spark, tmp_path, monkeypatch, num_layers, pooling, board_dim, moved):
+    broadcast_mb = SHUFFLED if moved == "shuffled" else BROADCAST
+    if moved == PROJECTIONS_ONLY:  # neighbor rows too big to broadcast beside the projections
+        monkeypatch.setattr(transforms, "NEIGHBOR_ROW_BYTES", 2**40)
     graph = small_graph(seed=num_layers, board_dim=board_dim)
     ckpt = write_checkpoint(
         str(tmp_path / "model.pt"),
@@ -54,9 +62,7 @@ def test_pipeline_equals_naive_recursion(spark, tmp_path, num_layers, pooling, b
     report, pins, boards = embed(
         spark, tmp_path, graph, ckpt, with_boards=board_dim > 0, broadcast_mb=broadcast_mb
     )
-    assert {layer.projections for layer in report.layers} == {
-        "broadcast" if broadcast_mb == BROADCAST else "shuffled"
-    }
+    assert {layer.projections for layer in report.layers} == {moved}
     # hidden 5, embed 4: importance and mean pooling send the projections through W_pool (4 wide),
     # max pooling cannot (chain.through_w), so both ways are held to the naive recursion.
     assert {layer.message_dim for layer in report.layers} == {5 if pooling == "max" else 4}
@@ -123,8 +129,12 @@ def test_reduced_precision_projections_stay_within_their_rounding_of_the_naive_r
         report, pins, _ = embed(
             spark, tmp_path / f"{precision}{broadcast_mb}", graph, ckpt, True, broadcast_mb, flags
         )
-        moved = "broadcast" if broadcast_mb == BROADCAST else "shuffled"
-        assert [layer.projections for layer in report.layers] == [f"{moved} as {precision}"] * 2
+        moved = (
+            f"broadcast as {precision}{WITH_NEIGHBORS}"
+            if broadcast_mb == BROADCAST
+            else f"shuffled as {precision}"
+        )
+        assert [layer.projections for layer in report.layers] == [moved] * 2
         diffs = np.array([np.abs(pins[p] - expected[p]).max() for p in graph.pins])
         worst[precision, broadcast_mb] = pins, diffs.max()
     bf16 = worst["bfloat16", SHUFFLED][1]

@@ -12,10 +12,12 @@ import torch
 from jobs.lib.inference import (
     NEIGHBOR_ROW,
     OWN_ROW,
+    Adjacency,
     ModelRef,
     Projections,
     head_batches,
     pool_and_combine_batches,
+    pool_local_batches,
     project_batches,
 )
 from jobs.lib.validate import PROBLEM_BITS, feature_problems
@@ -206,6 +208,58 @@ def test_broadcast_projections_give_the_same_result_and_drop_unknown_sources(ref
         for dst in whole:
             np.testing.assert_allclose(got[dst], whole[dst], atol=1e-7)
     assert pooled.value == 3 * 5, "the row with unknown source 77 is not pooled"
+
+
+def test_adjacency_gives_each_target_its_rows_in_sorted_order_without_unknown_sources():
+    rng = np.random.default_rng(4)
+    sources = np.array([3, 9, 4, 20, 7], dtype=np.int64)
+    table = Projections.build(sources, rng.random((5, 2), dtype=np.float32))
+    dst = rng.choice([10, 11, 13, 15], size=40)
+    src = rng.choice([*sources, 99], size=40)  # 99 names no source
+    weight = rng.choice([0.5, 1.0, 2.0], size=40)
+    adjacency = Adjacency.build(dst, src, weight, table)
+    ids = np.array([15, 12, 10, 13, 10], dtype=np.int64)  # any order; 12 has no rows; 10 twice
+    segment, index, weights, counts = adjacency.rows_of(ids)
+    for i, target in enumerate(ids):
+        mine = [(s, w) for d, s, w in zip(dst, src, weight, strict=True) if d == target and s != 99]
+        assert counts[i] == len(mine)
+        got = list(zip(table.ids[index[segment == i]], weights[segment == i], strict=True))
+        assert got == sorted(mine), "a target's rows come together, sorted by (src, weight)"
+    assert (np.diff(segment) >= 0).all()
+    empty = Adjacency.build(dst[:0], src[:0], weight[:0], table)
+    assert [len(x) for x in empty.rows_of(ids)] == [0, 0, 0, len(ids)] and not empty.rows_of(ids)[3].any()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_broadcast_neighbor_rows_give_what_the_shuffled_rows_give(ref, size):
+    """The layer as a map over the targets (projections and neighbor rows broadcast) against the
+    sorted, gathered rows: the same vectors, the same counts, unknown sources and targets without
+    rows handled alike, and targets in any order."""
+    model_ref, w = ref
+    rows = gathered_rows()
+    whole = collect(pool_and_combine_batches(iter([to_batch(rows)]), model_ref, k=1))
+    ids = np.array([r[2] * 100 + r[0] for r in rows if r[1] == NEIGHBOR_ROW], dtype=np.int64)
+    matrix = np.stack([r[5] for r in rows if r[1] == NEIGHBOR_ROW])
+    table = Projections.build(ids, matrix)
+    neighbor = [(r[0], r[2] * 100 + r[0], r[3]) for r in rows if r[1] == NEIGHBOR_ROW]
+    neighbor += [(10, 77, 5.0), (99, ids[0], 1.0)]  # an unknown source, and a target that is not a node
+    dst, src, weight = (np.array(c) for c in zip(*neighbor, strict=True))
+    adjacency = FakeBroadcast(Adjacency.build(dst, src.astype(np.int64), weight, table))
+    own = [(r[0], r[4]) for r in rows if r[1] == OWN_ROW][::-1]
+    batches = [
+        node_batch([i for i, _ in own[j : j + size]], [v for _, v in own[j : j + size]])
+        for j in range(0, 3, size)
+    ]
+    written, pooled = Counter(), Counter()
+    got = collect(
+        pool_local_batches(
+            iter(batches), model_ref, 1, FakeBroadcast(table), adjacency, written=written, pooled=pooled
+        )
+    )
+    assert sorted(got) == sorted(whole)
+    for dst_id in whole:
+        np.testing.assert_allclose(got[dst_id], whole[dst_id], atol=1e-7)
+    assert (written.value, pooled.value) == (3, 5), "targets 10, 11 and 12 written; 5 known rows pooled"
 
 
 @pytest.mark.parametrize(

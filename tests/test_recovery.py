@@ -106,7 +106,7 @@ def test_a_run_dying_in_layer_2_leaves_the_outputs_intact_and_resume_reuses_laye
     assert {name: last_commit(spark, f"{out}/{name}")["version"] for name in before} == versions
 
     report = run(spark, parse_args(embed_argv(paths, ckpt, out) + ["--resume"]), read_checkpoint(ckpt))
-    assert [layer.projections for layer in report.layers] == ["resumed", "broadcast"]
+    assert [layer.projections for layer in report.layers] == ["resumed", "broadcast, with the neighbor rows"]
     assert outputs(spark, out) == outputs(spark, reference)
     assert not os.path.exists(f"{out}/_work"), "a finished run removes its work tables"
 

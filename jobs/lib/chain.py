@@ -18,14 +18,17 @@ from jobs.lib.io import VECTOR_TABLE, delete_path, write_and_reload
 from jobs.lib.report import LayerReport, Stopwatch
 from jobs.lib.transforms import (
     broadcast_bound_mb,
+    collect_adjacency,
     collect_projections,
     combine_parts,
     executor_count,
     gather,
     gather_parts,
     hash_part,
+    neighbors_fit,
     part_rows,
     pool_and_combine,
+    pool_local,
     pool_part,
     project,
     projection_parts,
@@ -35,6 +38,8 @@ from pinsage_model.config import Layer, LayerDims
 log = logging.getLogger("pinsage.chain")
 
 FLOAT32 = "float32"
+# How a layer that broadcasts its neighbor rows beside its projections reports them (LayerReport).
+WITH_NEIGHBORS = ", with the neighbor rows"
 
 
 def board_tables(num_layers: int) -> dict[int, str]:
@@ -98,8 +103,11 @@ def run_layer(
     How the projections reach the neighbor rows (`transforms.projection_parts`, against
     `broadcast_mb`, None: derived from the session's memory settings by
     `transforms.broadcast_bound_mb`):
-    - when the `source_rows` projections fit the bound they are collected once and broadcast, and
-      only (target, source, weight) rows are shuffled;
+    - when the `source_rows` projections and the `neighbor_rows` together fit the bound
+      (`transforms.neighbors_fit`), both are collected and broadcast, and the layer is one map over
+      the targets: nothing is shuffled;
+    - when only the projections fit the bound they are collected once and broadcast, and only
+      (target, source, weight) rows are shuffled with the targets' own rows;
     - when they do not, but `target_rows` (targets with neighbor rows) and `neighbor_rows` are
       given and splitting moves less (`transforms.projection_parts`), they are broadcast in hash
       parts of the sources, one at a time: each part pools its sources' rows
@@ -120,9 +128,12 @@ def run_layer(
     bound_mb, bound_from = broadcast_bound_mb(sc, broadcast_mb)
     executors = executor_count(sc.master, sc.getConf().get, sc.defaultParallelism)
     parts, size_mb = projection_parts(source_rows, target_rows, neighbor_rows, width, bound_mb, executors)
+    local = parts == 1 and neighbors_fit(neighbor_rows, size_mb, bound_mb)
     moved = {0: "shuffled", 1: "broadcast"}.get(parts, f"broadcast in {parts} parts")
     if ref.projection_precision != FLOAT32:
         moved += f" as {ref.projection_precision}"
+    if local:
+        moved += WITH_NEIGHBORS
     log.info(
         "%s (projections%s %.0f MB, %s; broadcast bound %.0f MB from %s)",
         description,
@@ -138,6 +149,21 @@ def run_layer(
             combine_parts(combined, ref, k, written, pooled, with_head), path, metadata, VECTOR_TABLE
         )
         delete_path(spark, f"{path}_parts")
+    elif local:
+        lookup = sc.broadcast(
+            collect_projections(project(sources, ref, k, projected), width, ref.projection_precision)
+        )
+        sc.setJobDescription(f"{description} (collect the neighbor rows)")
+        rows = sc.broadcast(collect_adjacency(neighbors, lookup.value))
+        sc.setJobDescription(description)
+        table = write_and_reload(
+            pool_local(targets, ref, k, lookup, rows, written, pooled, with_head),
+            path,
+            metadata,
+            VECTOR_TABLE,
+        )
+        lookup.destroy()
+        rows.destroy()
     else:
         lookup = None
         projections = project(sources, ref, k, projected)

@@ -189,6 +189,45 @@ class Projections:
         return pos, self.ids[pos] == src
 
 
+@dataclass(frozen=True)
+class Adjacency:
+    """A layer's neighbor rows for broadcasting beside its `Projections`, so each target's rows are
+    looked up in the map over the targets and nothing is shuffled: rows sorted by (dst, src,
+    weight), the order `transforms.gather` gives them, each target's rows contiguous.
+
+    Rows whose source is not in the projection table are left out when it is built (dangling, as in
+    every other way of running the layer); rows whose target is not a node are never looked up."""
+
+    dst: np.ndarray  # [targets with rows] int64, ascending
+    offsets: np.ndarray  # [targets with rows + 1] int64: dst[i]'s rows are offsets[i]:offsets[i+1]
+    pos: np.ndarray  # [rows] int32 (int64 past 2**31 sources), each row's source row in the projections
+    weight: np.ndarray  # [rows] float64
+
+    @classmethod
+    def build(cls, dst: np.ndarray, src: np.ndarray, weight: np.ndarray, table: Projections) -> Adjacency:
+        """From neighbor rows in any order and the projection table their sources name."""
+        pos, found = table.lookup(src)
+        dst, src, weight, pos = dst[found], src[found], weight[found], pos[found]
+        order = np.lexsort((weight, src, dst))
+        dst, weight, pos = dst[order], weight[order], pos[order]
+        change = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]]) if len(dst) else np.zeros(0, np.int64)
+        offsets = np.r_[change, len(dst)].astype(np.int64)
+        index_type = np.int32 if len(table.ids) < 2**31 else np.int64
+        return cls(dst[change].copy(), offsets, pos.astype(index_type), np.ascontiguousarray(weight))
+
+    def rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For targets `ids` (any order): (each row's target index, its source row, its weight, the
+        number of rows of each target), the rows of each target together and in stored order."""
+        at = np.minimum(np.searchsorted(self.dst, ids), max(len(self.dst) - 1, 0))
+        found = (self.dst[at] == ids) if len(self.dst) else np.zeros(len(ids), dtype=bool)
+        start = np.where(found, self.offsets[at], 0)
+        counts = np.where(found, self.offsets[np.minimum(at + 1, len(self.offsets) - 1)] - start, 0)
+        segment = np.repeat(np.arange(len(ids), dtype=np.int64), counts)
+        first = np.cumsum(counts) - counts  # where each target's rows start in the output
+        rows = np.repeat(start - first, counts) + np.arange(int(counts.sum()), dtype=np.int64)
+        return segment, self.pos[rows].astype(np.int64), self.weight[rows], counts
+
+
 # The `kind` of a gathered row (schemas GATHERED): a target's own row sorts before its neighbor rows.
 OWN_ROW, NEIGHBOR_ROW = 0, 1
 
@@ -354,6 +393,49 @@ def pool_and_combine_batches(
         return _batch_targets(batch, conv, ref, table)
 
     for targets in _whole_targets(batches, layer, make):
+        out = _combine(layer, targets, written, pooled, with_head)
+        if out is not None:
+            yield out
+
+
+def pool_local_batches(
+    batches: Iterator[pa.RecordBatch],
+    ref: ModelRef,
+    k: int,
+    projections,
+    adjacency,
+    written=None,
+    pooled=None,
+    with_head: bool = False,
+) -> Iterator[pa.RecordBatch]:
+    """Steps 2 and 3 of layer k as a map over the targets (node_id, vec = h_u(k-2)), in any order,
+    with both the projections (`Projections`) and the neighbor rows (`Adjacency`) broadcast: each
+    target's rows are looked up, pooled and combined in the batch that holds it, so neither the
+    targets nor their rows are shuffled. Emits what `pool_and_combine_batches` emits."""
+    table, rows_table = projections.value, adjacency.value
+    layer = _Layer(ref, k, "pool")
+    messages = torch.from_numpy(table.matrix)
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        conv = layer()
+        ids = batch.column("node_id").to_numpy()
+        n = len(ids)
+        selfs = to_matrix(batch.column("vec"), conv.dims.self_dim) if conv.dims.self_dim else None
+        if selfs is None:
+            selfs = np.zeros((n, 0), dtype=np.float32)
+        elif len(selfs) != n:
+            raise ValueError("a target's own row has no vector")
+        segment, index, weights, counts = rows_table.rows_of(ids)
+        state = partial_pool(
+            messages,
+            torch.from_numpy(segment),
+            torch.from_numpy(weights),
+            n,
+            conv.pooling,
+            torch.from_numpy(index),
+        )
+        targets = _Targets(ids, selfs, np.ones(n, dtype=bool), state, counts.astype(np.int64))
         out = _combine(layer, targets, written, pooled, with_head)
         if out is not None:
             yield out

@@ -54,7 +54,9 @@ class LayerReport:
     targets_written: int
     neighbor_rows: int
     seconds: float
-    projections: str = "shuffled"  # or "broadcast"
+    projections: str = (
+        "shuffled"  # or "broadcast[ as <precision>][, with the neighbor rows]", "broadcast in <p> parts"
+    )
     message_dim: int = 0  # the width pooled: hidden_dim, or out_dim through W_pool (chain.through_w)
 
 

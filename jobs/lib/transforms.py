@@ -82,6 +82,30 @@ def collect_projections(
     return inference.Projections.build(ids[order], matrix)
 
 
+def collect_adjacency(neighbors: DataFrame, projections: inference.Projections) -> inference.Adjacency:
+    """Bring a layer's neighbor rows (dst, src, weight) to the driver as an `inference.Adjacency`
+    over the collected `projections`, for broadcasting beside them (`neighbors_fit` bounds the
+    size): one Arrow transfer, sorted on the driver."""
+    table = neighbors.select(*NEIGHBORS.fieldNames()).toArrow()
+    dst, src = (table.column(c).to_numpy() for c in ("dst", "src"))
+    weight = table.column("weight").to_numpy().astype(np.float64, copy=False)
+    del table
+    return inference.Adjacency.build(dst, src, weight, projections)
+
+
+# What one neighbor row costs the driver when the rows are collected for an `inference.Adjacency`:
+# its dst, src and weight, 8 bytes each (the broadcast table keeps 12: source position and weight).
+NEIGHBOR_ROW_BYTES = 24
+
+
+def neighbors_fit(neighbor_rows: int | None, projections_mb: float, bound_mb: float) -> bool:
+    """Whether a layer whose projections are broadcast whole can broadcast its neighbor rows beside
+    them (`chain.run_layer`): both together within `bound_mb`. Unknown counts never fit."""
+    if neighbor_rows is None:
+        return False
+    return projections_mb + neighbor_rows * NEIGHBOR_ROW_BYTES / 2**20 <= bound_mb
+
+
 MEMORY_UNITS = {"k": 2**-10, "m": 1, "g": 2**10, "t": 2**20, "p": 2**30}
 
 
@@ -316,6 +340,32 @@ def pool_and_combine(
 
 
 EMBEDDINGS = "pin_id bigint, embedding array<float>"
+
+
+def pool_local(
+    targets: DataFrame,
+    ref: ModelRef,
+    k: int,
+    projections,
+    adjacency,
+    written=None,
+    pooled=None,
+    with_head=False,
+) -> DataFrame:
+    """Steps 2-3 of layer k as a map over the targets, with the projections and the neighbor rows
+    both broadcast (`collect_projections`, `collect_adjacency`): what `pool_and_combine` gives,
+    with nothing shuffled."""
+    fn = partial(
+        inference.pool_local_batches,
+        ref=ref,
+        k=k,
+        projections=projections,
+        adjacency=adjacency,
+        written=written,
+        pooled=pooled,
+        with_head=with_head,
+    )
+    return targets.select("node_id", "vec").mapInArrow(fn, EMBEDDINGS if with_head else LAYER)
 
 
 def embed_pins(last_pins: DataFrame, ref: ModelRef) -> DataFrame:
