@@ -15,7 +15,8 @@ from tests.naive import NaivePinSage
 
 SHUFFLED, BROADCAST = "0", "512"  # --broadcast-projections-mb: projections joined and shuffled, or broadcast
 # How each layer moves its projections (LayerReport.projections): with the bound at BROADCAST the
-# neighbor rows are broadcast too, unless the test makes them too big to (PROJECTIONS_ONLY).
+# neighbor rows of targets with vectors of their own are broadcast too, unless the test makes them
+# too big to (PROJECTIONS_ONLY).
 PROJECTIONS_ONLY, LOCAL = "broadcast", "broadcast" + WITH_NEIGHBORS
 CASES = [
     # (num_layers, pooling, board_feature_dim, how the projections move)
@@ -62,7 +63,12 @@ def test_pipeline_equals_naive_recursion(spark, tmp_path, monkeypatch, num_layer
     report, pins, boards = embed(
         spark, tmp_path, graph, ckpt, with_boards=board_dim > 0, broadcast_mb=broadcast_mb
     )
-    assert {layer.projections for layer in report.layers} == {moved}
+    # Boards without features carry no vector of their own: layer 1 shuffles their rows instead.
+    expected = [
+        "broadcast" if moved == LOCAL and k == 1 and not board_dim else moved
+        for k in range(1, num_layers + 1)
+    ]
+    assert [layer.projections for layer in report.layers] == expected
     # hidden 5, embed 4: importance and mean pooling send the projections through W_pool (4 wide),
     # max pooling cannot (chain.through_w), so both ways are held to the naive recursion.
     assert {layer.message_dim for layer in report.layers} == {5 if pooling == "max" else 4}

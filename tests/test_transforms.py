@@ -147,13 +147,14 @@ def test_projections_over_the_bound_are_broadcast_in_parts_while_that_moves_less
     assert transforms.projection_parts(int((most * 9.8 + 1) * mb), 1, 10**12, 1, 10)[0] == 0
 
 
-def test_neighbor_rows_are_broadcast_beside_the_projections_when_both_fit_the_bound():
+def test_neighbor_rows_are_broadcast_beside_the_projections_when_targets_have_vectors_and_both_fit():
     six_mb = 6 * 2**20 // transforms.NEIGHBOR_ROW_BYTES  # neighbor rows that make 6 MB on the driver
     assert six_mb * transforms.NEIGHBOR_ROW_BYTES == 6 * 2**20
-    assert transforms.neighbors_fit(six_mb, 4.0, 10)
-    assert not transforms.neighbors_fit(six_mb + 1, 4.0, 10)
-    assert transforms.neighbors_fit(0, 10.0, 10)
-    assert not transforms.neighbors_fit(None, 0.0, 10), "an unknown row count never fits"
+    assert transforms.neighbors_fit(six_mb, 8, 4.0, 10)
+    assert not transforms.neighbors_fit(six_mb + 1, 8, 4.0, 10)
+    assert transforms.neighbors_fit(0, 1, 10.0, 10)
+    assert not transforms.neighbors_fit(None, 8, 0.0, 10), "an unknown row count never fits"
+    assert not transforms.neighbors_fit(0, 0, 0.0, 10), "targets without vectors of their own: rows shuffled"
 
 
 def test_a_broadcast_reaches_one_executor_in_local_mode_and_cores_over_executor_cores_on_a_cluster():

@@ -103,9 +103,9 @@ def run_layer(
     How the projections reach the neighbor rows (`transforms.projection_parts`, against
     `broadcast_mb`, None: derived from the session's memory settings by
     `transforms.broadcast_bound_mb`):
-    - when the `source_rows` projections and the `neighbor_rows` together fit the bound
-      (`transforms.neighbors_fit`), both are collected and broadcast, and the layer is one map over
-      the targets: nothing is shuffled;
+    - when the targets carry vectors of their own and the `source_rows` projections and the
+      `neighbor_rows` together fit the bound (`transforms.neighbors_fit`), both are collected and
+      broadcast, and the layer is one map over the targets: nothing is shuffled;
     - when only the projections fit the bound they are collected once and broadcast, and only
       (target, source, weight) rows are shuffled with the targets' own rows;
     - when they do not, but `target_rows` (targets with neighbor rows) and `neighbor_rows` are
@@ -128,7 +128,7 @@ def run_layer(
     bound_mb, bound_from = broadcast_bound_mb(sc, broadcast_mb)
     executors = executor_count(sc.master, sc.getConf().get, sc.defaultParallelism)
     parts, size_mb = projection_parts(source_rows, target_rows, neighbor_rows, width, bound_mb, executors)
-    local = parts == 1 and neighbors_fit(neighbor_rows, size_mb, bound_mb)
+    local = parts == 1 and neighbors_fit(neighbor_rows, layer.dims.self_dim, size_mb, bound_mb)
     moved = {0: "shuffled", 1: "broadcast"}.get(parts, f"broadcast in {parts} parts")
     if ref.projection_precision != FLOAT32:
         moved += f" as {ref.projection_precision}"

@@ -98,10 +98,13 @@ def collect_adjacency(neighbors: DataFrame, projections: inference.Projections) 
 NEIGHBOR_ROW_BYTES = 24
 
 
-def neighbors_fit(neighbor_rows: int | None, projections_mb: float, bound_mb: float) -> bool:
-    """Whether a layer whose projections are broadcast whole can broadcast its neighbor rows beside
-    them (`chain.run_layer`): both together within `bound_mb`. Unknown counts never fit."""
-    if neighbor_rows is None:
+def neighbors_fit(neighbor_rows: int | None, self_dim: int, projections_mb: float, bound_mb: float) -> bool:
+    """Whether a layer whose projections are broadcast whole broadcasts its neighbor rows beside
+    them (`chain.run_layer`): when its targets carry vectors of their own (`self_dim` > 0), which
+    would otherwise be shuffled to their rows, and both tables fit `bound_mb` together. Targets
+    without (boards without features at layer 1) have only their rows shuffled, which costs less
+    than collecting the rows on the driver and sorting them there. Unknown counts never fit."""
+    if neighbor_rows is None or self_dim == 0:
         return False
     return projections_mb + neighbor_rows * NEIGHBOR_ROW_BYTES / 2**20 <= bound_mb
 
