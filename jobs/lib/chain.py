@@ -150,11 +150,10 @@ def run_layer(
         )
         delete_path(spark, f"{path}_parts")
     elif local:
-        lookup = sc.broadcast(
-            collect_projections(project(sources, ref, k, projected), width, ref.projection_precision)
-        )
+        messages = collect_projections(project(sources, ref, k, projected), width, ref.projection_precision)
         sc.setJobDescription(f"{description} (collect the neighbor rows)")
-        rows = sc.broadcast(collect_adjacency(neighbors, lookup.value))
+        rows = sc.broadcast(collect_adjacency(neighbors, messages))
+        lookup = sc.broadcast(messages)
         sc.setJobDescription(description)
         table = write_and_reload(
             pool_local(targets, ref, k, lookup, rows, written, pooled, with_head),
