@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -108,17 +109,22 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
 @dataclass
 class Graph:
     """Validated inputs as node tables (node_id, vec) and neighbor tables (dst, src, weight) per
-    target type, all lazy."""
+    target type, all lazy. The pins' features are checked where layer 1 first reads them
+    (`pin_feature_dim`); `check_pin_features` is the full check that names what is wrong."""
 
     nodes: dict[str, DataFrame]
     neighbors: dict[str, DataFrame]
     targets_with_rows: dict[str, int]  # per target type, its ids in the neighbor table (approximate)
+    pin_feature_dim: int | None = None
+    check_pin_features: Callable[[], int] | None = None
 
 
 def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inputs: dict[str, dict]) -> Graph:
     """Read and check every input, Delta tables at the versions recorded in `inputs`. Everything
-    that can reject the input runs here, before the first write; nothing is materialised: dangling
-    neighbor rows fall out of the layer joins and are counted there."""
+    that can reject the input runs here, before the first write, except the pins' feature values:
+    they are 4 KB a pin at the paper's width, so layer 1's projection, which reads them anyway,
+    checks them on the way (`run_layers`). Nothing is materialised: dangling neighbor rows fall out
+    of the layer joins and are counted there."""
     spark.sparkContext.setJobDescription("validate inputs")
 
     def read(name: str) -> DataFrame:
@@ -138,9 +144,7 @@ def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inpu
     def dim_note(name: str) -> str:
         return f"the checkpoint's {name} is {getattr(config, name)}"
 
-    report.input_rows["pins"] = check_nodes(
-        pins, "pins", "pin_id", config.pin_feature_dim, dim_note("pin_feature_dim")
-    )
+    report.input_rows["pins"] = check_nodes(pins, "pins", "pin_id", None, "")
     inject_fault("validate", 0)
     with_board_features = config.board_feature_dim > 0
     if boards is not None:
@@ -167,6 +171,10 @@ def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inpu
             "pin": links(neighbor_tables["pin_neighbors"], "pin_id", "board_id"),
         },
         targets_with_rows=targets_with_rows,
+        pin_feature_dim=config.pin_feature_dim,
+        check_pin_features=lambda: check_nodes(
+            pins, "pins", "pin_id", config.pin_feature_dim, dim_note("pin_feature_dim")
+        ),
     )
 
 
@@ -199,7 +207,11 @@ def run_layers(
     before the next starts, as WORK/layer_<k>_<type>s tagged with `key`; layer K applies the output
     head in the same map, so its table holds the rows pin_embeddings publishes. Returns every
     layer's table by k (0 and -1 are the input node tables). With `resume`, a layer already written
-    under the same key is read back instead of computed."""
+    under the same key is read back instead of computed (its run checked the same inputs).
+
+    Layer 1 projects the input pins, so it checks their features on the way: a batch with a bad
+    row fails the layer before its table is committed, and the full check
+    (`graph.check_pin_features`) then raises the InputError that names the rows."""
     current = dict(graph.nodes)
     layers = {0: graph.nodes["pin"], -1: graph.nodes["board"]}
     counts = {"pin": report.input_rows["pins"], "board": report.input_rows.get("boards")}
@@ -217,21 +229,29 @@ def run_layers(
                 LayerReport(k, target, source, 0, counts[target], 0, clock.seconds(), "resumed")
             )
             continue
-        current[target], layer_report = run_layer(
-            layer,
-            ref,
-            targets=current[target],
-            neighbors=graph.neighbors[target],
-            sources=current[source],
-            source_rows=counts[source],
-            path=path,
-            broadcast_mb=broadcast_mb,
-            description=f"layer {k}/{K}: project {source}s with Q_{k}, pool into {target}s, apply W_{k}",
-            metadata={"run_key": key, "run_id": report.run_id, "layer": k, "work_format": WORK_FORMAT},
-            with_head=k == K,
-            target_rows=graph.targets_with_rows[target],
-            neighbor_rows=report.input_rows[f"{target}_neighbors"],
-        )
+        # Layer 1 projects the input pins: it checks their features as it reads them.
+        unchecked = current[source] is graph.nodes["pin"] and graph.check_pin_features is not None
+        try:
+            current[target], layer_report = run_layer(
+                layer,
+                ref,
+                targets=current[target],
+                neighbors=graph.neighbors[target],
+                sources=current[source],
+                source_rows=counts[source],
+                path=path,
+                broadcast_mb=broadcast_mb,
+                description=f"layer {k}/{K}: project {source}s with Q_{k}, pool into {target}s, apply W_{k}",
+                metadata={"run_key": key, "run_id": report.run_id, "layer": k, "work_format": WORK_FORMAT},
+                with_head=k == K,
+                target_rows=graph.targets_with_rows[target],
+                neighbor_rows=report.input_rows[f"{target}_neighbors"],
+                check_dim=graph.pin_feature_dim if unchecked else None,
+            )
+        except Exception:
+            if unchecked:
+                graph.check_pin_features()  # raises the InputError when the features are at fault
+            raise
         layers[k] = current[target]
         counts[target] = layer_report.targets_written
         table = f"{target}_neighbors"
@@ -295,7 +315,12 @@ def run(spark: SparkSession, args: EmbedArgs, checkpoint: Checkpoint) -> RunRepo
         linear_pooling=config.pooling in LINEAR_POOLINGS,
     )
     with report.timed("layers"):
-        layers = run_layers(spark, graph, ref, config, work, report, args.broadcast_mb, key, args.resume)
+        try:
+            layers = run_layers(spark, graph, ref, config, work, report, args.broadcast_mb, key, args.resume)
+        except InputError:  # the pins' features, checked in layer 1: leave --out as it was
+            if not args.resume:
+                delete_work(spark, work)
+            raise
 
     with report.timed("publish"):
         metadata = {

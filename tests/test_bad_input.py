@@ -80,6 +80,45 @@ def test_bad_pins(setup, capsys, table, kwargs, expected):
     fails_cleanly(paths, ckpt, out, capsys, *expected)
 
 
+NAN = GOOD[:5] + [float("nan")]
+
+
+def parts_of_three(source_rows, target_rows, neighbor_rows, hidden_dim, bound_mb, executors):
+    return 3, source_rows * hidden_dim * 4 / 2**20
+
+
+# The pins' feature values are checked where layer 1 first reads them (its projection), in each of
+# the ways a layer moves its projections: the failed layer commits nothing and its work is removed.
+@pytest.mark.parametrize(
+    ("features", "moved", "expected"),
+    [
+        ([GOOD, NAN], "broadcast", ["table 'pins', column 'features'", "1 rows have NaN or Inf", "pin_id 2"]),
+        ([None, GOOD], "broadcast", ["table 'pins', column 'features'", "1 rows have NULL features"]),
+        ([GOOD, GOOD[:5] + [None]], "broadcast", ["NULL elements in features", "pin_id 2"]),
+        ([NAN, NAN], "shuffled", ["table 'pins', column 'features'", "2 rows have NaN or Inf"]),
+        ([GOOD, NAN], "parts", ["table 'pins', column 'features'", "NaN or Inf", "pin_id 2"]),
+    ],
+)
+def test_bad_feature_values_stop_layer_1(setup, capsys, monkeypatch, features, moved, expected):
+    import jobs.lib.chain as chain
+
+    paths, ckpt, out, tmp_path = setup
+    paths = {**paths, "pins": pins_with(tmp_path, ids=[1, 2], features=features)}
+    if moved == "parts":
+        monkeypatch.setattr(chain, "projection_parts", parts_of_three)
+    argv = embed_argv(paths, ckpt, out) + [
+        "--broadcast-projections-mb",
+        "0" if moved == "shuffled" else "512",
+    ]
+    before = snapshot(out)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err, f"{text!r} not in {err!r}"
+    assert snapshot(out) == before, "the failed run changed --out"
+    assert not os.path.exists(os.path.join(out, "_work")), "the failed layer's work was left behind"
+
+
 def test_missing_column(setup, capsys):
     paths, ckpt, out, tmp_path = setup
     paths = {**paths, "pins": write_parquet(str(tmp_path / "p"), {"pin_id": pa.array([1], pa.int64())})}

@@ -13,6 +13,7 @@ from jobs.lib.inference import (
     NEIGHBOR_ROW,
     OWN_ROW,
     Adjacency,
+    BadFeaturesError,
     ModelRef,
     Projections,
     head_batches,
@@ -20,8 +21,7 @@ from jobs.lib.inference import (
     pool_local_batches,
     project_batches,
 )
-from jobs.lib.validate import PROBLEM_BITS, feature_problems
-from jobs.lib.vectors import to_binary, to_matrix
+from jobs.lib.vectors import PROBLEM_BITS, feature_problems, to_binary, to_matrix
 from tests.graphs import write_checkpoint
 
 
@@ -70,6 +70,28 @@ def test_project_handles_empty_iterator_and_empty_batch(ref):
     assert list(project_batches(iter([]), model_ref, k=1)) == []
     (out,) = list(project_batches(iter([node_batch([], np.zeros((0, 3)))]), model_ref, k=1))
     assert out.num_rows == 0 and out.schema.names == ["src", "proj"]
+
+
+def test_project_checks_input_features_when_asked(ref):
+    model_ref, w = ref
+    x = np.array([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0]], dtype=np.float32)
+    good = pa.RecordBatch.from_arrays(
+        [pa.array([5, 6], pa.int64()), pa.array(x.tolist(), pa.list_(pa.float32()))], ["node_id", "vec"]
+    )
+    (checked,) = list(project_batches(iter([good]), model_ref, k=1, check_dim=3))
+    (plain,) = list(project_batches(iter([good]), model_ref, k=1))
+    assert checked.equals(plain)
+    for bad, problem in [
+        ([[1.0, 2.0, float("nan")], [0.0, 0.0, 0.0]], "problem bits 16"),
+        ([[1.0, 2.0, 3.0], None], "node 6 has problem bits 2"),
+        ([[1.0, 2.0, 3.0], [1.0, 2.0]], "length 2"),
+        ([[1.0, 2.0, 3.0], [1.0, None, 2.0]], "node 6 has problem bits 4"),
+    ]:
+        batch = pa.RecordBatch.from_arrays(
+            [pa.array([5, 6], pa.int64()), pa.array(bad, pa.list_(pa.float32()))], ["node_id", "vec"]
+        )
+        with pytest.raises(BadFeaturesError, match=f"1 of 2 rows .*{problem}"):
+            list(project_batches(iter([batch]), model_ref, k=1, check_dim=3))
 
 
 def test_feature_problems_flags_each_row_with_its_problems():

@@ -94,6 +94,7 @@ def run_layer(
     with_head: bool = False,
     target_rows: int | None = None,
     neighbor_rows: int | None = None,
+    check_dim: int | None = None,
 ) -> tuple[DataFrame, LayerReport]:
     """Layer `layer.k`: h(k) of `targets` (node_id, vec = h(k-2)) from `sources` (node_id, vec =
     h(k-1)) pooled over `neighbors` (dst, src, weight), written to `path` with `metadata` and read
@@ -116,7 +117,10 @@ def run_layer(
     - otherwise they are joined to the neighbor rows and shuffled with them.
 
     `with_head` (the last layer of a full run): the table holds the output head's embeddings
-    (pin_id, embedding), ready to publish, instead of h(k)."""
+    (pin_id, embedding), ready to publish, instead of h(k). `check_dim`: the sources are an input
+    table whose features no pass has read yet; the projection checks them on the way and fails
+    the layer, before its table is committed, on the first batch with a bad row
+    (`inference.check_features`)."""
     clock = Stopwatch()
     spark: SparkSession = targets.sparkSession
     sc = spark.sparkContext
@@ -144,13 +148,16 @@ def run_layer(
         bound_from,
     )
     if parts > 1:
-        combined = _run_parts(k, width, ref, targets, neighbors, sources, path, parts, description, projected)
+        combined = _run_parts(
+            k, width, ref, targets, neighbors, sources, path, parts, description, projected, check_dim
+        )
         table = write_and_reload(
             combine_parts(combined, ref, k, written, pooled, with_head), path, metadata, VECTOR_TABLE
         )
         delete_path(spark, f"{path}_parts")
     elif local:
-        messages = collect_projections(project(sources, ref, k, projected), width, ref.projection_precision)
+        projections = project(sources, ref, k, projected, check_dim)
+        messages = collect_projections(projections, width, ref.projection_precision)
         sc.setJobDescription(f"{description} (collect the neighbor rows)")
         rows = sc.broadcast(collect_adjacency(neighbors, messages))
         lookup = sc.broadcast(messages)
@@ -165,7 +172,7 @@ def run_layer(
         rows.destroy()
     else:
         lookup = None
-        projections = project(sources, ref, k, projected)
+        projections = project(sources, ref, k, projected, check_dim)
         if parts == 1:
             lookup = sc.broadcast(collect_projections(projections, width, ref.projection_precision))
             projections = None
@@ -204,6 +211,7 @@ def _run_parts(
     parts: int,
     description: str,
     projected,
+    check_dim: int | None = None,
 ) -> DataFrame:
     """The parts of a layer whose projections are broadcast in `parts` hash parts: every source
     projected once into `path`_parts/projections, partitioned by part; then for each part, its
@@ -213,7 +221,7 @@ def _run_parts(
     ready for `combine_parts`."""
     sc = targets.sparkSession.sparkContext
     sc.setJobDescription(f"{description} (project into {parts} parts)")
-    by_part = project(sources, ref, k, projected).withColumn("part", hash_part("src", parts))
+    by_part = project(sources, ref, k, projected, check_dim).withColumn("part", hash_part("src", parts))
     by_part = write_and_reload(
         by_part, f"{path}_parts/projections", options=VECTOR_TABLE, partition_by="part"
     )

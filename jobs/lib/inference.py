@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from jobs.lib.vectors import to_binary, to_list, to_matrix
+from jobs.lib.vectors import feature_problems, to_binary, to_list, to_matrix
 from pinsage_model.checkpoint import build_model, parse_checkpoint
 from pinsage_model.devices import DeviceError, resolve_device
 from pinsage_model.model import PinSage
@@ -123,18 +123,40 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy()
 
 
+class BadFeaturesError(ValueError):
+    """Rows of an input features column that the projection cannot read: the task fails, and the
+    driver names the table, column and rows with the full input check (`jobs.embed.run_layers`)."""
+
+
+def check_features(batch: pa.RecordBatch, dim: int) -> None:
+    """Raise BadFeaturesError when a row of `batch`'s input `vec` column is NULL, has NULL, NaN or
+    infinite elements or a length other than `dim` (`vectors.feature_problems`)."""
+    problems, lengths = feature_problems(batch.column("node_id"), batch.column("vec"), dim)
+    bad = np.flatnonzero(problems)
+    if len(bad):
+        first = batch.column("node_id")[int(bad[0])].as_py()
+        raise BadFeaturesError(
+            f"{len(bad)} of {batch.num_rows} rows of an input batch have unreadable features "
+            f"(expected {dim} finite values; node {first} has problem bits {int(problems[bad[0]])}, "
+            f"length {int(lengths[bad[0]])})"
+        )
+
+
 def project_batches(
-    batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, counter=None
+    batches: Iterator[pa.RecordBatch], ref: ModelRef, k: int, counter=None, check_dim: int | None = None
 ) -> Iterator[pa.RecordBatch]:
     """Step 1 of layer k: (node_id, vec) -> (src, proj = ReLU(Q_k vec + q_k)) for every row, or
     with `ref.through_w` W_pool applied to it as well (`PinSageConv.message`); proj encoded in the
-    reference's projection precision."""
+    reference's projection precision. `check_dim`: the rows are an input table's features, read
+    here for the first time, so each batch is checked first (`check_features`)."""
     model = device = None
     for batch in batches:
         if model is None:
             inject_fault("project", k)
             model, device = get_model(ref)
             conv = model.conv(k)
+        if check_dim is not None:
+            check_features(batch, check_dim)
         x = to_matrix(batch.column("vec"), conv.dims.in_dim)
         with torch.inference_mode():
             proj = conv.message(torch.from_numpy(x).to(device), ref.through_w)

@@ -53,9 +53,13 @@ def links(table: DataFrame, dst_col: str, src_col: str) -> DataFrame:
     )
 
 
-def project(sources: DataFrame, ref: ModelRef, k: int, counter=None) -> DataFrame:
-    """Step 1 of layer k: every source node once through ReLU(Q_k h + q_k) -> (src, proj)."""
-    fn = partial(inference.project_batches, ref=ref, k=k, counter=counter)
+def project(
+    sources: DataFrame, ref: ModelRef, k: int, counter=None, check_dim: int | None = None
+) -> DataFrame:
+    """Step 1 of layer k: every source node once through ReLU(Q_k h + q_k) -> (src, proj).
+    `check_dim`: the sources are an input table's features, checked batch by batch on the way
+    (`inference.check_features`)."""
+    fn = partial(inference.project_batches, ref=ref, k=k, counter=counter, check_dim=check_dim)
     return sources.select("node_id", "vec").mapInArrow(fn, PROJECTIONS)
 
 

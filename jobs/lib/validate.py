@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType
 
 from jobs.lib.io import InputError, reading
+from jobs.lib.vectors import PROBLEM_BITS, PROBLEMS, feature_problems
 from schemas import INPUT_SCHEMAS, OPTIONAL_COLUMNS, accepted
 
 EXAMPLES = 3
@@ -55,43 +54,8 @@ def _non_finite(x: Column) -> Column:
     return F.isnan(x) | (x == float("inf")) | (x == float("-inf"))
 
 
-# The problems a node row can have, as bits of its `problems` flag (0: none), in the order they are
-# reported.
-_PROBLEMS = ("null_ids", "null_features", "null_elements", "wrong_length", "non_finite")
-PROBLEM_BITS = {name: 1 << i for i, name in enumerate(_PROBLEMS)}
 # Per node row: its id, its problems and its feature length (-1: NULL features or none checked).
 FLAGS_SCHEMA = "node_id bigint, problems int, length int"
-
-
-def feature_problems(
-    ids: pa.Array, features: pa.Array | None, dim: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """([rows] int32 problem bits, [rows] int32 feature lengths, -1 where NULL) of one Arrow batch's
-    id and features columns, with numpy instead of per-element SQL; `dim` None checks ids only."""
-    rows = len(ids)
-    problems = np.where(ids.is_valid().to_numpy(zero_copy_only=False), 0, PROBLEM_BITS["null_ids"])
-    problems = problems.astype(np.int32)
-    lengths = np.full(rows, -1, dtype=np.int32)
-    if dim is None or features is None:
-        return problems, lengths
-    present = features.is_valid().to_numpy(zero_copy_only=False)
-    lengths = pc.fill_null(pc.list_value_length(features), -1).to_numpy(zero_copy_only=False).astype(np.int32)
-    values = features.flatten()
-    flat = values.to_numpy(zero_copy_only=False)  # NULLs come back as NaN
-    problems |= np.where(present, 0, PROBLEM_BITS["null_features"]).astype(np.int32)
-    problems |= np.where(present & (lengths != dim), PROBLEM_BITS["wrong_length"], 0).astype(np.int32)
-    # One float64 sum answers "all finite, no NULL" for the common batch: NaN and Inf propagate, and
-    # float32 values cannot overflow a float64 sum.
-    if values.null_count == 0 and np.isfinite(np.sum(flat, dtype=np.float64)):
-        return problems, lengths
-    owner = np.repeat(np.arange(rows), np.where(present, lengths, 0))
-    null_values = ~values.is_valid().to_numpy(zero_copy_only=False)
-    finite = np.isfinite(flat)
-    null_elements = np.bincount(owner[null_values], minlength=rows) > 0
-    non_finite = np.bincount(owner[~finite & ~null_values], minlength=rows) > 0
-    problems |= np.where(null_elements, PROBLEM_BITS["null_elements"], 0).astype(np.int32)
-    problems |= np.where(non_finite, PROBLEM_BITS["non_finite"], 0).astype(np.int32)
-    return problems, lengths
 
 
 def _flag_rows(batches, id_col: str, dim: int | None):
@@ -142,7 +106,7 @@ def _check_flags(
         F.count(F.lit(1)).alias("rows"),
         F.min(F.when(present, F.col("length"))).alias("low"),
         F.max(F.when(present, F.col("length"))).alias("high"),
-        *(_count(_has(name)).alias(name) for name in _PROBLEMS),
+        *(_count(_has(name)).alias(name) for name in PROBLEMS),
     ).collect()[0]
     rows = int(stats["rows"])
     if rows == 0:

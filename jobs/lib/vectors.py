@@ -4,12 +4,15 @@ Inside the pipeline a vector is a BINARY value of `dim * 4` bytes (float32, litt
 features and published embeddings are ARRAY<FLOAT>. Both turn into a [rows, dim] numpy matrix of the
 non-null rows, in order. Layer projections may travel as `dim * 2` bytes instead (bfloat16 or
 float16, opt-in: the embed job's --projection-precision); they are widened back to float32 on read.
+`feature_problems` flags the rows of an input vector column that cannot be read as one (the input
+checks of jobs/lib/validate.py, and the first projection of the pins' features).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 # Encodings of a BINARY vector: bytes per element.
@@ -87,3 +90,40 @@ def to_list(matrix: np.ndarray) -> pa.ListArray:
     rows, dim = mat.shape
     offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * dim, type=pa.int32())
     return pa.ListArray.from_arrays(offsets, pa.array(mat.reshape(-1), type=pa.float32()))
+
+
+# The problems a node row can have, as bits of its `problems` flag (0: none), in the order they are
+# reported.
+PROBLEMS = ("null_ids", "null_features", "null_elements", "wrong_length", "non_finite")
+PROBLEM_BITS = {name: 1 << i for i, name in enumerate(PROBLEMS)}
+
+
+def feature_problems(
+    ids: pa.Array, features: pa.Array | None, dim: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """([rows] int32 problem bits, [rows] int32 feature lengths, -1 where NULL) of one Arrow batch's
+    id and features columns, with numpy instead of per-element SQL; `dim` None checks ids only."""
+    rows = len(ids)
+    problems = np.where(ids.is_valid().to_numpy(zero_copy_only=False), 0, PROBLEM_BITS["null_ids"])
+    problems = problems.astype(np.int32)
+    lengths = np.full(rows, -1, dtype=np.int32)
+    if dim is None or features is None:
+        return problems, lengths
+    present = features.is_valid().to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.list_value_length(features), -1).to_numpy(zero_copy_only=False).astype(np.int32)
+    values = features.flatten()
+    flat = values.to_numpy(zero_copy_only=False)  # NULLs come back as NaN
+    problems |= np.where(present, 0, PROBLEM_BITS["null_features"]).astype(np.int32)
+    problems |= np.where(present & (lengths != dim), PROBLEM_BITS["wrong_length"], 0).astype(np.int32)
+    # One float64 sum answers "all finite, no NULL" for the common batch: NaN and Inf propagate, and
+    # float32 values cannot overflow a float64 sum.
+    if values.null_count == 0 and np.isfinite(np.sum(flat, dtype=np.float64)):
+        return problems, lengths
+    owner = np.repeat(np.arange(rows), np.where(present, lengths, 0))
+    null_values = ~values.is_valid().to_numpy(zero_copy_only=False)
+    finite = np.isfinite(flat)
+    null_elements = np.bincount(owner[null_values], minlength=rows) > 0
+    non_finite = np.bincount(owner[~finite & ~null_values], minlength=rows) > 0
+    problems |= np.where(null_elements, PROBLEM_BITS["null_elements"], 0).astype(np.int32)
+    problems |= np.where(non_finite, PROBLEM_BITS["non_finite"], 0).astype(np.int32)
+    return problems, lengths
