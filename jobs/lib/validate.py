@@ -2,7 +2,7 @@
 
 `conform` checks columns and types (no Spark job) and casts to the canonical schemas; the `check_*`
 functions run one pass per table (node tables: a numpy pass over Arrow batches that flags each row,
-aggregated, plus one duplicate-id query).
+or a SQL one when only the ids are checked, aggregated, plus one duplicate-id query).
 """
 
 from __future__ import annotations
@@ -79,17 +79,24 @@ def vector_width(df: DataFrame, column: str) -> int:
 
 def check_nodes(df: DataFrame, table: str, id_col: str, dim: int | None, dim_source: str) -> int:
     """Ids non-null and unique; when `dim` is given, features non-null, of length `dim`, finite.
-    Returns the row count. Feature checks run as one numpy pass over Arrow batches."""
-    cols = [id_col] + (["features"] if dim is not None else [])
-    flags = df.select(*cols).mapInArrow(partial(_flag_rows, id_col=id_col, dim=dim), FLAGS_SCHEMA)
+    Returns the row count. Feature checks run as one numpy pass over Arrow batches; without them
+    the ids are flagged in SQL, so nothing crosses to Python."""
+    if dim is None:
+        node_id = F.col(id_col).cast("bigint")
+        null_id = F.when(node_id.isNull(), PROBLEM_BITS["null_ids"]).otherwise(0)
+        flags = df.select(node_id.alias("node_id"), null_id.alias("problems"), F.lit(-1).alias("length"))
+    else:
+        flags = df.select(id_col, "features").mapInArrow(
+            partial(_flag_rows, id_col=id_col, dim=dim), FLAGS_SCHEMA
+        )
     return check_flags(flags, df.select(F.col(id_col).alias("node_id")), table, id_col, dim, dim_source)
 
 
 def check_flags(
     flags: DataFrame, ids: DataFrame, table: str, id_col: str, dim: int | None, dim_source: str
 ) -> int:
-    """`check_nodes` from a node table's FLAGS_SCHEMA rows (`flags`: computed by `check_nodes`, or
-    stored by the pass that projects the pins) and its ids (`ids`: node_id). Returns the row count."""
+    """`check_nodes` from a node table's FLAGS_SCHEMA rows (`flags`) and its ids (`ids`: node_id).
+    Returns the row count."""
     with reading(table):
         return _check_flags(flags, ids, table, id_col, dim, dim_source)
 
