@@ -26,7 +26,6 @@ from jobs.lib.chain import board_tables, run_key, run_layer
 from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, job_args, model_job_main
 from jobs.lib.inference import ModelRef, inject_fault
 from jobs.lib.io import (
-    VECTOR_TABLE,
     InputError,
     committed_rows,
     delete_path,
@@ -284,13 +283,11 @@ def publish(
 ) -> None:
     """Replace each output table under `out` with one Delta commit carrying `metadata`. Readers of a
     table see its previous version until its commit lands; pin_embeddings is committed last, so
-    once it shows this run's id every other output already does. The tables are float vectors, so
-    they are written as the work tables are (VECTOR_TABLE: no Parquet compression or dictionary,
-    which only cost time on them)."""
+    once it shows this run's id every other output already does."""
     for i, (name, df) in enumerate(output_tables(layers, config).items(), 1):
         spark.sparkContext.setJobDescription(f"publish {name}")
         path = f"{out}/{name}"
-        commit = write_delta_commit(df, path, metadata, VECTOR_TABLE)
+        commit = write_delta_commit(df, path, metadata)
         version, rows = int(commit["version"]), committed_rows(spark, path, commit)
         report.outputs[name] = {"path": path, "version": version, "rows": rows}
         log.info("published %s: %d rows, version %d", name, rows, version)

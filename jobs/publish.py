@@ -22,7 +22,6 @@ from pyspark.sql.types import StructType
 
 from jobs.lib.cli import CommonArgs, add_common_args, job_args, spark_job_main
 from jobs.lib.io import (
-    VECTOR_TABLE,
     InputError,
     committed_rows,
     copy_path,
@@ -124,8 +123,7 @@ def run(spark: SparkSession, args: PublishArgs) -> PublishReport:
                 "source_version": commit["version"],
             }
             path = f"{args.target}/{name}"
-            # The embedding tables are float vectors, written as jobs/embed.py writes them.
-            written = write_delta_commit(df, path, metadata, VECTOR_TABLE if name in TABLES else None)
+            written = write_delta_commit(df, path, metadata)
             rows = committed_rows(spark, path, written)
             report.tables[name] = {
                 "path": path,
