@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from jobs.lib.chain import board_tables, run_key, run_layer
 from jobs.lib.cli import CommonArgs, add_common_args, add_model_args, job_args, model_job_main
-from jobs.lib.inference import ModelRef, inject_fault
+from jobs.lib.inference import BadFeaturesError, ModelRef, inject_fault
 from jobs.lib.io import (
     InputError,
     committed_rows,
@@ -210,8 +210,8 @@ def run_layers(
     under the same key is read back instead of computed (its run checked the same inputs).
 
     Layer 1 projects the input pins, so it checks their features on the way: a batch with a bad
-    row fails the layer before its table is committed, and the full check
-    (`graph.check_pin_features`) then raises the InputError that names the rows."""
+    row fails the layer (`inference.BadFeaturesError`) before its table is committed, and the full
+    check (`graph.check_pin_features`) then raises the InputError that names the rows."""
     current = dict(graph.nodes)
     layers = {0: graph.nodes["pin"], -1: graph.nodes["board"]}
     counts = {"pin": report.input_rows["pins"], "board": report.input_rows.get("boards")}
@@ -248,9 +248,10 @@ def run_layers(
                 neighbor_rows=report.input_rows[f"{target}_neighbors"],
                 check_dim=graph.pin_feature_dim if unchecked else None,
             )
-        except Exception:
-            if unchecked:
-                graph.check_pin_features()  # raises the InputError when the features are at fault
+        except Exception as exc:
+            # Only a failed feature check pays for the full pass; any other failure is raised as is.
+            if unchecked and BadFeaturesError.__name__ in str(exc):
+                graph.check_pin_features()  # raises the InputError that names the rows
             raise
         layers[k] = current[target]
         counts[target] = layer_report.targets_written

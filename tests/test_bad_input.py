@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from jobs.embed import main
+from jobs.lib.validate import check_nodes
 from tests.graphs import embed_argv, small_graph, write_checkpoint, write_graph, write_parquet
 
 VEC = pa.list_(pa.float32())
@@ -117,6 +118,36 @@ def test_bad_feature_values_stop_layer_1(setup, capsys, monkeypatch, features, m
         assert text in err, f"{text!r} not in {err!r}"
     assert snapshot(out) == before, "the failed run changed --out"
     assert not os.path.exists(os.path.join(out, "_work")), "the failed layer's work was left behind"
+
+
+@pytest.mark.parametrize(
+    ("failure", "full_check"),
+    [("an executor was lost", False), ("BadFeaturesError: 1 of 2 rows of an input batch", True)],
+)
+def test_only_a_failed_feature_check_runs_the_full_one(setup, monkeypatch, failure, full_check):
+    """Layer 1 failing for another reason is reported as it is, without a pass over the features; a
+    feature check's failure runs the full check, which re-raises the failure when it finds nothing."""
+    import jobs.embed as embed
+
+    paths, ckpt, out, _ = setup
+    dims = []
+
+    def spy(df, table, id_col, dim, note):
+        dims.append((table, dim))
+        return check_nodes(df, table, id_col, dim, note)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(failure)
+
+    monkeypatch.setattr(embed, "check_nodes", spy)
+    monkeypatch.setattr(embed, "run_layer", fail)
+    before = snapshot(out)
+    with pytest.raises(RuntimeError) as raised:
+        main(embed_argv(paths, ckpt, out))
+    assert str(raised.value) == failure
+    assert (("pins", 6) in dims) == full_check, dims
+    assert ("pins", None) in dims, "the ids are checked before any layer"
+    assert snapshot(out) == before
 
 
 def test_missing_column(setup, capsys):
