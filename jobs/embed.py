@@ -109,14 +109,13 @@ def parse_args(argv: list[str] | None = None) -> EmbedArgs:
 @dataclass
 class Graph:
     """Validated inputs as node tables (node_id, vec) and neighbor tables (dst, src, weight) per
-    target type, all lazy. The pins' features are checked where layer 1 first reads them
-    (`pin_feature_dim`); `check_pin_features` is the full check that names what is wrong."""
+    target type, all lazy. The pins' feature values are checked where layer 1 first reads them;
+    `check_pin_features` is the full check that names what is wrong."""
 
     nodes: dict[str, DataFrame]
     neighbors: dict[str, DataFrame]
     targets_with_rows: dict[str, int]  # per target type, its ids in the neighbor table (approximate)
-    pin_feature_dim: int | None = None
-    check_pin_features: Callable[[], int] | None = None
+    check_pin_features: Callable[[], int]
 
 
 def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inputs: dict[str, dict]) -> Graph:
@@ -171,7 +170,6 @@ def load_graph(spark: SparkSession, config: ModelConfig, report: RunReport, inpu
             "pin": links(neighbor_tables["pin_neighbors"], "pin_id", "board_id"),
         },
         targets_with_rows=targets_with_rows,
-        pin_feature_dim=config.pin_feature_dim,
         check_pin_features=lambda: check_nodes(
             pins, "pins", "pin_id", config.pin_feature_dim, dim_note("pin_feature_dim")
         ),
@@ -230,7 +228,7 @@ def run_layers(
             )
             continue
         # Layer 1 projects the input pins: it checks their features as it reads them.
-        unchecked = current[source] is graph.nodes["pin"] and graph.check_pin_features is not None
+        unchecked = current[source] is graph.nodes["pin"]
         try:
             current[target], layer_report = run_layer(
                 layer,
@@ -246,7 +244,7 @@ def run_layers(
                 with_head=k == K,
                 target_rows=graph.targets_with_rows[target],
                 neighbor_rows=report.input_rows[f"{target}_neighbors"],
-                check_dim=graph.pin_feature_dim if unchecked else None,
+                check_dim=config.pin_feature_dim if unchecked else None,
             )
         except Exception as exc:
             # Only a failed feature check pays for the full pass; any other failure is raised as is.

@@ -58,12 +58,11 @@ def _non_finite(x: Column) -> Column:
 FLAGS_SCHEMA = "node_id bigint, problems int, length int"
 
 
-def _flag_rows(batches, id_col: str, dim: int | None):
-    """FLAGS_SCHEMA rows of a node table's Arrow batches (a mapInArrow function)."""
+def _flag_rows(batches, id_col: str, dim: int):
+    """FLAGS_SCHEMA rows of a node table's Arrow batches with features (a mapInArrow function)."""
     for batch in batches:
         ids = batch.column(id_col)
-        features = batch.column("features") if dim is not None else None
-        problems, lengths = feature_problems(ids, features, dim)
+        problems, lengths = feature_problems(ids, batch.column("features"), dim)
         yield pa.RecordBatch.from_arrays(
             [ids, pa.array(problems, pa.int32()), pa.array(lengths, pa.int32())],
             ["node_id", "problems", "length"],

@@ -98,17 +98,12 @@ PROBLEMS = ("null_ids", "null_features", "null_elements", "wrong_length", "non_f
 PROBLEM_BITS = {name: 1 << i for i, name in enumerate(PROBLEMS)}
 
 
-def feature_problems(
-    ids: pa.Array, features: pa.Array | None, dim: int | None
-) -> tuple[np.ndarray, np.ndarray]:
+def feature_problems(ids: pa.Array, features: pa.Array, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """([rows] int32 problem bits, [rows] int32 feature lengths, -1 where NULL) of one Arrow batch's
-    id and features columns, with numpy instead of per-element SQL; `dim` None checks ids only."""
+    id and features columns, with numpy instead of per-element SQL."""
     rows = len(ids)
     problems = np.where(ids.is_valid().to_numpy(zero_copy_only=False), 0, PROBLEM_BITS["null_ids"])
     problems = problems.astype(np.int32)
-    lengths = np.full(rows, -1, dtype=np.int32)
-    if dim is None or features is None:
-        return problems, lengths
     present = features.is_valid().to_numpy(zero_copy_only=False)
     lengths = pc.fill_null(pc.list_value_length(features), -1).to_numpy(zero_copy_only=False).astype(np.int32)
     values = features.flatten()
