@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jobs.goodbooks import prepare as job
-from jobs.goodbooks.tables import NO_GENRE, SPLITS, TEXT_DIM
+from jobs.goodbooks.tables import NO_GENRE, SPLITS, TEXT_DIM, spectral_board_features
 from jobs.lib.io import read_delta
 
 BOOKS = 40
@@ -55,8 +55,9 @@ def prepared(spark, tmp_path_factory):
     out = str(root / "out")
     argv = ["--data-dir", str(root / "data"), "--out", out, "--seed", "3", "--holdout-per-board", "2"]
     argv += ["--min-board-size", "4", "--split", "0.5,0.25,0.25", "--cold-share", "0.25", "--device", "cpu"]
-    report = job.run(spark, job.parse_args(argv))
-    tables = {name: read_delta(spark, f"{out}/{name}") for name in job.OUTPUTS + job.COLD_OUTPUTS}
+    report = job.run(spark, job.parse_args([*argv, "--board-features", "4"]))
+    names = (*job.OUTPUTS, *job.COLD_OUTPUTS, "boards")
+    tables = {name: read_delta(spark, f"{out}/{name}") for name in names}
     return data, tables, report
 
 
@@ -66,7 +67,7 @@ def rows(df, *cols) -> set[tuple]:
 
 def test_every_output_is_written_and_counted_in_the_report(prepared):
     data, tables, report = prepared
-    assert set(report.outputs) == set(job.OUTPUTS + job.COLD_OUTPUTS)
+    assert set(report.outputs) == {*job.OUTPUTS, *job.COLD_OUTPUTS, "boards"}
     assert report.rows == {name: df.count() for name, df in tables.items()}
     assert {"read", "hold out", "text features", "pairs and labels", "new books"} <= set(report.seconds)
     members = {(u, b) for u, bs in data["lists"].items() for b in bs}
@@ -99,6 +100,18 @@ def test_pins_are_the_text_vector_of_title_by_authors_and_the_scaled_log_degree(
     assert set(content) == set(range(1, BOOKS + 1)), "new books are ranked by content too"
     for pin in features:
         np.testing.assert_array_equal(content[pin], features[pin][:TEXT_DIM])
+
+
+def test_boards_are_the_spectral_vectors_of_the_graph_alone(prepared):
+    _, tables, _ = prepared
+    graph = sorted(rows(tables["edges"], "board_id", "pin_id"))
+    b, p = (np.array(x) for x in zip(*graph, strict=True))
+    want_boards, want = spectral_board_features(b, p, 4, seed=3)
+    got = {r.board_id: np.array(r.features) for r in tables["boards"].collect()}
+    # Every list left in the graph, and nothing of a held-out or new book's membership: the
+    # vectors are those of the graph's memberships.
+    assert sorted(got) == want_boards.tolist()
+    np.testing.assert_allclose(np.stack([got[x] for x in want_boards]), want, atol=1e-6)
 
 
 def cold_rows(tables) -> list:
@@ -215,6 +228,7 @@ def test_a_bad_file_is_named_with_its_column_and_nothing_is_written(tmp_path, ca
         ["--holdout-per-board", "3", "--min-board-size", "3"],
         ["--holdout-per-board", "0"],
         ["--encode-batch", "0"],
+        ["--board-features", "-1"],
     ],
 )
 def test_bad_settings_are_usage_errors(argv):

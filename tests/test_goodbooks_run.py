@@ -146,6 +146,7 @@ def test_the_chain_runs_each_project_command_in_order_and_stops_at_a_failure(tmp
     assert ran[1][ran[1].index("--out") + 1] == f"{out}/neighbors"
     train = ran[2]
     assert train[-4:] == ["--epochs", "2", "--report-json", f"{out}/reports/train-pinsage.json"]
+    assert all("--boards" not in cmd for cmd in ran), "featureless lists unless asked"
     assert ["--pooling", "importance"] == train[train.index("--pooling") : train.index("--pooling") + 2]
     # The chain's training defaults come first, so the user's flags (the last of a repeated flag
     # wins in argparse) override them.
@@ -158,6 +159,25 @@ def test_the_chain_runs_each_project_command_in_order_and_stops_at_a_failure(tmp
         assert cmd[-2 - len(spark_flags) : -2] == spark_flags
     # The trainer reads its inputs with Spark: it gets the chain's confs and the quiet progress too.
     assert train[train.index("--master") : train.index("--master") + len(spark_flags)] == spark_flags
+
+
+def test_board_features_are_prepared_and_given_to_every_job_that_reads_the_graph(tmp_path, monkeypatch):
+    out = str(tmp_path / "gb")
+    ran = []
+
+    def fake(cmd, cwd):
+        ran.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1 if "jobs/evaluate.py" in cmd else 0)
+
+    monkeypatch.setattr(job.subprocess, "run", fake)
+    argv = ["--data-dir", "data", "--out", out, "--variants", "pinsage", "--board-features", "16"]
+    with pytest.raises(SystemExit, match="step 'evaluate-validation' failed"):
+        job.run(job.parse_args(argv))
+    prepare, walks, train, embed = ran[:4]
+    assert prepare[prepare.index("--board-features") + 1] == "16"
+    assert "--boards" not in walks  # the walks use memberships only
+    for cmd in (train, embed):
+        assert cmd[cmd.index("--boards") + 1] == f"{out}/data/boards"
 
 
 def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_evaluated(

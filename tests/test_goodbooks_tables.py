@@ -8,6 +8,7 @@ import math
 import random
 from collections import defaultdict
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
@@ -15,6 +16,7 @@ from pyspark.sql import functions as F
 from jobs.goodbooks.tables import (
     NO_GENRE,
     SPLITS,
+    board_features,
     book_text,
     check_references,
     cold_books,
@@ -25,6 +27,7 @@ from jobs.goodbooks.tables import (
     log_degree,
     memberships,
     pairs,
+    spectral_board_features,
     typed,
     with_log_degree,
 )
@@ -253,3 +256,38 @@ def test_new_books_and_their_revealed_order_are_seeded_whatever_the_partitioning
         if rank is not None:
             ranks[pin].append(rank)
     assert all(sorted(r) == list(range(1, len(r) + 1)) for r in ranks.values())
+
+
+def naive_board_vectors(lists: dict[int, list[int]], dim: int) -> tuple[list[int], np.ndarray]:
+    """The lists' rows of a dense SVD's U S for A[b, p] = 1 / sqrt(deg b deg p), unit length."""
+    boards = sorted(lists)
+    books = sorted({p for ps in lists.values() for p in ps})
+    degree = {p: sum(p in ps for ps in lists.values()) for p in books}
+    a = np.zeros((len(boards), len(books)))
+    for i, b in enumerate(boards):
+        for p in lists[b]:
+            a[i, books.index(p)] = 1 / math.sqrt(len(lists[b]) * degree[p])
+    u, s, _ = np.linalg.svd(a)
+    x = u[:, :dim] * s[:dim]
+    return boards, x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_spectral_board_features_match_a_dense_svd_and_repeat_for_the_seed(lists):
+    b, p = zip(*[(u, bk) for u, bs in lists.items() for bk in bs], strict=True)
+    boards, got = spectral_board_features(np.array(b), np.array(p), 6, seed=1)
+    want_boards, want = naive_board_vectors(lists, 6)
+    assert boards.tolist() == want_boards and got.dtype == np.float32 and got.shape == (60, 6)
+    # A singular vector's sign is arbitrary: compare the lists' cosines, which do not depend on it.
+    np.testing.assert_allclose(got @ got.T, want @ want.T, atol=1e-4)
+    _, again = spectral_board_features(np.array(b), np.array(p), 6, seed=1)
+    np.testing.assert_array_equal(got, again)
+    with pytest.raises(ValueError, match="dim must be in"):
+        spectral_board_features(np.array(b), np.array(p), 61, seed=1)
+
+
+def test_board_features_is_a_boards_table_of_every_list(spark, members, lists):
+    table = board_features(members, 4, seed=0)
+    assert table.columns == ["board_id", "features"]
+    got = {r["board_id"]: r["features"] for r in table.collect()}
+    assert sorted(got) == sorted(lists)
+    assert all(len(v) == 4 and abs(np.linalg.norm(v) - 1) < 1e-5 for v in got.values())

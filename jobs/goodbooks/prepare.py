@@ -1,7 +1,8 @@
 """goodbooks-10k as the pipeline's input tables: books are pins, to-read lists are boards.
 
     spark-submit jobs/goodbooks/prepare.py --data-dir DIR --out O [--seed 0] [--holdout-per-board 2]
-        [--min-board-size 5] [--split 0.8,0.1,0.1] [--cold-share 0.1] [--device auto]
+        [--min-board-size 5] [--split 0.8,0.1,0.1] [--cold-share 0.1] [--board-features 0]
+        [--device auto]
 
 Reads books.csv, to_read.csv, book_tags.csv and tags.csv from DIR and writes Delta tables under O:
 pins (a 384-dim all-MiniLM-L6-v2 embedding of "title by authors", computed on executors, plus the
@@ -10,6 +11,8 @@ memberships left in the graph), heldout (the removed memberships and their split
 train_edges (the training-split ones, which the co-occurrence baselines see besides edges), train_pairs,
 validation_pairs, test_pairs (query_pin, pos_pin) and labels (pin_id, genre shelf). How pairs are
 held out so nothing of a test pair reaches the graph or the training pairs: jobs/goodbooks/tables.py.
+With --board-features K > 0, also boards (board_id, features): each list's K-dim spectral vector of
+the graph's memberships (tables.spectral_board_features), for every job's --boards.
 
 With --cold-share S > 0, a seeded share S of the books with at least 4 memberships is held out
 entirely, as new books: they are in none of the tables above but content and labels. For them:
@@ -76,6 +79,7 @@ class PrepareArgs:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     cold_share: float = 0.1
     log_degree: bool = True
+    board_features: int = 0
     device: str = "auto"
     encode_batch: int = 256
     common: CommonArgs = field(default_factory=CommonArgs)
@@ -127,12 +131,21 @@ def parse_args(argv: list[str] | None = None) -> PrepareArgs:
         help="end each pin's features with its scaled log degree (new books: of their revealed "
         "memberships); without it, the features are the text vector alone",
     )
+    p.add_argument(
+        "--board-features",
+        type=int,
+        default=d.board_features,
+        help="also write boards: each list's spectral vector of this many dimensions from the graph's "
+        "memberships (0: no boards table; the lists are featureless)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="text encoder device")
     p.add_argument("--encode-batch", type=at_least(1), default=d.encode_batch, help="texts per encoder call")
     add_common_args(p, work_tables=False)
     a = p.parse_args(argv)
     if a.min_board_size < a.holdout_per_board + 1:
         p.error("--min-board-size must exceed --holdout-per-board: a query must stay in the list")
+    if a.board_features < 0:
+        p.error(f"--board-features must be 0 or more, got {a.board_features}")
     return PrepareArgs(
         a.data_dir.rstrip("/"),
         a.out.rstrip("/"),
@@ -142,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> PrepareArgs:
         a.split,
         a.cold_share,
         a.log_degree,
+        a.board_features,
         a.device,
         a.encode_batch,
         common_args(p, a),
@@ -182,6 +196,7 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
             "split": list(args.split),
             "cold_share": args.cold_share,
             "log_degree": args.log_degree,
+            "board_features": args.board_features,
         },
     }
 
@@ -216,6 +231,9 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
         heldout = publish("heldout", heldout)
         # What the co-occurrence baselines see besides edges: the memberships behind the training pairs.
         publish("train_edges", tables.training_edges(heldout))
+        if args.board_features > 0:
+            sc.setJobDescription("the lists' spectral vectors")
+            publish("boards", tables.board_features(graph, args.board_features, args.seed))
 
     with report.timed("text features"):
         sc.setJobDescription("encode title by authors on executors")

@@ -106,6 +106,7 @@ class GoodbooksArgs:
     resume: bool = False
     cold_share: float = 0.1
     log_degree: bool = True
+    board_features: int = 0
     cold_splits: tuple[str, ...] = COLD_SPLITS
     baselines: bool = True
     baseline_flags: tuple[str, ...] = BASELINE_FLAGS
@@ -147,6 +148,13 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
         "then gets --structural-features 1, the column zeroed for books shown as arriving)",
     )
     p.add_argument(
+        "--board-features",
+        type=int,
+        default=0,
+        help="give the lists K-dim spectral vectors of the graph's memberships as features (prepare's "
+        "--board-features; every job then gets --boards); 0: featureless lists",
+    )
+    p.add_argument(
         "--cold-splits",
         default=",".join(COLD_SPLITS),
         help="new-book pairs to evaluate: validation to choose settings, test once they are chosen",
@@ -182,6 +190,7 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
         a.resume,
         a.cold_share,
         a.log_degree,
+        a.board_features,
         tuple(x for x in a.cold_splits.split(",") if x),
         a.baselines,
         tuple(shlex.split(a.baseline_flags)),
@@ -242,6 +251,7 @@ def run(args: GoodbooksArgs) -> ChainReport:
     degree = "--log-degree" if args.log_degree else "--no-log-degree"
     prepare = [
         *flags(data_dir=args.data_dir, out=data, cold_share=str(args.cold_share)),
+        *flags(board_features=str(args.board_features)),
         degree,
         *seed,
         *spark,
@@ -255,6 +265,8 @@ def run(args: GoodbooksArgs) -> ChainReport:
         board_neighbors=f"{nbrs}/board_neighbors",
         pin_neighbors=f"{nbrs}/pin_neighbors",
     )
+    if args.board_features > 0:
+        graph += flags(boards=f"{data}/boards")
     pairs = flags(pairs=f"{data}/train_pairs", validation_pairs=f"{data}/validation_pairs")
     sample = flags(candidates=str(args.candidates)) if args.candidates else []
     baselines = flags(pins=f"{data}/content", edges=f"{data}/edges", labels=f"{data}/labels")

@@ -201,6 +201,56 @@ def with_log_degree(content: DataFrame, degree: DataFrame, include: bool = True)
     return content.join(degree, "pin_id").select("pin_id", F.concat("features", feature).alias("features"))
 
 
+def spectral_board_features(
+    board_ids: np.ndarray, pin_ids: np.ndarray, dim: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(boards, features [boards, dim] float32) from memberships given as parallel id arrays: each
+    list's row of the rank-`dim` SVD U S of the degree-normalised membership matrix
+    A[b, p] = 1 / sqrt(deg(b) deg(p)), scaled to unit length. Two lists get close vectors when they
+    hold the same books, so a list carries which books it holds (not only what they are about) into
+    layer 1, where a list's own features enter. Computed from the graph's memberships alone, so a
+    held-out membership never reaches it, and a new book arriving in an existing list finds that
+    list's vector there. Seeded (the randomised SVD's start), so the same graph gives the same
+    vectors; a vector's sign is arbitrary, which the model's first product absorbs."""
+    import torch
+
+    boards, b = np.unique(board_ids, return_inverse=True)
+    pins, p = np.unique(pin_ids, return_inverse=True)
+    if dim < 1 or dim > min(len(boards), len(pins)):
+        raise ValueError(f"dim must be in [1, {min(len(boards), len(pins))}], got {dim}")
+    board_degree = np.bincount(b, minlength=len(boards)).astype(np.float64)
+    pin_degree = np.bincount(p, minlength=len(pins)).astype(np.float64)
+    values = 1.0 / np.sqrt(board_degree[b] * pin_degree[p])
+    a = torch.sparse_coo_tensor(
+        torch.from_numpy(np.stack([b, p])),
+        torch.from_numpy(values),
+        (len(boards), len(pins)),
+        check_invariants=True,
+    ).coalesce()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        u, s, _ = torch.svd_lowrank(a, q=min(2 * dim + 10, len(boards), len(pins)), niter=10)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    x = (u[:, :dim] * s[:dim]).numpy()
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return boards, (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def board_features(graph: DataFrame, dim: int, seed: int) -> DataFrame:
+    """The boards table (board_id, features) of `spectral_board_features` over `graph`'s
+    memberships, computed on the driver: the goodbooks graph's 0.7M memberships fit there, and one
+    SVD needs them all."""
+    rows = graph.select("board_id", "pin_id").toArrow()
+    boards, features = spectral_board_features(
+        rows.column("board_id").to_numpy(), rows.column("pin_id").to_numpy(), dim, seed
+    )
+    spark = graph.sparkSession
+    table = pa.table({"board_id": pa.array(boards, pa.int64()), "features": to_list(features)})
+    return spark.createDataFrame(table)
+
+
 # ---- new books (cold start) ----------------------------------------------------------------------
 
 COLD_MIN_MEMBERSHIPS = 4  # a new book needs memberships to reveal and memberships to evaluate
