@@ -146,7 +146,8 @@ def test_the_chain_runs_each_project_command_in_order_and_stops_at_a_failure(tmp
     assert ran[1][ran[1].index("--out") + 1] == f"{out}/neighbors"
     train = ran[2]
     assert train[-4:] == ["--epochs", "2", "--report-json", f"{out}/reports/train-pinsage.json"]
-    assert all("--boards" not in cmd for cmd in ran), "featureless lists unless asked"
+    assert ran[0][ran[0].index("--board-features") + 1] == str(job.BOARD_FEATURES)
+    assert train[train.index("--boards") + 1] == f"{out}/data/boards"
     assert ["--pooling", "importance"] == train[train.index("--pooling") : train.index("--pooling") + 2]
     # The chain's training defaults come first, so the user's flags (the last of a repeated flag
     # wins in argparse) override them.
@@ -178,6 +179,11 @@ def test_board_features_are_prepared_and_given_to_every_job_that_reads_the_graph
     assert "--boards" not in walks  # the walks use memberships only
     for cmd in (train, embed):
         assert cmd[cmd.index("--boards") + 1] == f"{out}/data/boards"
+    ran.clear()
+    with pytest.raises(SystemExit):
+        job.run(job.parse_args([*argv, "--board-features", "0"]))
+    assert ran[0][ran[0].index("--board-features") + 1] == "0"
+    assert all("--boards" not in cmd for cmd in ran), "featureless lists when asked"
 
 
 def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_evaluated(
