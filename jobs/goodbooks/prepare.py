@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> PrepareArgs:
     )
     p.add_argument(
         "--board-features",
-        type=int,
+        type=at_least(0),
         default=d.board_features,
         help="also write boards: each list's spectral vector of this many dimensions from the graph's "
         "memberships (0: no boards table; the lists are featureless)",
@@ -144,8 +144,6 @@ def parse_args(argv: list[str] | None = None) -> PrepareArgs:
     a = p.parse_args(argv)
     if a.min_board_size < a.holdout_per_board + 1:
         p.error("--min-board-size must exceed --holdout-per-board: a query must stay in the list")
-    if a.board_features < 0:
-        p.error(f"--board-features must be 0 or more, got {a.board_features}")
     return PrepareArgs(
         a.data_dir.rstrip("/"),
         a.out.rstrip("/"),
@@ -231,7 +229,9 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
         heldout = publish("heldout", heldout)
         # What the co-occurrence baselines see besides edges: the memberships behind the training pairs.
         publish("train_edges", tables.training_edges(heldout))
-        if args.board_features > 0:
+
+    if args.board_features > 0:
+        with report.timed("board features"):
             sc.setJobDescription("the lists' spectral vectors")
             publish("boards", tables.board_features(graph, args.board_features, args.seed))
 

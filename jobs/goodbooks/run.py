@@ -28,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from jobs.lib.cli import CommonArgs, add_common_args, below_one, common_args, job_main
+from jobs.lib.cli import CommonArgs, add_common_args, at_least, below_one, common_args, job_main
 from jobs.lib.evaluation.metrics import format_p
 from jobs.lib.report import Report
 
@@ -153,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> GoodbooksArgs:
     )
     p.add_argument(
         "--board-features",
-        type=int,
+        type=at_least(0),
         default=BOARD_FEATURES,
         help="give the lists K-dim spectral vectors of the graph's memberships as features (prepare's "
         "--board-features; training and embedding then get --boards); 0: featureless lists",
@@ -254,8 +254,12 @@ def run(args: GoodbooksArgs) -> ChainReport:
     seed = flags(seed=str(args.seed))
     degree = "--log-degree" if args.log_degree else "--no-log-degree"
     prepare = [
-        *flags(data_dir=args.data_dir, out=data, cold_share=str(args.cold_share)),
-        *flags(board_features=str(args.board_features)),
+        *flags(
+            data_dir=args.data_dir,
+            out=data,
+            cold_share=str(args.cold_share),
+            board_features=str(args.board_features),
+        ),
         degree,
         *seed,
         *spark,

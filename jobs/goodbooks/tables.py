@@ -227,12 +227,9 @@ def spectral_board_features(
         (len(boards), len(pins)),
         check_invariants=True,
     ).coalesce()
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # the seed stays local to this SVD
+        torch.manual_seed(seed)
         u, s, _ = torch.svd_lowrank(a, q=min(2 * dim + 10, len(boards), len(pins)), niter=10)
-    finally:
-        torch.random.set_rng_state(generator_state)
     x = (u[:, :dim] * s[:dim]).numpy()
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return boards, (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
