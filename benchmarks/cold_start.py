@@ -62,6 +62,19 @@ def matrix(t, name: str = "features") -> np.ndarray:
     return np.stack(t.column(name).to_numpy(zero_copy_only=False)).astype(np.float32)
 
 
+def graph_rows(edges, board_neighbors, pin_neighbors) -> tuple:
+    """`build_graph`'s three row arguments from the edges and the two neighbor tables."""
+    return (
+        (column(edges, "pin_id"), column(edges, "board_id"), column(edges, "weight")),
+        (
+            column(board_neighbors, "board_id"),
+            column(board_neighbors, "pin_id"),
+            column(board_neighbors, "weight"),
+        ),
+        (column(pin_neighbors, "pin_id"), column(pin_neighbors, "board_id"), column(pin_neighbors, "weight")),
+    )
+
+
 def option(name: str, value: str):
     default = getattr(TrainOptions(), name)
     if isinstance(default, tuple):
@@ -129,9 +142,7 @@ def main() -> None:
         features,
         board_ids,
         np.zeros((len(board_ids), 0), np.float32),
-        (column(edges, "pin_id"), column(edges, "board_id"), column(edges, "weight")),
-        (column(bn, "board_id"), column(bn, "pin_id"), column(bn, "weight")),
-        (column(pn, "pin_id"), column(pn, "board_id"), column(pn, "weight")),
+        *graph_rows(edges, bn, pn),
     )
 
     def pairs(name: str):

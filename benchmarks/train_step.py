@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import torch
-from cold_start import column, matrix, table
+from cold_start import column, graph_rows, matrix, table
 
 from pinsage_model.config import ModelConfig
 from pinsage_model.model import PinSage
@@ -49,9 +49,7 @@ def main() -> None:
         pin_features,
         column(boards, "board_id"),
         board_features,
-        (column(edges, "pin_id"), column(edges, "board_id"), column(edges, "weight")),
-        (column(bn, "board_id"), column(bn, "pin_id"), column(bn, "weight")),
-        (column(pn, "pin_id"), column(pn, "board_id"), column(pn, "weight")),
+        *graph_rows(edges, bn, pn),
     )
     config = ModelConfig(
         num_layers=2,
