@@ -265,3 +265,15 @@ def test_a_hidden_pair_board_leaves_the_batch_only_for_that_positive():
     for got, want in zip(built.blocks, expected.blocks, strict=True):
         assert torch.equal(got.src, want.src) and torch.equal(got.dst, want.dst)
     assert sum(len(b.src) for b in built.blocks) < sum(len(b.src) for b in plain.blocks)
+
+
+def test_ppr_windows_do_not_depend_on_the_query_chunk(monkeypatch):
+    graph, pairs = in_memory(clustered(seed=6, pins=150, boards=40))
+    queries = np.unique(pairs[0])
+    window = sampling.RankWindow(4, 20)
+    monkeypatch.setattr(sampling, "PPR_CPU_CHUNK", 7)  # several chunks, the last one short
+    chunked = sampling.rank_window_pins(graph, queries, window)
+    monkeypatch.setattr(sampling, "PPR_CPU_CHUNK", 10**6)  # one chunk
+    whole = sampling.rank_window_pins(graph, queries, window)
+    assert len(queries) > 7 * 3
+    np.testing.assert_array_equal(chunked, whole)

@@ -4,6 +4,7 @@ walk from a subset of sources equal to the same walk from all."""
 
 from __future__ import annotations
 
+import pytest
 from chispa import assert_df_equality
 
 from jobs.lib import walks
@@ -103,12 +104,28 @@ def test_walking_from_a_subset_of_sources_gives_them_what_walking_from_all_gives
     )
     graph = walks.build_walk_graph(edges, str(tmp_path / "graph"))
     params = walks.WalkParams(walks_per_node=4, walk_length=2, seed=7)
-    every = walks.run_walks(graph, params, 4, str(tmp_path / "all"))
+    every = walks.run_walks(graph, params, 1, str(tmp_path / "all"))  # four batches
     sources = spark.createDataFrame([(walks.PIN, 2), (walks.BOARD, 12)], "node_t int, node bigint")
-    some = walks.run_walks(graph, params, 2, str(tmp_path / "some"), sources)
+    some = walks.run_walks(graph, params, 1, str(tmp_path / "some"), sources)  # batch_walks: 3 and 1
     wanted = every.where(f"(src_t = {walks.PIN} AND src = 2) OR (src_t = {walks.BOARD} AND src = 12)")
     assert_df_equality(some, wanted, ignore_row_order=True, ignore_nullable=True)
     assert {(r.src_t, r.src) for r in some.select("src_t", "src").distinct().collect()} == {
         (walks.PIN, 2),
         (walks.BOARD, 12),
     }
+
+
+@pytest.mark.parametrize(
+    ("walks_per_node", "per_batch", "nodes", "sources", "expected"),
+    [
+        (100, 25, 57_000, 1_000, 100),  # a few new pins: every walk in one batch
+        (100, 25, 1_000, 400, 62),  # scaled by nodes / sources, rounded down
+        (100, 25, 1_000, 1_000, 25),  # every node: as given
+        (100, 25, 1_000, 0, 100),  # no source: a single (empty) batch
+        (10, 25, 1_000, 10, 25),  # never below the given count
+    ],
+)
+def test_walks_from_a_subset_batch_as_many_walkers_as_a_full_batch(
+    walks_per_node, per_batch, nodes, sources, expected
+):
+    assert walks.batch_walks(walks_per_node, per_batch, nodes, sources) == expected

@@ -139,7 +139,11 @@ def add_walk_args(
 def add_walks_per_batch(parser: argparse.ArgumentParser, default: int = 25) -> None:
     """--walks-per-batch, for every job that walks."""
     parser.add_argument(
-        "--walks-per-batch", type=at_least(1), default=default, help="walk indices simulated per Spark job"
+        "--walks-per-batch",
+        type=at_least(1),
+        default=default,
+        help="walk indices simulated per Spark job (walking from some nodes only, e.g. new pins: "
+        "scaled up by nodes / sources, so a batch holds as many walkers at most)",
     )
 
 

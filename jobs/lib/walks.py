@@ -231,6 +231,13 @@ def build_walk_graph(edges: DataFrame, work: str) -> WalkGraph:
     return WalkGraph(stats, write_and_reload(buckets(adjacency, stats), f"{work}/buckets"))
 
 
+def batch_walks(walks_per_node: int, walks_per_batch: int, nodes: int, sources: int) -> int:
+    """Walk indices per batch when `sources` of the graph's `nodes` walk: `walks_per_batch` scaled
+    by nodes / sources (rounded down), at most `walks_per_node` and at least `walks_per_batch`."""
+    scaled = walks_per_batch * nodes // max(sources, 1)
+    return max(walks_per_batch, min(walks_per_node, scaled))
+
+
 def run_walks(
     graph: WalkGraph,
     params: WalkParams,
@@ -243,10 +250,18 @@ def run_walks(
     `walks_per_batch` walk indices per Spark job, visit counts appended to WORK/counts; returns
     (src_t, src, visited, count). A walk depends only on the seed, its source and its index, so
     walking from a subset of the sources gives those sources exactly what walking from all gives.
-    `same_type` records visits as `step` describes (pin-to-pin, for the graph baseline)."""
+    `same_type` records visits as `step` describes (pin-to-pin, for the graph baseline).
+
+    Walking from a subset, a batch takes more walk indices (`batch_walks`): as many as keep its
+    walkers within the `walks_per_batch` x nodes of a batch from every node. Each step joins the
+    whole bucketed table whatever the number of walkers, so a few sources walk in one batch."""
     stats = graph.stats
     sc = stats.sparkSession.sparkContext
-    starts = stats if sources is None else stats.join(sources, ["node_t", "node"], "left_semi")
+    starts = stats
+    if sources is not None:
+        starts = stats.join(sources, ["node_t", "node"], "left_semi")
+        sc.setJobDescription("count the walks' sources")
+        walks_per_batch = batch_walks(params.walks_per_node, walks_per_batch, stats.count(), starts.count())
     counts_path = f"{work}/counts"
     batches = range(0, params.walks_per_node, walks_per_batch)
     for i, first in enumerate(batches):
