@@ -81,7 +81,7 @@ class PrepareArgs:
     log_degree: bool = True
     board_features: int = 0
     device: str = "auto"
-    encode_batch: int = 256
+    encode_batch: int = 32
     common: CommonArgs = field(default_factory=CommonArgs)
 
 
@@ -139,7 +139,12 @@ def parse_args(argv: list[str] | None = None) -> PrepareArgs:
         "memberships (0: no boards table; the lists are featureless)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="text encoder device")
-    p.add_argument("--encode-batch", type=at_least(1), default=d.encode_batch, help="texts per encoder call")
+    p.add_argument(
+        "--encode-batch",
+        type=at_least(1),
+        default=d.encode_batch,
+        help="texts per encoder batch (each padded to its longest text: small batches are faster on CPUs)",
+    )
     add_common_args(p, work_tables=False)
     a = p.parse_args(argv)
     if a.min_board_size < a.holdout_per_board + 1:
@@ -239,6 +244,10 @@ def run(spark: SparkSession, args: PrepareArgs) -> PrepareReport:
         sc.setJobDescription("encode title by authors on executors")
         # Every book's text vector, new books' too (the content-only baseline ranks all of them).
         text = tables.book_text(books).withColumn("log_degree", F.lit(0.0).cast("float"))
+        # books.csv is one partition: spread the texts over every core, in a fixed order per
+        # partition, so each task encodes a fixed share (the same vectors on every run).
+        parts = sc.defaultParallelism
+        text = text.repartition(parts, "pin_id").sortWithinPartitions("pin_id")
         device, batch = args.device, args.encode_batch
         encoded = text.mapInArrow(
             lambda it: tables.encode_batches(it, device, batch), "pin_id bigint, features array<float>"
