@@ -202,13 +202,20 @@ def board_layer(spark: SparkSession, path: str) -> DataFrame:
 
 def new_pin_neighbors(
     spark: SparkSession, base: Base, pins: DataFrame, edges: DataFrame, walks_per_batch: int, work: str
-) -> DataFrame:
-    """The new pins' neighbor rows (dst, src, weight), walked as the base run's neighborhoods were."""
-    graph = walks.build_walk_graph(write_and_reload(edges, f"{work}/edges"), work)
+) -> tuple[DataFrame, int]:
+    """The new pins' neighbor rows (dst, src, weight), walked as the base run's neighborhoods were,
+    and how many of the pins have a membership to walk from. A pin without one has no walk; when
+    none has, the walk graph is not built."""
+    edges = write_and_reload(edges, f"{work}/edges")
+    walking = pins.join(edges.select("pin_id"), "pin_id", "left_semi").count()
+    if walking == 0:
+        none = spark.createDataFrame([], "pin_id bigint, board_id bigint, weight float")
+        return links(none, "pin_id", "board_id"), 0
+    graph = walks.build_walk_graph(edges, work)
     sources = pins.select(F.lit(walks.PIN).alias("node_t"), F.col("pin_id").alias("node"))
     counts = walks.run_walks(graph, base.walk, walks_per_batch, work, sources)
     top = walks.top_neighbor_tables(counts, base.walk.top_t)["pin_neighbors"]
-    return links(write_and_reload(top, f"{work}/pin_neighbors"), "pin_id", "board_id")
+    return links(write_and_reload(top, f"{work}/pin_neighbors"), "pin_id", "board_id"), walking
 
 
 def merge_related(
@@ -265,7 +272,8 @@ def embed_and_merge(spark: SparkSession, args: EmbedNewArgs, checkpoint: Checkpo
 
     with report.timed("walks"):
         edges = walk_edges(spark, base_edges, new_edges)
-        neighbors = new_pin_neighbors(spark, base, pins, edges, args.walks_per_batch, work)
+        neighbors, walking = new_pin_neighbors(spark, base, pins, edges, args.walks_per_batch, work)
+        report.counts["pins with memberships (walked)"] = walking
         report.counts["neighbor rows"] = neighbors.count()
 
     ref = ModelRef(

@@ -120,6 +120,7 @@ def test_new_pins_equal_a_full_rerun_where_their_boards_did_not_change(spark, ba
     for pin in (30, 32):
         np.testing.assert_allclose(merged[pin], rerun[pin], rtol=0, atol=1e-6)
     assert report.counts["layer 2: neighbor rows naming boards without a stored h_b (dropped)"] >= 1
+    assert report.counts["pins with memberships (walked)"] == 3
     assert {p: before[p].tolist() for p in before} == {p: merged[p].tolist() for p in before}
     assert (report.output["inserted"], report.output["updated"]) == (3, 0)
     commit = last_commit(spark, f"{out}/pin_embeddings")
@@ -412,6 +413,7 @@ def test_a_new_pin_without_memberships_is_embedded_from_its_features_alone(spark
     ]
     report = embed_new.run(spark, embed_new.parse_args(args), read_checkpoint(ckpt))
     assert (report.output["inserted"], report.counts["neighbor rows"]) == (1, 0)
+    assert report.counts["pins with memberships (walked)"] == 0  # no walk graph built
     got = embeddings(spark, f"{out}/pin_embeddings")[41]
     no_rows = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
     alone, _ = build_graph(
