@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 from cold_start import column, graph_rows, matrix, table
 
 from pinsage_model.config import ModelConfig
 from pinsage_model.model import PinSage
 from pinsage_model.training.graph import build_graph
-from pinsage_model.training.loss import batch_loss, candidate_log_count
+from pinsage_model.training.loop import TrainOptions, draw_epoch_pairs, epoch_log_count
+from pinsage_model.training.loss import batch_loss
 from pinsage_model.training.sampling import CoMembership, EpochBatches
 from pinsage_model.training.subgraph import embed_targets
 
@@ -65,11 +65,16 @@ def main() -> None:
 
     given = table(f"{P}/train_pairs")
     pairs = (graph.pin_index(column(given, "query_pin")), graph.pin_index(column(given, "pos_pin")))
-    drawn = CoMembership.of(graph, 1.0).draw_with_boards(DRAWS, np.random.default_rng([0, 1, 0, 1]))
-    epoch_pairs = (np.concatenate([pairs[0], drawn[0]]), np.concatenate([pairs[1], drawn[1]]))
-    pos_board = np.concatenate([np.full(len(pairs[0]), -1, np.int64), drawn[2]])
-    counts = np.bincount(epoch_pairs[1], minlength=graph.num_pins)
-    log_count = torch.from_numpy(candidate_log_count(counts, IN_BATCH, NEGATIVES, graph.num_pins))
+    options = TrainOptions(
+        batch_size=BATCH,
+        co_membership_pairs=DRAWS,
+        hide_pair_board=True,
+        loss="softmax",
+        negatives=NEGATIVES,
+        in_batch_negatives=IN_BATCH,
+    )
+    epoch_pairs, pos_board = draw_epoch_pairs(pairs, CoMembership.of(graph, 1.0), options, 1)
+    log_count = epoch_log_count(epoch_pairs[1], options, graph.num_pins)
     batches = EpochBatches(
         graph, config.schedule(), epoch_pairs, BATCH, NEGATIVES, 0, None, 0, 1, pos_board=pos_board
     )

@@ -106,7 +106,8 @@ def test_walking_from_a_subset_of_sources_gives_them_what_walking_from_all_gives
     params = walks.WalkParams(walks_per_node=4, walk_length=2, seed=7)
     every = walks.run_walks(graph, params, 1, str(tmp_path / "all"))  # four batches
     sources = spark.createDataFrame([(walks.PIN, 2), (walks.BOARD, 12)], "node_t int, node bigint")
-    some = walks.run_walks(graph, params, 1, str(tmp_path / "some"), sources)  # batch_walks: 3 and 1
+    # batch_walks gives 3 walk indices a batch: batches of 3 and 1
+    some = walks.run_walks(graph, params, 1, str(tmp_path / "some"), sources)
     wanted = every.where(f"(src_t = {walks.PIN} AND src = 2) OR (src_t = {walks.BOARD} AND src = 12)")
     assert_df_equality(some, wanted, ignore_row_order=True, ignore_nullable=True)
     assert {(r.src_t, r.src) for r in some.select("src_t", "src").distinct().collect()} == {

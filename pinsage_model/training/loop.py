@@ -164,6 +164,37 @@ def deterministic_kernels(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
+def draw_epoch_pairs(
+    pairs: tuple[np.ndarray, np.ndarray],
+    co_membership: CoMembership | None,
+    options: TrainOptions,
+    epoch: int,
+) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray | None]:
+    """An epoch's (query, pos) pairs: the given ones plus, with `co_membership`, the epoch's draws;
+    and with --hide-pair-board the list each pair was drawn from (-1 for the given pairs), else None."""
+    if co_membership is None:
+        return pairs, None
+    # Seeded by (seed, epoch) apart from the batches' (seed, epoch) and (seed, epoch, i).
+    rng = np.random.default_rng([options.seed, epoch, 0, 1])
+    drawn = co_membership.draw_with_boards(options.co_membership_pairs, rng)
+    epoch_pairs = (np.concatenate([pairs[0], drawn[0]]), np.concatenate([pairs[1], drawn[1]]))
+    pos_board = None
+    if options.hide_pair_board:
+        # The given pairs' memberships are already out of the graph.
+        pos_board = np.concatenate([np.full(len(pairs[0]), -1, np.int64), drawn[2]])
+    return epoch_pairs, pos_board
+
+
+def epoch_log_count(positives: np.ndarray, options: TrainOptions, num_pins: int) -> torch.Tensor | None:
+    """The softmax loss's log expected count of each pin as a candidate in an epoch with these
+    positives (in-batch negatives with the logQ correction), else None."""
+    if not (options.loss == "softmax" and options.in_batch_negatives and options.logq_correction):
+        return None
+    counts = np.bincount(positives, minlength=num_pins)
+    in_batch = min(options.in_batch_negatives, options.batch_size)
+    return torch.from_numpy(candidate_log_count(counts, in_batch, options.negatives, num_pins))
+
+
 def train(
     graph: TrainGraph,
     pairs: tuple[np.ndarray, np.ndarray],
@@ -224,22 +255,10 @@ def _train(
     for epoch in range(1, options.epochs + 1):
         clock = time.perf_counter()
         hard = hard_negative_count(epoch, options.hard_negatives)
-        epoch_pairs, pos_board = pairs, None
-        if co_membership is not None:
-            # Seeded by (seed, epoch) apart from the batches' (seed, epoch) and (seed, epoch, i).
-            rng = np.random.default_rng([options.seed, epoch, 0, 1])
-            drawn = co_membership.draw_with_boards(options.co_membership_pairs, rng)
-            epoch_pairs = (np.concatenate([pairs[0], drawn[0]]), np.concatenate([pairs[1], drawn[1]]))
-            if options.hide_pair_board:
-                # The given pairs' memberships are already out of the graph.
-                pos_board = np.concatenate([np.full(len(pairs[0]), -1, np.int64), drawn[2]])
-        log_count = None
-        if options.loss == "softmax" and options.in_batch_negatives and options.logq_correction:
-            counts = np.bincount(epoch_pairs[1], minlength=graph.num_pins)
-            in_batch = min(options.in_batch_negatives, options.batch_size)
-            log_count = torch.from_numpy(
-                candidate_log_count(counts, in_batch, options.negatives, graph.num_pins)
-            ).to(device)
+        epoch_pairs, pos_board = draw_epoch_pairs(pairs, co_membership, options, epoch)
+        log_count = epoch_log_count(epoch_pairs[1], options, graph.num_pins)
+        if log_count is not None:
+            log_count = log_count.to(device)
         arrival = None
         if options.neighbor_dropout > 0 and any(options.arrival_memberships):
             clock_walk = time.perf_counter()
