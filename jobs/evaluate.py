@@ -2,7 +2,8 @@
 
     spark-submit jobs/evaluate.py --embeddings T --pairs PAIRS --out O [--k 10,100,500]
         [--candidates N] [--seed 0] [--pins P] [--edges E] [--extra-edges X] [--labels L]
-        [--methods embedding,content,graph,popularity,itemknn,rp3beta,ease] [--report-json R]
+        [--methods embedding,content,graph,popularity,itemknn,rp3beta,ease]
+        [--validation-pairs V [--validation-methods M,...]] [--report-json R]
 
 For every distinct (query_pin, pos_pin) pair, the exact rank of the positive among the candidates
 (every pin of T, or a seeded sample of N of them, plus the positive; never the query) by cosine
@@ -11,18 +12,23 @@ With --pins the same ranking runs on the raw features (content-only baseline); w
 candidates are ranked by random-walk visit counts from the query (graph-only, Pixie-style) and, for
 scale, by their number of boards alone, the same order for every query (popularity). With --methods
 the co-occurrence baselines of the memberships run too: item-kNN, RP3beta and EASE, each over a grid
-of its hyperparameters (jobs/lib/evaluation/cooccurrence.py). Reports hit-rate@k, MRR and scaled
-MRR per method; writes O/pair_ranks (Delta), the histogram of random-pair
-cosine similarities O/similarity_histogram.png and, with --labels, a 2-D PCA map O/pca_map.png.
+of its hyperparameters (jobs/lib/evaluation/cooccurrence.py). With --validation-pairs the grids are
+chosen in the same run: the validation pairs are ranked first (every grid point), each grid method's
+point with the best validation hit@10 is chosen, and the pairs of --pairs see the chosen points only.
+Reports hit-rate@k, MRR and scaled MRR per method; writes O/pair_ranks (Delta; with
+--validation-pairs also O/validation_pair_ranks), the histogram of random-pair cosine similarities
+O/similarity_histogram.png and, with --labels, a 2-D PCA map O/pca_map.png.
 Rank and tie definitions: jobs/lib/evaluation/__init__.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,6 +98,8 @@ class EvaluateArgs:
     labels: str | None = None
     methods: tuple[str, ...] | None = None
     extra_edges: str | None = None
+    validation_pairs: str | None = None
+    validation_methods: tuple[str, ...] | None = None
     itemknn_shrink: tuple[float, ...] = (0.0,)
     itemknn_neighbors: tuple[int, ...] = (0,)
     rp3_alpha: tuple[float, ...] = (1.0,)
@@ -187,6 +195,18 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         "graph and popularity with --edges)",
     )
     p.add_argument(
+        "--validation-pairs",
+        help="pairs (query_pin, pos_pin) that choose each grid method's point in this run: ranked "
+        "first by every grid point, then --pairs by the point with the best validation hit@10",
+    )
+    p.add_argument(
+        "--validation-methods",
+        type=_methods,
+        metavar="M,M,...",
+        help="of the methods that run, those that rank the validation pairs too (default: all; the "
+        "grid methods always do)",
+    )
+    p.add_argument(
         "--itemknn-shrink",
         type=_grid(float, 0),
         default=d.itemknn_shrink,
@@ -258,6 +278,8 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
     a = p.parse_args(argv)
     if a.extra_edges and not a.edges:
         p.error("argument --extra-edges: needs --edges")
+    if a.validation_methods and not a.validation_pairs:
+        p.error("argument --validation-methods: needs --validation-pairs")
     walks = WalkParams(a.walks_per_node, a.walk_length, a.restart_prob, 1, a.seed)
     return job_args(EvaluateArgs, p, a, out=a.out.rstrip("/"), ks=a.k, walks=walks)
 
@@ -268,6 +290,8 @@ class EvaluationReport(Report):
     params: dict
     inputs: dict[str, int] = field(default_factory=dict)
     methods: dict[str, dict[str, float]] = field(default_factory=dict)
+    # With --validation-pairs: per method run on them (every grid point), its metrics there.
+    validation: dict[str, dict[str, float]] = field(default_factory=dict)
     similarity: dict[str, dict] = field(default_factory=dict)
     # Per baseline method, per "hit@k": pairs only the embedding hits, only the baseline hits, and
     # the exact sign test's two-sided p-value.
@@ -275,7 +299,7 @@ class EvaluationReport(Report):
     # Per grid point run (itemknn[...], rp3beta[...], ease[...]): its method and hyperparameters.
     grid: dict[str, dict] = field(default_factory=dict)
     # Per grid method run: the grid point with the highest hit@10 (hit@ the smallest --k without
-    # 10), the first in grid order among equals.
+    # 10) on the validation pairs (on --pairs without them), the first in grid order among equals.
     best: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -283,17 +307,14 @@ class EvaluationReport(Report):
     def lines(self) -> list[str]:
         lines = [f"run {self.run_id}: " + ", ".join(f"{k} {v}" for k, v in self.params.items())]
         lines.append("inputs: " + ", ".join(f"{k} {v:,}" for k, v in self.inputs.items()))
-        names = metric_names(self.params["k"])
-        heads = [n.replace("scaled_mrr", "scaled MRR").replace("mrr", "MRR") for n in names]
-        w = max([11, *(len(m) + 2 for m in self.methods)])
-        lines.append(f"{'method':<{w}}{'pairs':>9}{'candidates':>12}" + "".join(f"{h:>12}" for h in heads))
-        for method, m in self.methods.items():
-            lines.append(
-                f"{method:<{w}}{m['pairs']:>9,}{m['mean_candidates']:>12,.1f}"
-                + "".join(f"{m[n]:>12.4f}" for n in names)
-            )
+        if self.validation:
+            lines.append("validation pairs:")
+            lines += self.table(self.validation)
+            lines.append("pairs:")
+        lines += self.table(self.methods)
+        on = " on the validation pairs" if self.validation else ""
         lines += [
-            f"best {base} by {best_metric(self.params['k'])}: {name}" for base, name in self.best.items()
+            f"best {base} by {best_metric(self.params['k'])}{on}: {name}" for base, name in self.best.items()
         ]
         for method, by_k in self.paired.items():
             for name, c in by_k.items():
@@ -311,6 +332,18 @@ class EvaluationReport(Report):
         lines += [f"note: {n}" for n in self.notes]
         return lines
 
+    def table(self, methods: dict[str, dict[str, float]]) -> list[str]:
+        names = metric_names(self.params["k"])
+        heads = [n.replace("scaled_mrr", "scaled MRR").replace("mrr", "MRR") for n in names]
+        w = max([11, *(len(m) + 2 for m in methods)])
+        lines = [f"{'method':<{w}}{'pairs':>9}{'candidates':>12}" + "".join(f"{h:>12}" for h in heads)]
+        for method, m in methods.items():
+            lines.append(
+                f"{method:<{w}}{m['pairs']:>9,}{m['mean_candidates']:>12,.1f}"
+                + "".join(f"{m[n]:>12.4f}" for n in names)
+            )
+        return lines
+
 
 def best_metric(ks: list[int] | tuple[int, ...]) -> str:
     """The hit rate that picks the best grid point: hit@10, or hit@ the smallest cut-off without 10."""
@@ -325,6 +358,7 @@ class Inputs:
     dim: int
     pairs: DataFrame  # distinct (query_pin, pos_pin)
     pool: DataFrame
+    validation: DataFrame | None = None  # distinct (query_pin, pos_pin) of --validation-pairs
     pins: DataFrame | None = None
     pins_dim: int = 0
     edges: DataFrame | None = None  # memberships of --edges and --extra-edges (walks.memberships)
@@ -384,20 +418,33 @@ def plan_methods(
     return run, skipped
 
 
+@contextlib.contextmanager
+def as_table(name: str, schema: str) -> Iterator[None]:
+    """Checks of table `name` read as `schema` ("pairs", "edges") name `name` when they fail."""
+    try:
+        yield
+    except InputError as exc:
+        if exc.table != schema:
+            raise
+        raise InputError(name, exc.column, exc.problem) from None
+
+
 def load_inputs(spark: SparkSession, args: EvaluateArgs, report: EvaluationReport) -> Inputs:
     """Read and check every input; everything that can reject the input runs here, before any write.
     Columns and types of every table come first (no Spark job), so a wrong table fails at once."""
     spark.sparkContext.setJobDescription("validate inputs")
     raw = conform(read_table(spark, "pin_embeddings", args.embeddings), "pin_embeddings")
     pairs = conform(read_table(spark, "pairs", args.pairs), "pairs")
+    validation = None
+    if args.validation_pairs:
+        with as_table("validation_pairs", "pairs"):
+            validation = conform(read_table(spark, "validation_pairs", args.validation_pairs), "pairs")
     pins = conform(read_table(spark, "pins", args.pins), "pins") if args.pins else None
     edges = conform(read_table(spark, "edges", args.edges), "edges") if args.edges else None
     extra = None
     if args.extra_edges:
-        try:
+        with as_table("extra_edges", "edges"):
             extra = conform(read_table(spark, "extra_edges", args.extra_edges), "edges")
-        except InputError as exc:
-            raise InputError("extra_edges", exc.column, exc.problem) from None
     labels = conform_labels(read_table(spark, "labels", args.labels)) if args.labels else None
 
     embeddings = check_vector_table(raw, "pin_embeddings", "embedding")
@@ -408,11 +455,19 @@ def load_inputs(spark: SparkSession, args: EvaluateArgs, report: EvaluationRepor
     pairs = distinct_pairs(pairs).persist(StorageLevel.MEMORY_AND_DISK)
     pool = candidate_pool(embeddings.vectors, args.candidates, args.seed)
     inputs = Inputs(embeddings.vectors, embeddings.dim, pairs, pool)
+    every_pair = pairs
+    if validation is not None:
+        with as_table("validation_pairs", "pairs"):
+            stats = check_pairs(validation, embeddings.vectors, "pin_embeddings")
+        report.inputs["validation pairs"] = stats.rows
+        report.inputs["validation distinct pairs"] = stats.distinct
+        inputs.validation = distinct_pairs(validation).persist(StorageLevel.MEMORY_AND_DISK)
+        every_pair = pairs.union(inputs.validation)
     if pins is not None:
         content = check_vector_table(pins, "pins", "features")
         report.inputs["pins"] = content.rows
         inputs.pins, inputs.pins_dim = content.vectors, content.dim
-        pair_pins = pairs.select(F.col("query_pin").alias("pin_id")).union(pairs.select("pos_pin"))
+        pair_pins = every_pair.select(F.col("query_pin").alias("pin_id")).union(every_pair.select("pos_pin"))
         covered = pool.union(pair_pins).distinct()
         check_covered(covered, inputs.pins, "pins", "candidate or pair pins of pin_embeddings")
     if edges is not None:
@@ -484,15 +539,14 @@ def pca_map(
 
 
 def publish(
-    spark: SparkSession, ranks: list[DataFrame], args: EvaluateArgs, report: EvaluationReport
-) -> None:
-    """Write every method's ranks as O/pair_ranks in one commit, and report the metrics and the
-    paired comparisons computed from the table as written, in the order the methods ran."""
-    spark.sparkContext.setJobDescription("publish pair_ranks")
+    spark: SparkSession, ranks: list[DataFrame], path: str, report: EvaluationReport, ks: tuple[int, ...]
+) -> tuple[dict[str, dict], dict[str, dict], str]:
+    """Write every method's ranks as the Delta table `path` in one commit; return, computed from the
+    table as written, the metrics per method and the paired comparisons with the embedding, in the
+    order of `report.methods` (the order the methods ran), and where the table was written."""
     union = ranks[0]
     for df in ranks[1:]:
         union = union.unionByName(df)
-    path = f"{args.out}/pair_ranks"
     metadata = {
         "run_id": report.run_id,
         **{k: str(v) for k, v in report.params.items()},
@@ -501,22 +555,29 @@ def publish(
     version = write_delta(union, path, metadata)
     published = read_delta(spark, path)
     order = {m: i for i, m in enumerate(report.methods)}
-    rows = sorted(metrics(published, args.ks).collect(), key=lambda r: order[r["method"]])
-    report.methods = {r["method"]: {k: v for k, v in r.asDict().items() if k != "method"} for r in rows}
-    hits = sorted(paired_hits(published, args.ks).collect(), key=lambda r: (order[r["method"]], r["k"]))
+    rows = sorted(metrics(published, ks).collect(), key=lambda r: order[r["method"]])
+    found = {r["method"]: {k: v for k, v in r.asDict().items() if k != "method"} for r in rows}
+    paired: dict[str, dict] = {}
+    hits = sorted(paired_hits(published, ks).collect(), key=lambda r: (order[r["method"]], r["k"]))
     for r in hits:
         wins, losses = r["reference_only"], r["method_only"]
-        report.paired.setdefault(r["method"], {})[f"hit@{r['k']}"] = {
+        paired.setdefault(r["method"], {})[f"hit@{r['k']}"] = {
             "embedding_only": wins,
             "baseline_only": losses,
             "p_value": sign_test_p(wins, losses),
         }
-    by = best_metric(args.ks)
+    return found, paired, f"{path} (Delta version {version})"
+
+
+def best_points(grid: dict[str, dict], methods: dict[str, dict], ks: tuple[int, ...]) -> dict[str, str]:
+    """Per grid method with points in `methods` (metrics by name), the point with the highest
+    best_metric, the first in grid order among equals."""
+    by, best = best_metric(ks), {}
     for base in GRID_METHODS:
-        points = [n for n, g in report.grid.items() if g["method"] == base and n in report.methods]
+        points = [n for n, g in grid.items() if g["method"] == base and n in methods]
         if points:
-            report.best[base] = max(points, key=lambda n: report.methods[n][by])
-    report.outputs["pair_ranks"] = f"{path} (Delta version {version})"
+            best[base] = max(points, key=lambda n: methods[n][by])
+    return best
 
 
 def grid_points(args: EvaluateArgs, method: str) -> list:
@@ -550,57 +611,169 @@ def run_params(args: EvaluateArgs) -> dict:
             params.update(ease_lambda=list(args.ease_lambda), ease_max_items=args.ease_max_items)
         if wanted & set(GRID_METHODS):
             params["max_board_pins"] = args.max_board_pins
+    if args.validation_pairs:
+        params["validation_methods"] = ",".join(args.validation_methods or ("all",))
     return params
 
 
+@dataclass
+class Phase:
+    """One set of pairs ranked and published: the validation pairs (by every grid point) or the
+    pairs of --pairs (with validation pairs, by each grid method's chosen point only)."""
+
+    name: str  # "validation" or "pairs"
+    pairs: DataFrame
+    n_pairs: int
+    methods: tuple[str, ...]
+    points: dict[str, list]  # per grid method run, its points
+    table: str  # the Delta table of its ranks
+
+    def stage(self, name: str) -> str:
+        """The report's timing stage of `name` in this phase."""
+        return name if self.name == "pairs" else f"{self.name} {name}"
+
+
+@dataclass
+class Shared:
+    """What the phases of one run compute once: each similarity method's candidates, the
+    co-occurrence self-join over every phase's query pins, and ease's counts of the --pairs pairs,
+    computed with each inverse of the validation phase (only the chosen point's are published)."""
+
+    candidates: dict[str, DataFrame] = field(default_factory=dict)
+    scores: DataFrame | None = None
+    ease: dict[str, pa.Table] = field(default_factory=dict)
+
+
 def cooccurrence_ranks(
-    inputs: Inputs, args: EvaluateArgs, report: EvaluationReport, pool_size: int, work: str
+    inputs: Inputs,
+    args: EvaluateArgs,
+    report: EvaluationReport,
+    phase: Phase,
+    shared: Shared,
+    pool_size: int,
+    work: str,
 ) -> list[DataFrame]:
-    """itemknn and rp3beta ranks of every grid point, on Spark: the self-join written once, then one
-    pass per method over it; each method's ranks written, so its time is its own."""
+    """itemknn and rp3beta ranks of the phase's grid points, on Spark: the self-join written once
+    (over every phase's query pins and every alpha), then one pass per method over it; each
+    method's ranks written, so its time is its own."""
     sc = inputs.pairs.sparkSession.sparkContext
-    methods = [m for m in ("itemknn", "rp3beta") if m in inputs.methods]
-    alphas = list(args.rp3_alpha) if "rp3beta" in methods else []
-    with report.timed("cooccurrence"):
-        sc.setJobDescription("co-occurrence: self-join through the boards")
-        scores = write_and_reload(
-            co.cooccurrence(inputs.pairs, inputs.members, inputs.pool, alphas), f"{work}/cooccurrence"
-        )
-        flags = write_and_reload(
-            co.pair_flags(inputs.pairs, inputs.members, inputs.pool), f"{work}/pair_flags"
-        )
+    methods = [m for m in ("itemknn", "rp3beta") if m in phase.methods]
+    alphas = list(args.rp3_alpha) if "rp3beta" in inputs.methods else []
+    with report.timed(phase.stage("cooccurrence")):
+        if shared.scores is None:
+            sc.setJobDescription("co-occurrence: self-join through the boards")
+            queries = inputs.pairs if inputs.validation is None else inputs.pairs.union(inputs.validation)
+            scores = co.cooccurrence(queries, inputs.members, inputs.pool, alphas)
+            shared.scores = write_and_reload(scores, f"{work}/cooccurrence")
+        sc.setJobDescription(f"{phase.name}: co-occurrence flags of the pairs")
+        flags = co.pair_flags(phase.pairs, inputs.members, inputs.pool)
+        flags = write_and_reload(flags, f"{work}/{phase.name}/pair_flags")
     out = []
     for method in methods:
-        with report.timed(method):
-            sc.setJobDescription(f"{method}: score and count")
-            points = grid_points(args, method)
-            counts = co.rank_cooccurrence(scores, flags, points, alphas, pool_size)
+        with report.timed(phase.stage(method)):
+            sc.setJobDescription(f"{phase.name}: {method}: score and count")
+            counts = co.rank_cooccurrence(shared.scores, flags, phase.points[method], alphas, pool_size)
             joined = flags.join(counts, ["query_pin", "pos_pin"])
             candidates = F.lit(pool_size) - F.col("q_in") - F.col("p_in") + 1
             ranks = pair_ranks(F.col("method"), F.col("higher"), F.col("ties"), candidates, joined)
-            out.append(write_and_reload(ranks, f"{work}/{method}"))
-            for pt in points:
-                report.grid[pt.name] = {"method": method, **pt.params()}
+            out.append(write_and_reload(ranks, f"{work}/{phase.name}/{method}"))
     return out
 
 
-def ease_ranks(inputs: Inputs, args: EvaluateArgs, report: EvaluationReport) -> DataFrame:
-    """ease ranks of every grid point, on the driver: the memberships, the pool and the pairs
-    collected, one dense inverse per lambda."""
+def driver_pairs(pairs: DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(query, pos) of the distinct pairs, collected."""
+    table = pairs.toArrow()
+    return (
+        table.column("query_pin").to_numpy().astype(np.int64),
+        table.column("pos_pin").to_numpy().astype(np.int64),
+    )
+
+
+def ease_ranks(
+    inputs: Inputs, args: EvaluateArgs, report: EvaluationReport, phase: Phase, shared: Shared
+) -> DataFrame:
+    """ease ranks of the phase's grid points, on the driver: the memberships, the pool and the pairs
+    collected, one dense inverse per lambda. In the validation phase each inverse also counts the
+    --pairs pairs (kept in `shared`), so the pairs phase reuses the chosen lambda's counts."""
     spark = inputs.pairs.sparkSession
-    with report.timed("ease"):
-        spark.sparkContext.setJobDescription("ease: collect memberships, pool and pairs")
-        items = co.EaseItems.from_arrow(inputs.members.toArrow())
-        pool = np.unique(inputs.pool.toArrow().column("pin_id").to_numpy().astype(np.int64))
-        pairs = inputs.pairs.toArrow()
-        query = pairs.column("query_pin").to_numpy().astype(np.int64)
-        pos = pairs.column("pos_pin").to_numpy().astype(np.int64)
-        points = grid_points(args, "ease")
-        tables = co.ease_ranks(items, points, pool, query, pos, report.timed)
-        for pt in points:
-            report.grid[pt.name] = {"method": "ease", **pt.params()}
+    points = phase.points["ease"]
+    with report.timed(phase.stage("ease")):
+        if phase.name == "pairs" and all(pt.name in shared.ease for pt in points):
+            tables = [shared.ease[pt.name] for pt in points]
+        else:
+            spark.sparkContext.setJobDescription(f"{phase.name}: ease: collect memberships, pool and pairs")
+            items = co.EaseItems.from_arrow(inputs.members.toArrow())
+            pool = np.unique(inputs.pool.toArrow().column("pin_id").to_numpy().astype(np.int64))
+            sets = {phase.name: driver_pairs(phase.pairs)}
+            if phase.name == "validation":
+                sets["pairs"] = driver_pairs(inputs.pairs)
+            by_set = co.ease_ranks(items, points, pool, sets, lambda n: report.timed(phase.stage(n)))
+            tables = by_set[phase.name]
+            shared.ease.update(zip((pt.name for pt in points), by_set.get("pairs", []), strict=False))
         df = spark.createDataFrame(pa.concat_tables(tables))
         return pair_ranks(F.col("method"), F.col("higher"), F.col("ties"), F.col("candidates"), df)
+
+
+def rank_phase(
+    inputs: Inputs,
+    args: EvaluateArgs,
+    report: EvaluationReport,
+    phase: Phase,
+    shared: Shared,
+    pool_size: int,
+    work: str,
+) -> list[DataFrame]:
+    """Every method's ranks of the phase's pairs, in METHODS order."""
+    sc = inputs.pairs.sparkSession.sparkContext
+    vectors = {"embedding": (inputs.embeddings, inputs.dim), "content": (inputs.pins, inputs.pins_dim)}
+    ranks = []
+    for method in ("embedding", "content"):
+        if method not in phase.methods:
+            continue
+        table, dim = vectors[method]
+        with report.timed(phase.stage(method)):
+            if method not in shared.candidates:
+                candidates = table
+                if method != "embedding" or args.candidates is not None:
+                    candidates = table.join(inputs.pool, "pin_id", "left_semi")
+                    # Every query block of every phase scans the candidates once: with several
+                    # blocks, join them once.
+                    counts = [report.inputs["distinct pairs"], report.inputs.get("validation distinct pairs")]
+                    scans = sum(blocks_for(n, dim, args.query_block_mb)[1] for n in counts if n)
+                    if scans > 1:
+                        candidates = write_and_reload(candidates, f"{work}/{method}/candidates")
+                shared.candidates[method] = candidates
+            ranks.append(
+                rank_by_similarity(
+                    method,
+                    table,
+                    dim,
+                    shared.candidates[method],
+                    phase.pairs,
+                    phase.n_pairs,
+                    args.query_block_mb,
+                )
+            )
+    if "graph" in phase.methods:
+        with report.timed(phase.stage("graph")):
+            ranks.append(
+                rank_by_walks(
+                    phase.pairs,
+                    inputs.edges,
+                    inputs.pool,
+                    args.walks,
+                    args.walks_per_batch,
+                    f"{work}/{phase.name}/graph",
+                )
+            )
+    if "popularity" in phase.methods:
+        sc.setJobDescription(f"{phase.name}: popularity: rank by boards per pin")
+        ranks.append(popularity_ranks(phase.pairs, inputs.edges, inputs.pool))
+    if "itemknn" in phase.methods or "rp3beta" in phase.methods:
+        ranks += cooccurrence_ranks(inputs, args, report, phase, shared, pool_size, work)
+    if "ease" in phase.methods:
+        ranks.append(ease_ranks(inputs, args, report, phase, shared))
+    return ranks
 
 
 def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
@@ -613,56 +786,71 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
         if args.candidates is not None:
             sc.setJobDescription("sample the candidate pool")
             inputs.pool = write_and_reload(inputs.pool, f"{work}/pool")
-    n_pairs = report.inputs["distinct pairs"]
     # The pool is every pin, or the first N of them in the seeded order: no need to count it.
     rows = report.inputs["pin_embeddings"]
     pool_size = rows if args.candidates is None else min(args.candidates, rows)
     report.inputs["candidate pool"] = pool_size
-    vectors = {"embedding": (inputs.embeddings, inputs.dim)}
-    if inputs.pins is not None and "content" in inputs.methods:
-        vectors["content"] = (inputs.pins, inputs.pins_dim)
-    ranks = []
-    for method, (table, dim) in vectors.items():
-        if method not in inputs.methods:
-            continue
-        with report.timed(method):
-            candidates = table
-            if method != "embedding" or args.candidates is not None:
-                candidates = table.join(inputs.pool, "pin_id", "left_semi")
-                # Every query block scans the candidates once: with several blocks, join them once.
-                if blocks_for(n_pairs, dim, args.query_block_mb)[1] > 1:
-                    candidates = write_and_reload(candidates, f"{work}/{method}/candidates")
-            ranks.append(
-                rank_by_similarity(method, table, dim, candidates, inputs.pairs, n_pairs, args.query_block_mb)
-            )
-    if "graph" in inputs.methods:
-        with report.timed("graph"):
-            ranks.append(
-                rank_by_walks(
-                    inputs.pairs, inputs.edges, inputs.pool, args.walks, args.walks_per_batch, f"{work}/graph"
-                )
-            )
-    if "popularity" in inputs.methods:
-        sc.setJobDescription("popularity: rank by boards per pin")
-        ranks.append(popularity_ranks(inputs.pairs, inputs.edges, inputs.pool))
-    if "itemknn" in inputs.methods or "rp3beta" in inputs.methods:
-        ranks += cooccurrence_ranks(inputs, args, report, pool_size, work)
-    if "ease" in inputs.methods:
-        ranks.append(ease_ranks(inputs, args, report))
-    # The report lists the methods in the order they ran; publish fills in their metrics.
-    report.methods = {m: {} for m in inputs.methods if m not in GRID_METHODS} | {m: {} for m in report.grid}
-
+    grid = {m: grid_points(args, m) for m in GRID_METHODS if m in inputs.methods}
+    for method, points in grid.items():
+        for pt in points:
+            report.grid[pt.name] = {"method": method, **pt.params()}
+    shared = Shared()
+    if inputs.validation is not None:
+        wanted = args.validation_methods or inputs.methods
+        methods = tuple(m for m in inputs.methods if m in wanted or m in GRID_METHODS)
+        phase = Phase(
+            "validation",
+            inputs.validation,
+            report.inputs["validation distinct pairs"],
+            methods,
+            grid,
+            f"{args.out}/validation_pair_ranks",
+        )
+        ranks = rank_phase(inputs, args, report, phase, shared, pool_size, work)
+        report.methods = phase_methods(phase)
+        with report.timed("validation publish"):
+            sc.setJobDescription("publish validation_pair_ranks")
+            report.validation, _, output = publish(spark, ranks, phase.table, report, args.ks)
+            report.outputs["validation_pair_ranks"] = output
+        report.best = best_points(report.grid, report.validation, args.ks)
+        # The pairs of --pairs are ranked by the chosen points only.
+        grid = {m: [pt for pt in points if pt.name == report.best[m]] for m, points in grid.items()}
+    phase = Phase(
+        "pairs", inputs.pairs, report.inputs["distinct pairs"], inputs.methods, grid, f"{args.out}/pair_ranks"
+    )
+    ranks = rank_phase(inputs, args, report, phase, shared, pool_size, work)
+    report.methods = phase_methods(phase)
     with report.timed("publish"):
-        publish(spark, ranks, args, report)
+        sc.setJobDescription("publish pair_ranks")
+        report.methods, report.paired, report.outputs["pair_ranks"] = publish(
+            spark, ranks, phase.table, report, args.ks
+        )
+    if inputs.validation is None:
+        report.best = best_points(report.grid, report.methods, args.ks)
+
+    vectors = {"embedding": inputs.embeddings}
+    if inputs.pins is not None and "content" in inputs.methods:
+        vectors["content"] = inputs.pins
     with report.timed("health"), tempfile.TemporaryDirectory(prefix="pinsage-evaluate-") as scratch:
         if args.similarity_pairs > 0:
-            similarity_health(spark, {m: t for m, (t, _) in vectors.items()}, args, report, scratch)
+            similarity_health(spark, vectors, args, report, scratch)
         if inputs.labels is not None:
             pca_map(spark, inputs, args, report, scratch)
     inputs.pairs.unpersist()
+    if inputs.validation is not None:
+        inputs.validation.unpersist()
     if not args.common.keep_work:
         delete_work(spark, work)
     return report
+
+
+def phase_methods(phase: Phase) -> dict[str, dict]:
+    """The phase's methods in the order they run, each grid method as its points; publish fills in
+    their metrics."""
+    names: list[str] = []
+    for m in phase.methods:
+        names += [pt.name for pt in phase.points[m]] if m in GRID_METHODS else [m]
+    return {n: {} for n in names}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -309,6 +309,75 @@ def test_cooccurrence_baselines_match_a_brute_force_on_every_grid_point(spark, t
     assert {"cooccurrence", "itemknn", "rp3beta", "ease", "ease[lambda=10]"} <= set(report["seconds"])
 
 
+# Validation pairs: they choose each grid method's point in the same run.
+CO_VALIDATION = [(1, 0), (3, 2), (5, 3), (6, 4), (9, 10), (21, 20), (12, 11), (2, 7), (4, 1), (8, 6)]
+
+
+def test_validation_pairs_choose_each_grid_point_and_the_pairs_see_the_chosen_ones_only(spark, tmp_path):
+    paths = write_co_inputs(tmp_path / "in")
+    paths["validation-pairs"] = write_parquet(
+        str(tmp_path / "in" / "validation"),
+        {
+            "query_pin": pa.array([q for q, _ in CO_VALIDATION], ID),
+            "pos_pin": pa.array([p for _, p in CO_VALIDATION], ID),
+        },
+    )
+    out, report_path = str(tmp_path / "out"), str(tmp_path / "report.json")
+    grids = ["--itemknn-shrink", "0,2", "--itemknn-neighbors", "0,3", "--rp3-alpha", "0.5,1"]
+    grids += ["--rp3-beta", "0,0.5", "--ease-lambda", "1,10", "--max-board-pins", str(CAP)]
+    methods = ["--methods", "embedding,popularity,itemknn,rp3beta,ease", "--validation-methods", "embedding"]
+    assert evaluate.main(co_argv(paths, out, *methods, *grids, "--report-json", report_path)) == 0
+
+    expected = brute_force_scores(CO_EDGES + CO_EXTRA, CAP)
+    report = json.load(open(report_path))
+    validation = spark.read.format("delta").load(f"{out}/validation_pair_ranks").collect()
+    found = {(r.method, r.query_pin, r.pos_pin): r for r in validation}
+    # Every grid point and the embedding rank the validation pairs; popularity does not.
+    assert {r.method for r in validation} == {"embedding", *expected}
+    assert len(validation) == (len(expected) + 1) * len(CO_VALIDATION)
+    hits = {}
+    for method, S in expected.items():
+        ranks = []
+        for q, p in CO_VALIDATION:
+            higher, ties = brute_force_counts(S, q, p)
+            assert found[(method, q, p)]["rank"] == 1 + higher + ties, (method, q, p)
+            ranks.append(1 + higher + ties)
+        hits[method] = np.mean([r <= 1 for r in ranks])  # hit@1: the smallest --k, without 10
+        assert report["validation"][method]["hit@1"] == pytest.approx(hits[method])
+    chosen = {}
+    for base in ("itemknn", "rp3beta", "ease"):
+        names = [m for m in expected if m.startswith(base)]  # grid order
+        chosen[base] = max(names, key=lambda m: hits[m])
+    assert report["best"] == chosen
+    assert report["inputs"]["validation distinct pairs"] == len(CO_VALIDATION)
+
+    # The pairs: the embedding, popularity and each grid method's chosen point, by the brute force.
+    rows = spark.read.format("delta").load(f"{out}/pair_ranks").collect()
+    assert {r.method for r in rows} == {"embedding", "popularity", *chosen.values()}
+    assert set(report["methods"]) == {"embedding", "popularity", *chosen.values()}
+    for r in rows:
+        if r.method in expected:
+            higher, ties = brute_force_counts(expected[r.method], r.query_pin, r.pos_pin)
+            assert (r.higher, r.ties) == (higher, ties), r
+    assert len(rows) == 5 * len(set(CO_PAIRS))
+    assert set(report["paired"]) == {"popularity", *chosen.values()}
+    assert {"validation ease", "validation publish", "ease", "publish"} <= set(report["seconds"])
+    assert not os.path.exists(f"{out}/_work"), "work tables are removed"
+
+
+def test_bad_validation_pairs_exit_2_naming_their_table_and_write_nothing(spark, tmp_path, capsys):
+    paths = write_co_inputs(tmp_path / "in")
+    paths["validation-pairs"] = write_parquet(
+        str(tmp_path / "in" / "validation"),
+        {"query_pin": pa.array([1, 2], ID), "pos_pin": pa.array([1, 3], ID)},
+    )
+    out = str(tmp_path / "out")
+    assert evaluate.main(co_argv(paths, out, "--methods", "itemknn")) == 2
+    err = capsys.readouterr().err
+    assert "table 'validation_pairs', column 'pos_pin': 1 rows name the query pin itself" in err, err
+    assert not os.path.exists(out)
+
+
 def test_ease_alone_above_its_item_limit_exits_2_naming_the_flag(spark, tmp_path, capsys):
     paths = write_co_inputs(tmp_path / "in")
     out = str(tmp_path / "out")
@@ -346,6 +415,7 @@ def test_refused_or_unfed_methods_are_skipped_with_a_note_while_the_others_run()
         ("--ease-lambda", "0", "argument --ease-lambda: expected numbers > 0"),
         ("--itemknn-neighbors", "1.5", "argument --itemknn-neighbors: expected comma-separated ints"),
         ("--extra-edges", "x", "argument --extra-edges: needs --edges"),
+        ("--validation-methods", "embedding", "argument --validation-methods: needs --validation-pairs"),
     ],
 )
 def test_bad_method_flags_are_usage_errors_naming_the_flag(flag, value, message, capsys):

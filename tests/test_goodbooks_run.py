@@ -44,37 +44,38 @@ def write_reports(root: str, variants: tuple[str, ...]) -> None:
             "params": {"k": [10, 100, 500]},
         }
         if name == "pinsage":
-            # The co-occurrence grid: lambda 500 wins on validation, so it is the one shown on test.
+            # The co-occurrence grid: lambda 500 wins on validation, so it is the one run on test.
             reports[f"evaluate-{name}"]["methods"] |= {
-                "ease[lambda=100]": {**METRICS, "hit@10": 0.3, "pairs": 4},
-                "ease[lambda=500]": {**METRICS, "hit@10": 0.05, "pairs": 4},
+                "ease[lambda=500]": {**METRICS, "hit@10": 0.05, "pairs": 4}
             }
-            reports["evaluate-validation"] = {
-                "methods": {
-                    "embedding": {**METRICS, "pairs": 5},
-                    "ease[lambda=100]": {**METRICS, "hit@10": 0.2, "pairs": 5},
-                    "ease[lambda=500]": {**METRICS, "hit@10": 0.4, "pairs": 5},
-                }
+            reports[f"evaluate-{name}"]["validation"] = {
+                "embedding": {**METRICS, "pairs": 5},
+                "ease[lambda=100]": {**METRICS, "hit@10": 0.2, "pairs": 5},
+                "ease[lambda=500]": {**METRICS, "hit@10": 0.4, "pairs": 5},
             }
+            reports[f"evaluate-{name}"]["best"] = {"ease": "ease[lambda=500]"}
             reports["related-exact"] = {"hits": {"pairs": 4, "hit@10": 0.1}}
             reports["related-ann"] = {"hits": {"pairs": 4, "hit@10": 0.05}}
             reports[f"evaluate-{name}"]["paired"] = {
                 "graph": {"hit@10": {"embedding_only": 1234, "baseline_only": 56, "p_value": 0.00042}},
-                "ease[lambda=100]": {"hit@10": {"embedding_only": 1, "baseline_only": 9, "p_value": 0.02}},
                 "ease[lambda=500]": {"hit@10": {"embedding_only": 7, "baseline_only": 3, "p_value": 0.34}},
             }
     for r in job.REVEALED:
         reports[f"cold-embed-r{r}"] = {}
-        for split in job.COLD_SPLITS:
-            best = 0.3 if split == "validation" else 0.05
-            reports[f"cold-evaluate-r{r}-{split}"] = {
-                "methods": {
-                    "embedding": {**METRICS, "hit@10": 0.2, "pairs": 7},
-                    "content": {**METRICS, "hit@10": 0.1, "pairs": 7},
-                    "ease[lambda=100]": {**METRICS, "hit@10": 0.2, "pairs": 7},
-                    "ease[lambda=500]": {**METRICS, "hit@10": best, "pairs": 7},
-                }
-            }
+        reports[f"cold-evaluate-r{r}"] = {
+            "validation": {
+                "embedding": {**METRICS, "hit@10": 0.2, "pairs": 7},
+                "content": {**METRICS, "hit@10": 0.1, "pairs": 7},
+                "ease[lambda=100]": {**METRICS, "hit@10": 0.2, "pairs": 7},
+                "ease[lambda=500]": {**METRICS, "hit@10": 0.3, "pairs": 7},
+            },
+            "methods": {
+                "embedding": {**METRICS, "hit@10": 0.2, "pairs": 7},
+                "content": {**METRICS, "hit@10": 0.1, "pairs": 7},
+                "ease[lambda=500]": {**METRICS, "hit@10": 0.05, "pairs": 7},
+            },
+            "best": {"ease": "ease[lambda=500]"},
+        }
     os.makedirs(f"{root}/reports", exist_ok=True)
     for name, content in reports.items():
         with open(f"{root}/reports/{name}.json", "w") as f:
@@ -91,7 +92,7 @@ def test_resume_skips_finished_steps_and_the_report_carries_every_method(tmp_pat
     ).results
     assert ran == []
     assert results["variants"]["mean"]["metrics"]["hit@10"] == pytest.approx(0.2)
-    assert set(results["baselines"]) == {"content", "graph", "ease[lambda=100]", "ease[lambda=500]"}
+    assert set(results["baselines"]) == {"content", "graph", "ease[lambda=500]"}
     assert results["warm_chosen"]["best"] == "ease[lambda=500]"
     assert results["warm_chosen"]["test_hit10_ratio"] == pytest.approx(2.0)
     report = open(f"{out}/report.md").read()
@@ -172,7 +173,7 @@ def test_board_features_are_prepared_and_given_to_every_job_that_reads_the_graph
 
     monkeypatch.setattr(job.subprocess, "run", fake)
     argv = ["--data-dir", "data", "--out", out, "--variants", "pinsage", "--board-features", "16"]
-    with pytest.raises(SystemExit, match="step 'evaluate-validation' failed"):
+    with pytest.raises(SystemExit, match="step 'evaluate-pinsage' failed"):
         job.run(job.parse_args(argv))
     prepare, walks, train, embed = ran[:4]
     assert prepare[prepare.index("--board-features") + 1] == "16"
@@ -194,12 +195,10 @@ def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_ev
     for name in (
         "prepare",
         "neighbors",
-        "evaluate-validation",
         "evaluate-pinsage",
-        "cold-evaluate-r0-test",
+        "cold-evaluate-r0",
         "cold-embed-r3",
-        "cold-evaluate-r3-validation",
-        "cold-evaluate-r3-test",
+        "cold-evaluate-r3",
     ):
         os.remove(f"{out}/reports/{name}.json")
     os.makedirs(f"{out}/runs/pinsage/pin_embeddings")
@@ -209,20 +208,6 @@ def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_ev
 
     def fake(cmd, cwd):
         ran.append(cmd)
-        report = cmd[cmd.index("--report-json") + 1]
-        if report.endswith("validation.json"):  # a validation run: item-kNN shrink 10 and EASE 4000 win
-            points = {"itemknn[shrink=10,neighbors=0]": 0.3, "itemknn[shrink=100,neighbors=0]": 0.2}
-            points |= {"ease[lambda=500]": 0.1, "ease[lambda=4000]": 0.4}
-            grid = {
-                name: {"shrink": float(name[15:-13]), "neighbors": 0}
-                if "shrink" in name
-                else {"lambda": 4000.0}
-                for name in points
-            }
-            grid["ease[lambda=500]"] = {"lambda": 500.0}
-            methods = {name: {**METRICS, "hit@10": hit, "pairs": 5} for name, hit in points.items()}
-            with open(report, "w") as f:
-                json.dump({"methods": methods, "grid": grid}, f)
         if "jobs/embed_new.py" in cmd:  # the copy is in place when embed_new runs
             base = cmd[cmd.index("--base") + 1]
             assert os.path.isdir(f"{base}/pin_embeddings") and not os.path.exists(f"{base}/_work")
@@ -238,56 +223,59 @@ def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_ev
     assert names == [
         "prepare.json",
         "neighbors.json",
-        "evaluate-validation.json",
         "evaluate-pinsage.json",
-        "cold-evaluate-r0-test.json",
+        "cold-evaluate-r0.json",
         "cold-embed-r3.json",
-        "cold-evaluate-r3-validation.json",
-        "cold-evaluate-r3-test.json",
+        "cold-evaluate-r3.json",
     ]
     assert ran[0][ran[0].index("--cold-share") + 1] == "0.2"
     data = f"{out}/data"
-    # Warm pairs: the baselines' grid on validation, then every method on test; both see the
-    # memberships behind the training pairs.
-    validation, warm = ran[2], ran[3]
-    assert validation[validation.index("--pairs") + 1] == f"{data}/validation_pairs"
-    assert validation[validation.index("--methods") + 1] == ",".join(job.WARM_VALIDATION_METHODS)
+    # Warm pairs: one run chooses the baselines' grid points on the validation pairs (where PinSage
+    # is ranked too) and ranks the test pairs by every method; all see the memberships behind the
+    # training pairs.
+    warm = ran[2]
     assert warm[warm.index("--pairs") + 1] == f"{data}/test_pairs"
+    assert warm[warm.index("--validation-pairs") + 1] == f"{data}/validation_pairs"
     assert warm[warm.index("--methods") + 1] == ",".join(job.WARM_METHODS)
-    for cmd in (validation, warm):
-        assert cmd[cmd.index("--extra-edges") + 1] == f"{data}/train_edges" and "--ease-lambda" in cmd
-    # The test pairs see only the points chosen on validation; other options as given.
+    assert warm[warm.index("--validation-methods") + 1] == ",".join(job.WARM_VALIDATION_METHODS)
+    assert warm[warm.index("--extra-edges") + 1] == f"{data}/train_edges"
     grid = dict(zip(job.BASELINE_FLAGS[::2], job.BASELINE_FLAGS[1::2], strict=True))
-    assert validation[validation.index("--ease-lambda") + 1] == grid["--ease-lambda"]
-    assert warm[warm.index("--ease-lambda") + 1] == "4000"
-    assert warm[warm.index("--itemknn-shrink") + 1] == "10"
-    assert warm[warm.index("--itemknn-neighbors") + 1] == "0"
-    assert warm[warm.index("--rp3-alpha") + 1] == grid["--rp3-alpha"]  # not in the validation run
+    for flag, values in grid.items():
+        assert warm[warm.index(flag) + 1] == values
     # r = 0: no co-occurrence baseline (each scores a book without memberships 0).
-    r0 = ran[4]
+    r0 = ran[3]
     assert r0[r0.index("--methods") + 1] == ",".join(job.COLD_METHODS_R0) and "--ease-lambda" not in r0
-    embed_new, test = ran[5], ran[7]
+    assert r0[r0.index("--validation-pairs") + 1] == f"{data}/cold_validation_pairs"
+    embed_new, test = ran[4], ran[5]
     assert embed_new[embed_new.index("--new-pins") + 1] == f"{data}/cold_pins_r3"
     assert embed_new[embed_new.index("--new-edges") + 1] == f"{data}/cold_edges_r3"
     assert embed_new[embed_new.index("--checkpoint") + 1] == f"{out}/models/pinsage.pt"
     assert test[test.index("--embeddings") + 1] == f"{out}/cold/r3/pin_embeddings"
     assert test[test.index("--pairs") + 1] == f"{data}/cold_test_pairs"
+    assert test[test.index("--validation-pairs") + 1] == f"{data}/cold_validation_pairs"
+    assert test[test.index("--out") + 1] == f"{out}/evaluation/cold/r3"
     assert test[test.index("--edges") + 1] == f"{data}/edges"
     assert test[test.index("--extra-edges") + 1] == f"{data}/cold_extra_edges_r3"
     assert test[test.index("--methods") + 1] == ",".join(job.COLD_METHODS)
-    assert test[test.index("--ease-lambda") + 1] == "4000"
+    assert test[test.index("--ease-lambda") + 1] == grid["--ease-lambda"]
     ran.clear()
     job.run(job.parse_args([*argv, "--no-baselines", "--cold-splits", "test"]))
     test = ran[-1]
     assert [c[c.index("--report-json") + 1].rsplit("/", 1)[1] for c in ran[-2:]] == [
         "cold-embed-r3.json",
-        "cold-evaluate-r3-test.json",
+        "cold-evaluate-r3.json",
     ]
-    assert (
-        "--edges" not in test
-        and "--methods" not in test
-        and test[test.index("--pins") + 1] == f"{data}/content"
-    )
+    assert "--edges" not in test and "--methods" not in test and "--validation-pairs" not in test
+    assert test[test.index("--pins") + 1] == f"{data}/content"
+    assert test[test.index("--pairs") + 1] == f"{data}/cold_test_pairs"
+
+
+def test_one_split_alone_is_reported_as_that_split():
+    only = {"methods": {"embedding": {**METRICS, "pairs": 3}}, "best": {}}
+    assert job.by_split(only, ("validation",)) == {"validation": only["methods"]}
+    assert job.by_split(only, ("test",)) == {"test": only["methods"]}
+    chosen = job.choose_baselines({"validation": only["methods"]}, {})
+    assert chosen == {"per_method": {}, "best": None, "test_hit10_ratio": None}
 
 
 def test_main_writes_the_chain_report_as_json(tmp_path, monkeypatch):

@@ -11,9 +11,9 @@ the paper's max-margin loss, with mean or max pooling, or without hard negatives
 same test pairs. New books (--cold-share, on by default): after pinsage is embedded, for each count
 r of revealed memberships (0, 1, 3) the run is copied to O/cold/r<r>, the held-out new books are
 embedded into the copy by jobs/embed_new.py as they would arrive (their features and r memberships),
-and their pairs are evaluated, validation and test, against the content-only and, unless
---no-baselines, the co-occurrence baselines. Writes O/report.md with the numbers and links to the
-evaluation's PNGs, and O/report.json.
+and their pairs are evaluated, validation and test in one run, against the content-only and,
+unless --no-baselines, the co-occurrence baselines (their grid points chosen on the validation
+pairs). Writes O/report.md with the numbers and links to the evaluation's PNGs, and O/report.json.
 """
 
 from __future__ import annotations
@@ -297,15 +297,12 @@ def run(args: GoodbooksArgs) -> ChainReport:
         evaluation = [*test, "--out", f"{out}/evaluation/{name}", *seed]
         evaluation += [*(baselines if name == "pinsage" else []), *sample]
         if name == "pinsage" and args.baselines:
-            # The co-occurrence baselines' grid on the validation pairs first (where each point is
-            # chosen), then on the test pairs beside PinSage and the other baselines.
-            grid = ["--extra-edges", f"{data}/train_edges", *args.baseline_flags]
-            chosen = flags(embeddings=f"{embeddings}/pin_embeddings", pairs=f"{data}/validation_pairs")
-            chosen += flags(edges=f"{data}/edges", out=f"{out}/evaluation/validation")
-            chosen += ["--methods", ",".join(WARM_VALIDATION_METHODS), *grid, "--similarity-pairs", "0"]
-            step("evaluate-validation", ["jobs/evaluate.py", *chosen, *seed, *sample, *spark])
-            picked = chosen_grid(f"{out}/reports/evaluate-validation.json", grid)
-            evaluation += ["--methods", ",".join(WARM_METHODS), *picked]
+            # The co-occurrence baselines choose their grid points on the validation pairs in the same
+            # run, which then ranks the test pairs by the chosen points beside every other method.
+            evaluation += flags(validation_pairs=f"{data}/validation_pairs")
+            evaluation += ["--validation-methods", ",".join(WARM_VALIDATION_METHODS)]
+            evaluation += ["--methods", ",".join(WARM_METHODS), "--extra-edges", f"{data}/train_edges"]
+            evaluation += args.baseline_flags
         step(f"evaluate-{name}", ["jobs/evaluate.py", *evaluation, *spark])
         if name == "pinsage":
             for method, cmd in related_steps(out, embeddings, f"{data}/test_pairs").items():
@@ -317,33 +314,23 @@ def run(args: GoodbooksArgs) -> ChainReport:
             new = flags(new_pins=f"{data}/cold_pins_r{r}", new_edges=f"{data}/cold_edges_r{r}", base=root)
             cmd = ["jobs/embed_new.py", *new, "--checkpoint", f"{out}/models/pinsage.pt", *spark]
             step(f"cold-embed-r{r}", cmd, copy=(f"{out}/runs/pinsage", root))
-            for split in args.cold_splits:
-                cold = flags(
-                    embeddings=f"{root}/pin_embeddings",
-                    pairs=f"{data}/cold_{split}_pairs",
-                    pins=f"{data}/content",
-                )
-                cold += [
-                    "--out",
-                    f"{out}/evaluation/cold/r{r}/{split}",
-                    "--similarity-pairs",
-                    "0",
-                    *seed,
-                    *sample,
-                ]
-                if args.baselines:
-                    # The co-occurrence baselines see the graph, the training-split held-out
-                    # memberships and the new books' r revealed ones: all a production system knows.
-                    # The test pairs see only the grid points chosen on the validation pairs.
-                    known = flags(edges=f"{data}/edges", extra_edges=f"{data}/cold_extra_edges_r{r}")
-                    if r == 0:
-                        cold += [*known, "--methods", ",".join(COLD_METHODS_R0)]
-                    else:
-                        grid = args.baseline_flags
-                        if split == "test":
-                            grid = chosen_grid(f"{out}/reports/cold-evaluate-r{r}-validation.json", grid)
-                        cold += [*known, "--methods", ",".join(COLD_METHODS), *grid]
-                step(f"cold-evaluate-r{r}-{split}", ["jobs/evaluate.py", *cold, *spark])
+            # The test pairs, with the validation pairs choosing the baselines' grid points in the
+            # same run; either split alone when only one is asked for.
+            split = "test" if "test" in args.cold_splits else "validation"
+            cold = flags(embeddings=f"{root}/pin_embeddings", pairs=f"{data}/cold_{split}_pairs")
+            if split == "test" and "validation" in args.cold_splits:
+                cold += flags(validation_pairs=f"{data}/cold_validation_pairs")
+            cold += flags(pins=f"{data}/content", out=f"{out}/evaluation/cold/r{r}", similarity_pairs="0")
+            cold += [*seed, *sample]
+            if args.baselines:
+                # The co-occurrence baselines see the graph, the training-split held-out memberships
+                # and the new books' r revealed ones: all a production system knows.
+                cold += flags(edges=f"{data}/edges", extra_edges=f"{data}/cold_extra_edges_r{r}")
+                if r == 0:
+                    cold += ["--methods", ",".join(COLD_METHODS_R0)]
+                else:
+                    cold += ["--methods", ",".join(COLD_METHODS), *args.baseline_flags]
+            step(f"cold-evaluate-r{r}", ["jobs/evaluate.py", *cold, *spark])
     report.results = collect(args, report.seconds)
     with open(f"{out}/report.json", "w") as f:
         json.dump(report.results, f, indent=2, sort_keys=True)
@@ -429,44 +416,25 @@ def collect(args: GoodbooksArgs, seconds: dict[str, float]) -> dict:
             results["similarity"] = evaluation["similarity"]
             results["paired"] = evaluation.get("paired", {})
             results["params"] = evaluation["params"]
-            if os.path.exists(f"{args.out}/reports/evaluate-validation.json"):
-                split = {"validation": load("evaluate-validation")["methods"], "test": evaluation["methods"]}
-                results["warm_chosen"] = choose_baselines({"warm": split})["warm"]
+            if evaluation.get("validation"):
+                split = by_split(evaluation, ("validation", "test"))
+                results["warm_chosen"] = choose_baselines(split, evaluation.get("best", {}))
     results["related"] = related_hits(args.out)
     if args.cold_share > 0:
-        results["cold"] = {
-            f"r{r}": {split: load(f"cold-evaluate-r{r}-{split}")["methods"] for split in args.cold_splits}
-            for r in REVEALED
+        reports = {f"r{r}": load(f"cold-evaluate-r{r}") for r in REVEALED}
+        results["cold"] = {r: by_split(e, args.cold_splits) for r, e in reports.items()}
+        results["cold_chosen"] = {
+            r: choose_baselines(results["cold"][r], e.get("best", {})) for r, e in reports.items()
         }
-        results["cold_chosen"] = choose_baselines(results["cold"])
     return results
 
 
-# The evaluation's grid options, by method and parameter (its report's "grid" names each point's).
-GRID_FLAGS = {
-    "itemknn": {"shrink": "--itemknn-shrink", "neighbors": "--itemknn-neighbors"},
-    "rp3beta": {"alpha": "--rp3-alpha", "beta": "--rp3-beta"},
-    "ease": {"lambda": "--ease-lambda"},
-}
-
-
-def chosen_grid(validation_report: str, baseline_flags: Sequence[str]) -> list[str]:
-    """`baseline_flags` with each grid option narrowed to the value of the point chosen on the
-    validation pairs (choose_baselines over the evaluation report at `validation_report`; all of
-    them when there is no such report); other options kept as they are."""
-    if not os.path.exists(validation_report):
-        return list(baseline_flags)
-    with open(validation_report) as f:
-        report = json.load(f)
-    best = choose_baselines({"v": {"validation": report["methods"]}})["v"]["per_method"]
-    values = {}
-    grid = report.get("grid", {})
-    for family, name in best.items():
-        for param, flag in GRID_FLAGS.get(family, {}).items():
-            if param in grid.get(name, {}):
-                values[flag] = f"{grid[name][param]:g}"
-    given = list(baseline_flags)
-    return [values.get(flag, item) for flag, item in zip(["", *given], given, strict=False)]
+def by_split(evaluation: dict, splits: Sequence[str]) -> dict:
+    """An evaluation report's metrics by split: with validation pairs, "validation" (every grid
+    point) and "test" (the points chosen there); else its one split's (of `splits`)."""
+    if evaluation.get("validation"):
+        return {"validation": evaluation["validation"], "test": evaluation["methods"]}
+    return {"test" if "test" in splits else "validation": evaluation["methods"]}
 
 
 def method_family(name: str) -> str:
@@ -474,25 +442,19 @@ def method_family(name: str) -> str:
     return name.split("[", 1)[0]
 
 
-def choose_baselines(cold: dict) -> dict:
-    """Per r, the best grid point of each baseline by validation hit@10 (ties: the first), and the
-    best baseline of all; the test pairs are compared with these only."""
-    chosen = {}
-    for r, by_split in cold.items():
-        best: dict[str, str] = {}
-        for name, m in by_split.get("validation", {}).items():
-            family = method_family(name)
-            if family != "embedding" and (
-                family not in best or m["hit@10"] > by_split["validation"][best[family]]["hit@10"]
-            ):
-                best[family] = name
-        top = max(best.values(), key=lambda n: by_split["validation"][n]["hit@10"], default=None)
-        test = by_split.get("test", {})
-        ratio = None
-        if top is not None and top in test and test[top]["hit@10"] > 0:
-            ratio = test["embedding"]["hit@10"] / test[top]["hit@10"]
-        chosen[r] = {"per_method": best, "best": top, "test_hit10_ratio": ratio}
-    return chosen
+def choose_baselines(split: dict, chosen: dict[str, str]) -> dict:
+    """The baselines the test pairs are compared with, from by_split's metrics: each grid method's
+    point chosen on the validation pairs (`chosen`, the evaluation's "best"), every other baseline
+    as it is, and the best of them all by validation hit@10 (ties: the first)."""
+    validation = split.get("validation", {})
+    best = {method_family(n): n for n in validation if method_family(n) != "embedding"}
+    best |= {family: name for family, name in chosen.items() if name in validation}
+    top = max(best.values(), key=lambda n: validation[n]["hit@10"], default=None)
+    test = split.get("test", {})
+    ratio = None
+    if top is not None and top in test and test[top]["hit@10"] > 0:
+        ratio = test["embedding"]["hit@10"] / test[top]["hit@10"]
+    return {"per_method": best, "best": top, "test_hit10_ratio": ratio}
 
 
 METRICS = (
@@ -556,8 +518,8 @@ def render(results: dict) -> str:
         lines += [
             "",
             "\\* the grid point of each co-occurrence baseline chosen on the validation pairs (hit@10; "
-            "every point's figures are in evaluation/validation/; the test pairs are ranked by the "
-            "chosen points only). Best on "
+            "every point's ranks are in evaluation/pinsage/validation_pair_ranks; the test pairs are "
+            "ranked by the chosen points only). Best on "
             f"validation: {chosen['best']}; PinSage's test hit@10 is "
             + ("n/a" if chosen["test_hit10_ratio"] is None else f"{chosen['test_hit10_ratio']:.2f}x")
             + " its.",

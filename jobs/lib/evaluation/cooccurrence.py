@@ -363,29 +363,30 @@ def ease_ranks(
     items: EaseItems,
     points: Sequence[Ease],
     pool: np.ndarray,
-    query: np.ndarray,
-    pos: np.ndarray,
+    pair_sets: dict[str, tuple[np.ndarray, np.ndarray]],
     timed: Callable[[str], AbstractContextManager],
-) -> list[pa.Table]:
-    """Per grid point, (method, query_pin, pos_pin, higher, ties, candidates) as Arrow, each point
-    run inside `timed(name)`."""
-    out = []
+) -> dict[str, list[pa.Table]]:
+    """Per set of pairs (name: (query, pos)), per grid point, (method, query_pin, pos_pin, higher,
+    ties, candidates) as Arrow; each point's inverse is computed once for every set, inside
+    `timed(name)`."""
+    out: dict[str, list[pa.Table]] = {name: [] for name in pair_sets}
     for pt in points:
         with timed(pt.name):
             log.info("%s: inverting %d x %d", pt.name, len(items.ids), len(items.ids))
             p_inv = ease_inverse(items, pt.lam) if len(items.ids) else np.zeros((0, 0))
-            higher, ties, cands = ease_counts(p_inv, items.ids, pool, query, pos)
-            del p_inv
-            out.append(
-                pa.table(
-                    {
-                        "method": pa.array([pt.name] * len(query), pa.string()),
-                        "query_pin": pa.array(query, pa.int64()),
-                        "pos_pin": pa.array(pos, pa.int64()),
-                        "higher": pa.array(higher, pa.int64()),
-                        "ties": pa.array(ties, pa.int64()),
-                        "candidates": pa.array(cands, pa.int64()),
-                    }
+            for name, (query, pos) in pair_sets.items():
+                higher, ties, cands = ease_counts(p_inv, items.ids, pool, query, pos)
+                out[name].append(
+                    pa.table(
+                        {
+                            "method": pa.array([pt.name] * len(query), pa.string()),
+                            "query_pin": pa.array(query, pa.int64()),
+                            "pos_pin": pa.array(pos, pa.int64()),
+                            "higher": pa.array(higher, pa.int64()),
+                            "ties": pa.array(ties, pa.int64()),
+                            "candidates": pa.array(cands, pa.int64()),
+                        }
+                    )
                 )
-            )
+            del p_inv
     return out
