@@ -299,7 +299,8 @@ class EvaluationReport(Report):
     # Per grid point run (itemknn[...], rp3beta[...], ease[...]): its method and hyperparameters.
     grid: dict[str, dict] = field(default_factory=dict)
     # Per grid method run: the grid point with the highest hit@10 (hit@ the smallest --k without
-    # 10) on the validation pairs (on --pairs without them), the first in grid order among equals.
+    # 10) on the validation pairs (on --pairs without them); among equals the highest MRR, then the
+    # first in grid order.
     best: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -571,12 +572,12 @@ def publish(
 
 def best_points(grid: dict[str, dict], methods: dict[str, dict], ks: tuple[int, ...]) -> dict[str, str]:
     """Per grid method with points in `methods` (metrics by name), the point with the highest
-    best_metric, the first in grid order among equals."""
+    best_metric; among equals the one with the highest MRR, then the first in grid order."""
     by, best = best_metric(ks), {}
     for base in GRID_METHODS:
         points = [n for n, g in grid.items() if g["method"] == base and n in methods]
         if points:
-            best[base] = max(points, key=lambda n: methods[n][by])
+            best[base] = max(points, key=lambda n: (methods[n][by], methods[n]["mrr"]))
     return best
 
 

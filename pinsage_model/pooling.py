@@ -210,14 +210,32 @@ def pool_projected(
         w = torch.ones(dst.shape[0], dtype=torch.float64, device=dst.device)
     total = torch.zeros(num_segments, dtype=torch.float64, device=dst.device).index_add_(0, dst, w)
     coeff = (w / total[dst].clamp(min=torch.finfo(torch.float64).tiny)).to(projected.dtype)
-    matrix = torch.sparse_coo_tensor(
-        torch.stack([dst, src]),
-        coeff,
-        (num_segments, projected.shape[0]),
-        device=projected.device,
-        check_invariants=False,  # dst and src index the segments and sources by construction
+    # The product runs on A in CSR form (rows grouped by segment: a training block's already are),
+    # its backward on A^T as an uncoalesced COO matrix: neither is sorted or coalesced per step.
+    if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):
+        order = torch.argsort(dst, stable=True)
+        src, dst, coeff = src[order], dst[order], coeff[order]
+    crow = torch.zeros(num_segments + 1, dtype=torch.int64, device=dst.device)
+    crow[1:] = torch.cumsum(torch.bincount(dst, minlength=num_segments), 0)
+    size = (num_segments, projected.shape[0])
+    matrix = torch.sparse_csr_tensor(crow, src, coeff, size, device=projected.device, check_invariants=False)
+    transposed = torch.sparse_coo_tensor(
+        torch.stack([src, dst]), coeff, size[::-1], device=projected.device, check_invariants=False
     )
-    return torch.sparse.mm(matrix, projected)
+    return _SparseProduct.apply(projected, matrix, transposed)
+
+
+class _SparseProduct(torch.autograd.Function):
+    """matrix @ x, with the gradient transposed @ grad (`transposed` is matrix^T)."""
+
+    @staticmethod
+    def forward(ctx, x, matrix, transposed):
+        ctx.transposed = transposed
+        return matrix @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.sparse.mm(ctx.transposed, grad), None, None
 
 
 def _padded_max(projected: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_segments: int):

@@ -89,6 +89,50 @@ def test_in_batch_negatives_with_logq_are_the_corrected_cross_entropy_over_every
     assert float(softmax_loss(z, batch, 0.2, in_batch=2)) != pytest.approx(float(got), rel=1e-3)
 
 
+def test_the_softmax_loss_gradient_is_the_per_example_formula_s_gradient():
+    graph, _ = in_memory(clustered(seed=2))
+    batch = make_batch(
+        graph,
+        SCHEDULE,
+        np.array([1, 2, 6]),
+        np.array([3, 5, 3]),
+        np.array([5, 7]),
+        np.array([[8, 4], [9, 2], [4, 0]]),  # example 1's hard negative 2 is its query: masked
+    )
+    log_count = torch.randn(len(batch.graph.targets), generator=torch.Generator().manual_seed(1))
+    z0 = torch.randn(len(batch.graph.targets), 5, generator=torch.Generator().manual_seed(0))
+    pin = batch.graph.targets
+    query, pos = pin[batch.query.numpy()], pin[batch.pos.numpy()]
+
+    def per_example(z: torch.Tensor) -> torch.Tensor:
+        lc = log_count.to(z.dtype)
+        terms = []
+        for i in range(3):
+            q = z[int(batch.query[i])]
+            logits = [q @ z[int(batch.pos[i])] / 0.2 - lc[int(batch.pos[i])]]
+            for n, m in zip(batch.negatives.tolist(), batch.negative_mask[i].tolist(), strict=True):
+                if m:
+                    logits.append(q @ z[n] / 0.2 - lc[n])
+            for n, m in zip(batch.hard[i].tolist(), batch.hard_mask[i].tolist(), strict=True):
+                if m:
+                    logits.append(q @ z[n] / 0.2)
+            for j in range(2):
+                if pos[j] not in (pos[i], query[i]):
+                    logits.append(q @ z[int(batch.pos[j])] / 0.2 - lc[int(batch.pos[j])])
+            logits = torch.stack(logits)
+            terms.append(torch.logsumexp(logits, 0) - logits[0])
+        return torch.stack(terms).mean()
+
+    assert not bool(batch.hard_mask.all()), "a masked hard negative is part of the case"
+    z64 = z0.double().requires_grad_()
+    per_example(z64).backward()
+    z = z0.clone().requires_grad_()
+    loss = softmax_loss(z, batch, 0.2, in_batch=2, log_count=log_count)
+    loss.backward()
+    assert float(loss) == pytest.approx(float(per_example(z0.double())), rel=1e-6)
+    np.testing.assert_allclose(z.grad.numpy(), z64.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_candidate_log_count_adds_the_in_batch_share_to_the_uniform_rate():
     counts = np.array([6, 0, 2, 0])  # pin 0 is 3/4 of the positives
     got = candidate_log_count(counts, in_batch=8, shared=2, num_pins=4)

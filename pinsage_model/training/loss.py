@@ -49,25 +49,88 @@ def softmax_loss(
     among one query's sampled candidates), every logit but the hard negatives' is corrected by
     subtracting it, the sampling-bias correction of Yi et al. 2019 ("logQ"). An in-batch candidate
     that is the query's pin or its positive (a duplicate of it elsewhere in the batch) is left out,
-    as is the query's own example."""
-    zq = z[batch.query]
-    positive = (zq * z[batch.pos]).sum(1, keepdim=True)
-    shared = zq @ z[batch.negatives].T
-    hard = torch.einsum("bd,bhd->bh", zq, z[batch.hard])
-    parts = [positive / temperature, shared / temperature, hard / temperature]
-    keep = [torch.ones_like(positive, dtype=torch.bool), batch.negative_mask, batch.hard_mask]
+    as is the query's own example.
+
+    Computed by `_SoftmaxCrossEntropy`: the shared and in-batch candidates' logits are one
+    [queries, candidates] product, exponentiated in place, and the backward is written out (two
+    products), so no masked, concatenated or log-softmax copy of that matrix is made."""
+    others = batch.pos[:in_batch] if in_batch > 0 else batch.pos[:0]
+    shared = torch.cat([batch.negatives, others])
+    n = batch.negatives.shape[0]
+    # The in-batch candidates that are the query's pin or its positive, as (row, column) pairs.
+    rows_p, cols_p = _equal_pairs(batch.pos, others)
+    rows_q, cols_q = _equal_pairs(batch.query, others)
+    drop = (torch.cat([rows_p, rows_q]), torch.cat([cols_p, cols_q]) + n)
+    bias_shared = bias_pos = None
     if log_count is not None:
-        parts[0] = parts[0] - log_count[batch.pos].unsqueeze(1)
-        parts[1] = parts[1] - log_count[batch.negatives].unsqueeze(0)
-    if in_batch > 0:
-        others = batch.pos[:in_batch]  # [m]
-        cross = zq @ z[others].T / temperature  # [b, m]
-        if log_count is not None:
-            cross = cross - log_count[others].unsqueeze(0)
-        parts.append(cross)
-        keep.append((others[None, :] != batch.pos[:, None]) & (others[None, :] != batch.query[:, None]))
-    logits = torch.cat(parts, 1).masked_fill(~torch.cat(keep, 1), -math.inf)
-    return (torch.logsumexp(logits, 1) - logits[:, 0]).mean()
+        bias_shared, bias_pos = log_count[shared], log_count[batch.pos]
+    return _SoftmaxCrossEntropy.apply(
+        z[batch.query],
+        z[batch.pos],
+        z[shared],
+        z[batch.hard],
+        bias_shared,
+        bias_pos,
+        temperature,
+        batch.negative_mask,
+        drop,
+        batch.hard_mask,
+    )
+
+
+def _equal_pairs(values: torch.Tensor, others: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of every others[col] == values[row], through a sort of `others`."""
+    ordered, order = torch.sort(others, stable=True)
+    low = torch.searchsorted(ordered, values)
+    count = torch.searchsorted(ordered, values, right=True) - low
+    rows = torch.repeat_interleave(torch.arange(len(values), device=values.device), count)
+    first = torch.cumsum(count, 0) - count
+    cols = order[low[rows] + torch.arange(rows.shape[0], device=values.device) - first[rows]]
+    return rows, cols
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """mean_i [log(sum_j exp l_ij) - p_i] over queries i, with the positive's logit
+    p_i = zq_i . zp_i / t - bp_i among the l_ij: the shared candidates' zq_i . c_j / t - bc_j (left
+    out where `keep` [b, n] is false on the first n, and at the `drop` (rows, cols) pairs) and the
+    query's own hard negatives' zq_i . h_ik / t (where `hard_keep`). Forward and backward on one
+    [b, candidates] buffer of exponentials."""
+
+    @staticmethod
+    def forward(ctx, zq, zp, zc, zh, bc, bp, t, keep, drop, hard_keep):
+        shared = (zq @ zc.T).div_(t)
+        if bc is not None:
+            shared.sub_(bc.unsqueeze(0))
+        shared[:, : keep.shape[1]].masked_fill_(~keep, -math.inf)
+        shared[drop] = -math.inf
+        hard = torch.einsum("bd,bhd->bh", zq, zh).div_(t).masked_fill_(~hard_keep, -math.inf)
+        positive = (zq * zp).sum(1) / t
+        if bp is not None:
+            positive = positive - bp
+        top = positive
+        for part in (shared, hard):
+            if part.shape[1]:
+                top = torch.maximum(top, part.amax(1))
+        shared.sub_(top.unsqueeze(1)).exp_()
+        hard.sub_(top.unsqueeze(1)).exp_()
+        e_pos = (positive - top).exp()
+        total = shared.sum(1) + hard.sum(1) + e_pos
+        ctx.save_for_backward(zq, zp, zc, zh, shared, hard, e_pos, total)
+        ctx.t = t
+        return (total.log() + top - positive).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        zq, zp, zc, zh, e_shared, e_hard, e_pos, total = ctx.saved_tensors
+        scale = grad / (zq.shape[0] * ctx.t)  # d loss / d (a dot product) per unit of softmax
+        per_row = (scale / total).unsqueeze(1)
+        d_shared = e_shared * per_row  # [b, candidates]
+        d_hard = e_hard * per_row  # [b, h]
+        d_pos = (e_pos * per_row.squeeze(1) - scale).unsqueeze(1)  # (softmax - 1) of the positive
+        g_zq = torch.addmm(d_pos * zp, d_shared, zc) + torch.einsum("bh,bhd->bd", d_hard, zh)
+        g_zc = d_shared.T @ zq
+        g_zh = d_hard.unsqueeze(2) * zq.unsqueeze(1)
+        return g_zq, d_pos * zq, g_zc, g_zh, None, None, None, None, None, None
 
 
 def candidate_log_count(positive_counts: np.ndarray, in_batch: int, shared: int, num_pins: int) -> np.ndarray:

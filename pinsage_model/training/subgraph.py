@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pinsage_model.config import Layer
+from pinsage_model.config import LINEAR_POOLINGS, Layer
 from pinsage_model.model import PinSage
 from pinsage_model.pooling import pool_projected
 from pinsage_model.training.graph import Adjacency, TrainGraph
@@ -88,9 +88,16 @@ class ComputationGraph:
         )
 
 
-def _positions(sorted_ids: np.ndarray, order: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Positions in an unsorted array (given by its sorted copy and argsort) of values it holds."""
-    return order[np.searchsorted(sorted_ids, values)]
+def _positions(nodes: np.ndarray, size: int, values: np.ndarray) -> np.ndarray:
+    """Positions in `nodes` (distinct ids below `size`) of values it holds: a look-up table over
+    the node type's ids, no sort."""
+    at = np.empty(size, dtype=np.int64)
+    at[nodes] = np.arange(len(nodes))
+    return at[values]
+
+
+def _size(graph: TrainGraph, kind: str) -> int:
+    return graph.num_pins if kind == "pin" else graph.num_boards
 
 
 def computation_graph(
@@ -111,9 +118,9 @@ def computation_graph(
     `hidden` ((pin positions, board positions), optional) names memberships left out of every
     layer's rows: the pin's row of that board and the board's row of that pin (module doc)."""
     targets = np.asarray(targets, dtype=np.int64)
-    hidden_keys = None
+    hidden_rows = None
     if hidden is not None and len(hidden[0]):
-        hidden_keys = np.unique(hidden[0].astype(np.int64) * graph.num_boards + hidden[1])
+        hidden_rows = _Hidden.of(graph, hidden)
     need: dict[int, np.ndarray] = {schedule[-1].k: targets}
     lead: dict[int, np.ndarray] = {}  # level -> the nodes that must come first in it
     src_of: dict[int, np.ndarray] = {}  # layer k -> source positions of its rows, target by target
@@ -125,15 +132,9 @@ def computation_graph(
         counts[layer.k] = adjacency.indptr[nodes + 1] - adjacency.indptr[nodes]
         rows = adjacency.rows_of(nodes)
         src_of[layer.k], weight_of[layer.k] = adjacency.src[rows], adjacency.weight[rows]
-        if hidden_keys is not None:
+        if hidden_rows is not None:
             src_of[layer.k], weight_of[layer.k], counts[layer.k] = _visible_rows(
-                src_of[layer.k],
-                weight_of[layer.k],
-                counts[layer.k],
-                nodes,
-                layer.target,
-                hidden_keys,
-                graph.num_boards,
+                src_of[layer.k], weight_of[layer.k], counts[layer.k], nodes, layer.target, hidden_rows
             )
         if arriving is not None and layer.target == "pin":
             src_of[layer.k], weight_of[layer.k], counts[layer.k] = _arriving_rows(
@@ -142,8 +143,11 @@ def computation_graph(
         # Layer k's targets read their own term at level k-2 as its first rows.
         lead[layer.own] = need[layer.k]
         prefix = lead.get(layer.k - 1, np.zeros(0, dtype=np.int64))
-        sources = np.unique(src_of[layer.k])
-        need[layer.k - 1] = np.concatenate([prefix, np.setdiff1d(sources, prefix, assume_unique=True)])
+        # The prefix, then the other sources in id order (a mask over the source type's ids).
+        rest = np.zeros(_size(graph, layer.source), dtype=bool)
+        rest[src_of[layer.k]] = True
+        rest[prefix] = False
+        need[layer.k - 1] = np.concatenate([prefix, np.flatnonzero(rest)])
     for level, nodes in lead.items():  # levels read only as own terms: the first layer's boards
         need.setdefault(level, nodes)
 
@@ -151,8 +155,7 @@ def computation_graph(
     for layer in schedule:
         targets_k, sources = need[layer.k], need[layer.k - 1]
         dst = np.repeat(np.arange(len(targets_k)), counts[layer.k])
-        order = np.argsort(sources, kind="stable")
-        src = _positions(sources[order], order, src_of[layer.k])
+        src = _positions(sources, _size(graph, layer.source), src_of[layer.k])
         blocks.append(
             Block(
                 src=torch.from_numpy(src),
@@ -173,22 +176,42 @@ def computation_graph(
     )
 
 
+@dataclass(frozen=True)
+class _Hidden:
+    """Hidden memberships: their sorted keys pin * num_boards + board, and masks of the pins and
+    boards that have one (only rows between two such nodes need a key look-up)."""
+
+    keys: np.ndarray
+    pins: np.ndarray  # [num_pins] bool
+    boards: np.ndarray  # [num_boards] bool
+    num_boards: int
+
+    @classmethod
+    def of(cls, graph: TrainGraph, hidden: tuple[np.ndarray, np.ndarray]) -> _Hidden:
+        pins = np.zeros(graph.num_pins, dtype=bool)
+        pins[hidden[0]] = True
+        boards = np.zeros(graph.num_boards, dtype=bool)
+        boards[hidden[1]] = True
+        keys = np.unique(hidden[0].astype(np.int64) * graph.num_boards + hidden[1])
+        return cls(keys, pins, boards, graph.num_boards)
+
+
 def _visible_rows(
     src: np.ndarray,
     weight: np.ndarray,
     counts: np.ndarray,
     nodes: np.ndarray,
     target: str,
-    hidden_keys: np.ndarray,
-    num_boards: int,
+    hidden: _Hidden,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A layer's rows (node by node) without those of the hidden memberships (sorted keys
-    pin * num_boards + board)."""
+    """A layer's rows (node by node) without those of the hidden memberships."""
     node = np.repeat(np.arange(len(counts)), counts)
     pin, board = (nodes[node], src) if target == "pin" else (src, nodes[node])
-    keys = pin * num_boards + board
-    slot = np.searchsorted(hidden_keys, keys).clip(max=len(hidden_keys) - 1)
-    keep = hidden_keys[slot] != keys
+    maybe = np.flatnonzero(hidden.pins[pin] & hidden.boards[board])
+    keys = pin[maybe] * hidden.num_boards + board[maybe]
+    slot = np.searchsorted(hidden.keys, keys).clip(max=len(hidden.keys) - 1)
+    keep = np.ones(len(src), dtype=bool)
+    keep[maybe] = hidden.keys[slot] != keys
     return src[keep], weight[keep], np.bincount(node[keep], minlength=len(counts))
 
 
@@ -227,16 +250,19 @@ def _arriving_rows(
 def embed_targets(model: PinSage, cg: ComputationGraph) -> torch.Tensor:
     """Pin embeddings z of cg.targets, [T, embed_dim], for a training step: the layers of
     `PinSage.forward` run on the computation graph's blocks instead of on every node, pooling with
-    `pool_projected` (whose backward is cheap) instead of the inference path's `pool_gathered`."""
+    `pool_projected` (whose backward is cheap) instead of the inference path's `pool_gathered`.
+    A layer with fewer sources than targets and a linear pooling (layer 1 of a batch: a few
+    thousand pins feed tens of thousands of boards) pools its sources' messages through W_pool
+    (`PinSageConv.message`), out_dim wide, instead of pooling hidden_dim-wide projections for
+    every target and applying W_pool after: the same layer up to float rounding, as the Spark
+    chain's `through_w` layers."""
     h = {0: cg.pin_features, -1: cg.board_features}
     schedule = model.config.schedule()
     for layer, block in zip(schedule, cg.blocks, strict=True):
-        h[layer.k] = model.conv(layer.k)(
-            h[layer.k - 1],
-            h[layer.own][: block.num_targets],
-            block.src,
-            block.dst,
-            block.weight,
-            pool=pool_projected,
-        )
+        conv = model.conv(layer.k)
+        sources = h[layer.k - 1]
+        through_w = conv.pooling in LINEAR_POOLINGS and sources.shape[0] < block.num_targets
+        messages = conv.message(sources, through_w)
+        pooled = pool_projected(messages, block.src, block.dst, block.weight, block.num_targets, conv.pooling)
+        h[layer.k] = conv.from_pooled(h[layer.own][: block.num_targets], pooled, through_w)
     return model.head(h[schedule[-1].k])
