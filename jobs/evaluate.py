@@ -655,8 +655,9 @@ def cooccurrence_ranks(
     work: str,
 ) -> list[DataFrame]:
     """itemknn and rp3beta ranks of the phase's grid points, on Spark: the self-join written once
-    (over every phase's query pins and every alpha), then one pass per method over it; each
-    method's ranks written, so its time is its own."""
+    (over every phase's query pins and every alpha), then one pass over its rows of the phase's
+    query pins scores every point of both methods; the ranks are written, so the pass's time is
+    its own."""
     sc = inputs.pairs.sparkSession.sparkContext
     methods = [m for m in ("itemknn", "rp3beta") if m in phase.methods]
     alphas = list(args.rp3_alpha) if "rp3beta" in inputs.methods else []
@@ -669,16 +670,17 @@ def cooccurrence_ranks(
         sc.setJobDescription(f"{phase.name}: co-occurrence flags of the pairs")
         flags = co.pair_flags(phase.pairs, inputs.members, inputs.pool)
         flags = write_and_reload(flags, f"{work}/{phase.name}/pair_flags")
-    out = []
-    for method in methods:
-        with report.timed(phase.stage(method)):
-            sc.setJobDescription(f"{phase.name}: {method}: score and count")
-            counts = co.rank_cooccurrence(shared.scores, flags, phase.points[method], alphas, pool_size)
-            joined = flags.join(counts, ["query_pin", "pos_pin"])
-            candidates = F.lit(pool_size) - F.col("q_in") - F.col("p_in") + 1
-            ranks = pair_ranks(F.col("method"), F.col("higher"), F.col("ties"), candidates, joined)
-            out.append(write_and_reload(ranks, f"{work}/{phase.name}/{method}"))
-    return out
+    name = " and ".join(methods)
+    with report.timed(phase.stage(name)):
+        sc.setJobDescription(f"{phase.name}: {name}: score and count")
+        mine = F.broadcast(phase.pairs.select("query_pin").distinct())
+        scores = shared.scores.join(mine, "query_pin", "left_semi")
+        points = [pt for m in methods for pt in phase.points[m]]
+        counts = co.rank_cooccurrence(scores, flags, points, alphas, pool_size)
+        joined = flags.join(counts, ["query_pin", "pos_pin"])
+        candidates = F.lit(pool_size) - F.col("q_in") - F.col("p_in") + 1
+        ranks = pair_ranks(F.col("method"), F.col("higher"), F.col("ties"), candidates, joined)
+        return [write_and_reload(ranks, f"{work}/{phase.name}/cooccurrence_ranks")]
 
 
 def driver_pairs(pairs: DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -306,7 +306,7 @@ def test_cooccurrence_baselines_match_a_brute_force_on_every_grid_point(spark, t
         assert report["best"][base] == best
     assert report["inputs"]["extra edges"] == len(CO_EXTRA)
     assert report["paired"] == {}, "no embedding ranks: nothing to pair with"
-    assert {"cooccurrence", "itemknn", "rp3beta", "ease", "ease[lambda=10]"} <= set(report["seconds"])
+    assert {"cooccurrence", "itemknn and rp3beta", "ease", "ease[lambda=10]"} <= set(report["seconds"])
 
 
 # Validation pairs: they choose each grid method's point in the same run.
