@@ -239,6 +239,7 @@ def test_new_books_are_embedded_into_a_copy_of_the_run_per_revealed_count_and_ev
     assert warm[warm.index("--methods") + 1] == ",".join(job.WARM_METHODS)
     assert warm[warm.index("--validation-methods") + 1] == ",".join(job.WARM_VALIDATION_METHODS)
     assert warm[warm.index("--extra-edges") + 1] == f"{data}/train_edges"
+    assert warm[warm.index("--walks-per-batch") + 1] == str(job.EVALUATION_WALKS_PER_BATCH)
     grid = dict(zip(job.BASELINE_FLAGS[::2], job.BASELINE_FLAGS[1::2], strict=True))
     for flag, values in grid.items():
         assert warm[warm.index(flag) + 1] == values

@@ -82,6 +82,9 @@ BASELINE_FLAGS = tuple(
 # joins the whole bucketed adjacency however few walkers there are (140 s of walks in four batches,
 # 80 s in one; the same neighbors).
 WALKS_PER_BATCH = 100
+# The graph-only baseline's walks (500 from each test query pin) in one Spark job too: a batch of a
+# subset's walks holds walks_per_batch x pins / query pins walk indices (jobs/lib/walks.py).
+EVALUATION_WALKS_PER_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -296,6 +299,7 @@ def run(args: GoodbooksArgs) -> ChainReport:
         test = flags(embeddings=f"{embeddings}/pin_embeddings", pairs=f"{data}/test_pairs")
         evaluation = [*test, "--out", f"{out}/evaluation/{name}", *seed]
         evaluation += [*(baselines if name == "pinsage" else []), *sample]
+        evaluation += flags(walks_per_batch=str(EVALUATION_WALKS_PER_BATCH))
         if name == "pinsage" and args.baselines:
             # The co-occurrence baselines choose their grid points on the validation pairs in the same
             # run, which then ranks the test pairs by the chosen points beside every other method.
