@@ -463,7 +463,8 @@ def load_inputs(spark: SparkSession, args: EvaluateArgs, report: EvaluationRepor
         report.inputs["validation pairs"] = stats.rows
         report.inputs["validation distinct pairs"] = stats.distinct
         inputs.validation = distinct_pairs(validation).persist(StorageLevel.MEMORY_AND_DISK)
-        every_pair = pairs.union(inputs.validation)
+        if args.validation_methods is None or "content" in args.validation_methods:
+            every_pair = pairs.union(inputs.validation)
     if pins is not None:
         content = check_vector_table(pins, "pins", "features")
         report.inputs["pins"] = content.rows
@@ -540,11 +541,17 @@ def pca_map(
 
 
 def publish(
-    spark: SparkSession, ranks: list[DataFrame], path: str, report: EvaluationReport, ks: tuple[int, ...]
+    spark: SparkSession,
+    ranks: list[DataFrame],
+    path: str,
+    report: EvaluationReport,
+    ks: tuple[int, ...],
+    paired: bool = True,
 ) -> tuple[dict[str, dict], dict[str, dict], str]:
     """Write every method's ranks as the Delta table `path` in one commit; return, computed from the
-    table as written, the metrics per method and the paired comparisons with the embedding, in the
-    order of `report.methods` (the order the methods ran), and where the table was written."""
+    table as written, the metrics per method and (with `paired`) the paired comparisons with the
+    embedding, in the order of `report.methods` (the order the methods ran), and where the table
+    was written."""
     union = ranks[0]
     for df in ranks[1:]:
         union = union.unionByName(df)
@@ -558,16 +565,16 @@ def publish(
     order = {m: i for i, m in enumerate(report.methods)}
     rows = sorted(metrics(published, ks).collect(), key=lambda r: order[r["method"]])
     found = {r["method"]: {k: v for k, v in r.asDict().items() if k != "method"} for r in rows}
-    paired: dict[str, dict] = {}
-    hits = sorted(paired_hits(published, ks).collect(), key=lambda r: (order[r["method"]], r["k"]))
-    for r in hits:
+    comparisons: dict[str, dict] = {}
+    hits = paired_hits(published, ks).collect() if paired else []
+    for r in sorted(hits, key=lambda r: (order[r["method"]], r["k"])):
         wins, losses = r["reference_only"], r["method_only"]
-        paired.setdefault(r["method"], {})[f"hit@{r['k']}"] = {
+        comparisons.setdefault(r["method"], {})[f"hit@{r['k']}"] = {
             "embedding_only": wins,
             "baseline_only": losses,
             "p_value": sign_test_p(wins, losses),
         }
-    return found, paired, f"{path} (Delta version {version})"
+    return found, comparisons, f"{path} (Delta version {version})"
 
 
 def best_points(grid: dict[str, dict], methods: dict[str, dict], ks: tuple[int, ...]) -> dict[str, str]:
@@ -813,7 +820,7 @@ def run(spark: SparkSession, args: EvaluateArgs) -> EvaluationReport:
         report.methods = phase_methods(phase)
         with report.timed("validation publish"):
             sc.setJobDescription("publish validation_pair_ranks")
-            report.validation, _, output = publish(spark, ranks, phase.table, report, args.ks)
+            report.validation, _, output = publish(spark, ranks, phase.table, report, args.ks, paired=False)
             report.outputs["validation_pair_ranks"] = output
         report.best = best_points(report.grid, report.validation, args.ks)
         # The pairs of --pairs are ranked by the chosen points only.

@@ -211,7 +211,7 @@ def pool_projected(
     total = torch.zeros(num_segments, dtype=torch.float64, device=dst.device).index_add_(0, dst, w)
     coeff = (w / total[dst].clamp(min=torch.finfo(torch.float64).tiny)).to(projected.dtype)
     # The product runs on A in CSR form (rows grouped by segment: a training block's already are),
-    # its backward on A^T as an uncoalesced COO matrix: neither is sorted or coalesced per step.
+    # its backward on A^T as an uncoalesced COO matrix: on the CPU neither is sorted or coalesced.
     if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):
         order = torch.argsort(dst, stable=True)
         src, dst, coeff = src[order], dst[order], coeff[order]

@@ -131,6 +131,10 @@ def test_the_softmax_loss_gradient_is_the_per_example_formula_s_gradient():
     loss.backward()
     assert float(loss) == pytest.approx(float(per_example(z0.double())), rel=1e-6)
     np.testing.assert_allclose(z.grad.numpy(), z64.grad.numpy(), rtol=1e-5, atol=1e-6)
+    # A float64 correction is cast to the embeddings' dtype: the same loss and gradient.
+    z2 = z0.clone().requires_grad_()
+    softmax_loss(z2, batch, 0.2, in_batch=2, log_count=log_count.double()).backward()
+    assert torch.equal(z2.grad, z.grad)
 
 
 def test_candidate_log_count_adds_the_in_batch_share_to_the_uniform_rate():

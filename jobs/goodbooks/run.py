@@ -451,7 +451,14 @@ def choose_baselines(split: dict, chosen: dict[str, str]) -> dict:
     point chosen on the validation pairs (`chosen`, the evaluation's "best"), every other baseline
     as it is, and the best of them all by validation hit@10 (ties: the first)."""
     validation = split.get("validation", {})
-    best = {method_family(n): n for n in validation if method_family(n) != "embedding"}
+    best: dict[str, str] = {}
+    for name, m in validation.items():  # without the evaluation's choice: hit@10, then MRR
+        family = method_family(name)
+        if family != "embedding" and (
+            family not in best
+            or (m["hit@10"], m["mrr"]) > (validation[best[family]]["hit@10"], validation[best[family]]["mrr"])
+        ):
+            best[family] = name
     best |= {family: name for family, name in chosen.items() if name in validation}
     top = max(best.values(), key=lambda n: validation[n]["hit@10"], default=None)
     test = split.get("test", {})

@@ -63,7 +63,7 @@ def softmax_loss(
     drop = (torch.cat([rows_p, rows_q]), torch.cat([cols_p, cols_q]) + n)
     bias_shared = bias_pos = None
     if log_count is not None:
-        bias_shared, bias_pos = log_count[shared], log_count[batch.pos]
+        bias_shared, bias_pos = log_count[shared].to(z.dtype), log_count[batch.pos].to(z.dtype)
     return _SoftmaxCrossEntropy.apply(
         z[batch.query],
         z[batch.pos],
