@@ -64,6 +64,24 @@ def _empty_state(num_segments: int, hidden: int, mode: str, weights, device=None
     return PoolState(acc, torch.zeros(num_segments, dtype=torch.float64, device=device))
 
 
+def _csr(
+    segment: torch.Tensor, index: torch.Tensor, values: torch.Tensor, num_segments: int, columns: int
+) -> torch.Tensor:
+    """The [num_segments, columns] CSR matrix with values[r] at (segment[r], index[r]); `index` and
+    `values` are given with their rows grouped by segment (the counts per segment give the row
+    pointers, whatever the order of `segment` itself)."""
+    crow = torch.zeros(num_segments + 1, dtype=torch.int64, device=segment.device)
+    crow[1:] = torch.cumsum(torch.bincount(segment, minlength=num_segments), 0)
+    return torch.sparse_csr_tensor(
+        crow,
+        index,
+        values,
+        (num_segments, columns),
+        device=values.device,
+        check_invariants=False,  # crow and the indices come from segment and index by construction
+    )
+
+
 def weighted_sums(
     values: torch.Tensor,
     index: torch.Tensor,
@@ -87,16 +105,7 @@ def weighted_sums(
         return torch.zeros((num_segments, hidden), dtype=values.dtype, device=values.device)
     # CSR wants the rows grouped by segment; the (segment, index) order makes the layout canonical.
     order = torch.argsort(segment * max(1, values.shape[0]) + index, stable=True)
-    crow = torch.zeros(num_segments + 1, dtype=torch.int64, device=segment.device)
-    crow[1:] = torch.cumsum(torch.bincount(segment, minlength=num_segments), 0)
-    matrix = torch.sparse_csr_tensor(
-        crow,
-        index[order],
-        weights[order].to(values.dtype),
-        (num_segments, values.shape[0]),
-        device=values.device,
-        check_invariants=False,  # crow and the indices come from segment and index by construction
-    )
+    matrix = _csr(segment, index[order], weights[order].to(values.dtype), num_segments, values.shape[0])
     if out is not None:
         return out.addmm_(matrix, values)
     return matrix @ values
@@ -215,12 +224,13 @@ def pool_projected(
     if dst.numel() > 1 and not bool((dst[1:] >= dst[:-1]).all()):
         order = torch.argsort(dst, stable=True)
         src, dst, coeff = src[order], dst[order], coeff[order]
-    crow = torch.zeros(num_segments + 1, dtype=torch.int64, device=dst.device)
-    crow[1:] = torch.cumsum(torch.bincount(dst, minlength=num_segments), 0)
-    size = (num_segments, projected.shape[0])
-    matrix = torch.sparse_csr_tensor(crow, src, coeff, size, device=projected.device, check_invariants=False)
+    matrix = _csr(dst, src, coeff, num_segments, projected.shape[0])
     transposed = torch.sparse_coo_tensor(
-        torch.stack([src, dst]), coeff, size[::-1], device=projected.device, check_invariants=False
+        torch.stack([src, dst]),
+        coeff,
+        (projected.shape[0], num_segments),
+        device=projected.device,
+        check_invariants=False,
     )
     return _SparseProduct.apply(projected, matrix, transposed)
 
