@@ -52,6 +52,31 @@ def test_softmax_loss_is_the_cross_entropy_of_the_positive_among_unmasked_negati
     assert float(softmax_loss(z, batch, 0.2)) == pytest.approx(np.mean(terms), rel=1e-5)
 
 
+def per_example_softmax(batch, z: torch.Tensor, log_count: torch.Tensor, in_batch: int) -> torch.Tensor:
+    """The softmax loss written out example by example with z's dtype: the positive among the
+    kept shared negatives, the kept hard negatives (no correction) and the first `in_batch`
+    examples' positives that are neither the query's pin nor its positive."""
+    lc = log_count.to(z.dtype)
+    pin = batch.graph.targets
+    query, pos = pin[batch.query.numpy()], pin[batch.pos.numpy()]
+    terms = []
+    for i in range(len(batch.query)):
+        q = z[int(batch.query[i])]
+        logits = [q @ z[int(batch.pos[i])] / 0.2 - lc[int(batch.pos[i])]]
+        for n, m in zip(batch.negatives.tolist(), batch.negative_mask[i].tolist(), strict=True):
+            if m:
+                logits.append(q @ z[n] / 0.2 - lc[n])
+        for n, m in zip(batch.hard[i].tolist(), batch.hard_mask[i].tolist(), strict=True):
+            if m:
+                logits.append(q @ z[n] / 0.2)  # hard negatives: no correction
+        for j in range(in_batch):
+            if pos[j] not in (pos[i], query[i]):
+                logits.append(q @ z[int(batch.pos[j])] / 0.2 - lc[int(batch.pos[j])])
+        logits = torch.stack(logits)
+        terms.append(torch.logsumexp(logits, 0) - logits[0])
+    return torch.stack(terms).mean()
+
+
 def test_in_batch_negatives_with_logq_are_the_corrected_cross_entropy_over_every_candidate():
     graph, _ = in_memory(clustered(seed=2))
     # Example 2's positive (3) is example 0's too, and example 1's positive (5) is a shared negative.
@@ -65,26 +90,9 @@ def test_in_batch_negatives_with_logq_are_the_corrected_cross_entropy_over_every
     )
     z = torch.randn(len(batch.graph.targets), 5, generator=torch.Generator().manual_seed(0))
     log_count = torch.randn(len(batch.graph.targets), generator=torch.Generator().manual_seed(1))
-    zn, lc = z.numpy().astype(np.float64), log_count.numpy().astype(np.float64)
-    pin = batch.graph.targets
-    query, pos = pin[batch.query.numpy()], pin[batch.pos.numpy()]
-    terms = []
-    for i in range(3):
-        q = zn[int(batch.query[i])]
-        logits = [q @ zn[int(batch.pos[i])] / 0.2 - lc[int(batch.pos[i])]]
-        for n, m in zip(batch.negatives.tolist(), batch.negative_mask[i].tolist(), strict=True):
-            if m:
-                logits.append(q @ zn[n] / 0.2 - lc[n])
-        for n, m in zip(batch.hard[i].tolist(), batch.hard_mask[i].tolist(), strict=True):
-            if m:
-                logits.append(q @ zn[n] / 0.2)  # hard negatives: no correction
-        for j in range(2):  # the first two examples' positives
-            if pos[j] not in (pos[i], query[i]):
-                logits.append(q @ zn[int(batch.pos[j])] / 0.2 - lc[int(batch.pos[j])])
-        logits = np.array(logits)
-        terms.append(np.log(np.exp(logits).sum()) - logits[0])
+    expected = float(per_example_softmax(batch, z.double(), log_count, in_batch=2))
     got = softmax_loss(z, batch, 0.2, in_batch=2, log_count=log_count)
-    assert float(got) == pytest.approx(np.mean(terms), rel=1e-5)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
     # Without the correction the in-batch candidates still count: a different loss.
     assert float(softmax_loss(z, batch, 0.2, in_batch=2)) != pytest.approx(float(got), rel=1e-3)
 
@@ -101,35 +109,15 @@ def test_the_softmax_loss_gradient_is_the_per_example_formula_s_gradient():
     )
     log_count = torch.randn(len(batch.graph.targets), generator=torch.Generator().manual_seed(1))
     z0 = torch.randn(len(batch.graph.targets), 5, generator=torch.Generator().manual_seed(0))
-    pin = batch.graph.targets
-    query, pos = pin[batch.query.numpy()], pin[batch.pos.numpy()]
-
-    def per_example(z: torch.Tensor) -> torch.Tensor:
-        lc = log_count.to(z.dtype)
-        terms = []
-        for i in range(3):
-            q = z[int(batch.query[i])]
-            logits = [q @ z[int(batch.pos[i])] / 0.2 - lc[int(batch.pos[i])]]
-            for n, m in zip(batch.negatives.tolist(), batch.negative_mask[i].tolist(), strict=True):
-                if m:
-                    logits.append(q @ z[n] / 0.2 - lc[n])
-            for n, m in zip(batch.hard[i].tolist(), batch.hard_mask[i].tolist(), strict=True):
-                if m:
-                    logits.append(q @ z[n] / 0.2)
-            for j in range(2):
-                if pos[j] not in (pos[i], query[i]):
-                    logits.append(q @ z[int(batch.pos[j])] / 0.2 - lc[int(batch.pos[j])])
-            logits = torch.stack(logits)
-            terms.append(torch.logsumexp(logits, 0) - logits[0])
-        return torch.stack(terms).mean()
-
     assert not bool(batch.hard_mask.all()), "a masked hard negative is part of the case"
     z64 = z0.double().requires_grad_()
-    per_example(z64).backward()
+    per_example_softmax(batch, z64, log_count, in_batch=2).backward()
     z = z0.clone().requires_grad_()
     loss = softmax_loss(z, batch, 0.2, in_batch=2, log_count=log_count)
     loss.backward()
-    assert float(loss) == pytest.approx(float(per_example(z0.double())), rel=1e-6)
+    assert float(loss) == pytest.approx(
+        float(per_example_softmax(batch, z0.double(), log_count, 2)), rel=1e-6
+    )
     np.testing.assert_allclose(z.grad.numpy(), z64.grad.numpy(), rtol=1e-5, atol=1e-6)
     # A float64 correction is cast to the embeddings' dtype: the same loss and gradient.
     z2 = z0.clone().requires_grad_()
